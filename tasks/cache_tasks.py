@@ -1,0 +1,156 @@
+"""Stage 4: caches TIGER tasks to numpy, the way `seqio_cache_tasks` caches tasks offline.
+
+  python -m tasks.cache_tasks --tasks=tiger_beauty --output_cache_dir=/tmp/cache \
+      [--semantic_ids=WORK/semantic_ids.npz] [--data_dir=DIR]
+
+For each task it writes `<output_cache_dir>/<task>/{train,validation,test}.npz` with the features exactly as
+`seqio.EncDecFeatureConverter` produces them (plus `user_index`, `target_item`), `items.npz` (catalogue asins,
+their Semantic-ID tokens, reviewerIDs: what evaluation needs to map beams back to items without TensorFlow),
+and `info.json`. A task whose info.json already records the same inputs (data files, ID table, feature lengths)
+is skipped. The trainer reads the cache with numpy alone (tiger_jax.utils).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import logging
+import os
+import time
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from tasks import tiger_tasks
+from tasks import vocab as vocab_lib
+from tiger_jax.data import splits as splits_lib
+
+logger = logging.getLogger("tasks.cache_tasks")
+
+MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens",
+                  "decoder_loss_weights")
+EXTRA_FEATURES = ("user_index", "target_item")
+CACHE_VERSION = 1
+
+
+def _hide_gpus_from_tensorflow():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+
+
+def files_fingerprint(directory: str) -> str:
+  """SHA-256 over the names and bytes of the data files (what the examples are a function of)."""
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(directory)):
+    path = os.path.join(directory, name)
+    if os.path.isfile(path) and name.endswith((".gz", ".json", ".jsonl", ".txt")):
+      h.update(name.encode())
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          h.update(block)
+  return h.hexdigest()
+
+
+def converted_split(task, split: str, feature_lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+  """One split through the task and seqio's EncDecFeatureConverter, as int32 numpy arrays in source order."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  raw = task.get_dataset(sequence_length=feature_lengths, split=split, shuffle=False, use_cached=False)
+  extras = raw.map(lambda ex: {k: ex[k] for k in EXTRA_FEATURES})
+  converted = seqio.EncDecFeatureConverter(pack=False)(raw, feature_lengths)
+  zipped = tf.data.Dataset.zip((converted, extras)).batch(16384)
+  columns: dict[str, list[np.ndarray]] = {k: [] for k in MODEL_FEATURES + EXTRA_FEATURES}
+  for features, extra in zipped.as_numpy_iterator():
+    for k in MODEL_FEATURES:
+      columns[k].append(features[k])
+    for k in EXTRA_FEATURES:
+      columns[k].append(extra[k])
+  return {k: np.concatenate(v).astype(np.int32) for k, v in columns.items()}
+
+
+def _atomic_savez(path: str, **arrays):
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = None,
+               semantic_ids_path: Optional[str] = None, use_user_token: bool = True,
+               feature_lengths: Optional[Mapping[str, int]] = None, force: bool = False) -> dict:
+  """Caches one TIGER task (re-registering it with the given data and ID table); returns its info."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  _hide_gpus_from_tensorflow()
+  feature_lengths = dict(feature_lengths or tiger_tasks.TASK_FEATURE_LENGTHS)
+  data_dir = data_dir or os.path.join(tiger_tasks.data_root(), task_name.removeprefix("tiger_"))
+  dataset = tiger_tasks._load(os.path.abspath(data_dir))  # pylint: disable=protected-access
+  table = tiger_tasks.resolve_semantic_ids(dataset, semantic_ids_path)
+  key = {
+      "cache_version": CACHE_VERSION,
+      "task": task_name,
+      "data_fingerprint": files_fingerprint(data_dir),
+      "semantic_ids_hash": table.content_hash(),
+      "semantic_ids_method": table.method,
+      "feature_lengths": feature_lengths,
+      "use_user_token": use_user_token,
+      "max_history": splits_lib.MAX_HISTORY,
+      "layout": vars(vocab_lib.DEFAULT_LAYOUT),
+  }
+  task_dir = os.path.join(output_cache_dir, task_name)
+  info_path = os.path.join(task_dir, "info.json")
+  if not force and os.path.exists(info_path):
+    with open(info_path) as f:
+      info = json.load(f)
+    if all(info.get(k) == v for k, v in key.items()):
+      logger.info("%s: cache in %s is current; skipped", task_name, task_dir)
+      return info
+
+  start = time.time()
+  if semantic_ids_path is None and table.method == "random":
+    logger.warning("%s: no Semantic-ID table given; using a seeded random table", task_name)
+  task = tiger_tasks.register_tiger_task(task_name, data_dir=os.path.abspath(data_dir),
+                                         semantic_ids_path=semantic_ids_path, use_user_token=use_user_token)
+  os.makedirs(task_dir, exist_ok=True)
+  counts = {}
+  for split in splits_lib.SPLITS:
+    arrays = converted_split(task, split, feature_lengths)
+    counts[split] = int(len(arrays["target_item"]))
+    _atomic_savez(os.path.join(task_dir, f"{split}.npz"), **arrays)
+    logger.info("%s/%s: %d examples", task_name, split, counts[split])
+  _atomic_savez(os.path.join(task_dir, "items.npz"),
+                asins=np.array(dataset.catalog.asins),
+                item_tokens=tiger_tasks.item_tokens(dataset, table),
+                users=np.array(dataset.sessions.users))
+  info = dict(key, vocab_size=vocab_lib.DEFAULT_LAYOUT.vocab_size, counts=counts, dataset=dataset.stats(),
+              reader_report=dataset.report, seconds=round(time.time() - start, 2),
+              created=time.strftime("%Y-%m-%dT%H:%M:%S"), seqio_version=seqio.__version__)
+  with open(info_path + ".tmp", "w") as f:
+    json.dump(info, f, indent=1)
+  os.replace(info_path + ".tmp", info_path)
+  return info
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--tasks", required=True, help="Comma-separated task names, e.g. tiger_beauty.")
+  parser.add_argument("--output_cache_dir", required=True)
+  parser.add_argument("--module_import", action="append", default=[],
+                      help="Modules to import first (they may register more tasks), as in seqio_cache_tasks.")
+  parser.add_argument("--data_dir", default=None, help="Dataset directory (default: <data root>/<name>).")
+  parser.add_argument("--semantic_ids", default=None, help="semantic_ids.npz (default: $TIGER_SEMANTIC_IDS "
+                      "or a seeded random table).")
+  parser.add_argument("--no_user_token", action="store_true", help="Leave the user token out (Table 8).")
+  parser.add_argument("--force", action="store_true", help="Rebuild even if the cache is current.")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s")
+  for module in args.module_import:
+    importlib.import_module(module)
+  for name in args.tasks.split(","):
+    info = cache_task(name.strip(), args.output_cache_dir, args.data_dir, args.semantic_ids,
+                      use_user_token=not args.no_user_token, force=args.force)
+    print(json.dumps({"task": info["task"], "counts": info["counts"], "dataset": info["dataset"],
+                      "semantic_ids": info["semantic_ids_method"]}, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,134 @@
+"""SeqIO tasks `tiger_beauty`, `tiger_sports`, `tiger_toys`, and `register_tiger_task` for any other dataset.
+
+Each example is one next-item prediction of the leave-one-out split (tiger_jax.data.splits):
+  inputs  = [user token] + the 4 Semantic-ID tokens of each history item, oldest first (no EOS)
+  targets = the target item's 4 Semantic-ID tokens (+ EOS, appended by the output feature)
+plus two pass-through features the feature converter drops: `user_index`, `target_item`.
+
+Source: a `seqio.FunctionDataSource` over arrays built in memory from the reader and the ID table. A TFDS
+builder was not used: the examples are a pure function of two small files and of the Semantic-ID table, which
+changes with every RQ-VAE run, so a TFDS copy on disk would be one more artifact to key and invalidate, and
+the task cache (tasks/cache_tasks.py) already plays the role of seqio's offline cache.
+
+The Semantic-ID table is resolved when the dataset is built, not at import: an explicit `semantic_ids_path`,
+else `$TIGER_SEMANTIC_IDS` (path to a semantic_ids.npz), else a seeded random table of the same shape.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import numpy as np
+
+from tasks import vocab as vocab_lib
+from tiger_jax import data as data_lib
+from tiger_jax import semantic_ids as sid_lib
+from tiger_jax.data import splits as splits_lib
+
+MAX_HISTORY = splits_lib.MAX_HISTORY
+NUM_SID_TOKENS = vocab_lib.DEFAULT_LAYOUT.num_levels
+TASK_FEATURE_LENGTHS = {"inputs": 1 + MAX_HISTORY * NUM_SID_TOKENS, "targets": NUM_SID_TOKENS + 1}
+BUILTIN_DATASETS = {"tiger_beauty": "beauty", "tiger_sports": "sports", "tiger_toys": "toys"}
+
+
+def data_root() -> str:
+  """Where `beauty/`, `sports/`, `toys/` live: `$TIGER_DATA_DIR`, else the project's bundled data/."""
+  return os.environ.get("TIGER_DATA_DIR", data_lib.BUNDLED_DATA_DIR)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(data_dir: str) -> data_lib.Dataset:
+  return data_lib.load_dataset(data_dir)
+
+
+def resolve_semantic_ids(dataset: data_lib.Dataset, semantic_ids_path: Optional[str],
+                         random_seed: int = 0) -> sid_lib.SemanticIds:
+  """The ID table for `dataset`, checked to cover exactly its catalogue."""
+  path = semantic_ids_path or os.environ.get("TIGER_SEMANTIC_IDS")
+  if not path:
+    return sid_lib.random_semantic_ids(np.array(dataset.catalog.asins), seed=random_seed)
+  table = sid_lib.SemanticIds.load(path)
+  missing = set(dataset.catalog.asins) - set(table.asins.tolist())
+  if missing:
+    raise ValueError(f"{path}: no Semantic ID for {len(missing)} catalogue items, e.g. {sorted(missing)[:5]}")
+  return table
+
+
+def item_tokens(dataset: data_lib.Dataset, table: sid_lib.SemanticIds,
+                layout: vocab_lib.TokenLayout = vocab_lib.DEFAULT_LAYOUT) -> np.ndarray:
+  """[num_items, num_levels] token ids in catalogue order."""
+  row = {asin: i for i, asin in enumerate(table.asins.tolist())}
+  codes = table.codes[[row[a] for a in dataset.catalog.asins]]
+  return layout.codes_to_tokens(codes)
+
+
+def build_examples(dataset: data_lib.Dataset, table: sid_lib.SemanticIds, split: str,
+                   use_user_token: bool = True, max_history: int = MAX_HISTORY,
+                   layout: vocab_lib.TokenLayout = vocab_lib.DEFAULT_LAYOUT) -> dict[str, object]:
+  """Token streams of one split: ragged `inputs` as (values, row_lengths), dense `targets` and extras."""
+  examples = splits_lib.leave_one_out(dataset.sessions, split, max_history)
+  tokens = item_tokens(dataset, table, layout)
+  users = np.array([layout.user_token(u) for u in dataset.sessions.users], dtype=np.int32)
+  inputs = []
+  for user, history in zip(examples.user_index, examples.history):
+    prefix = [users[user]] if use_user_token else []
+    inputs.append(np.concatenate([np.array(prefix, np.int32), tokens[history].reshape(-1)]))
+  return {
+      "inputs": inputs,
+      "targets": tokens[examples.target],
+      "user_index": examples.user_index,
+      "target_item": examples.target,
+  }
+
+
+def _dataset_fn(split, shuffle_files, seed=None, *, data_dir, semantic_ids_path, use_user_token):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  del shuffle_files, seed  # one in-memory source; seqio shuffles examples downstream when asked
+  dataset = _load(data_dir)
+  table = resolve_semantic_ids(dataset, semantic_ids_path)
+  ex = build_examples(dataset, table, split, use_user_token=use_user_token)
+  lengths = np.array([len(x) for x in ex["inputs"]], dtype=np.int64)
+  values = np.concatenate(ex["inputs"]) if ex["inputs"] else np.zeros([0], np.int32)
+  return tf.data.Dataset.from_tensor_slices({
+      "inputs": tf.RaggedTensor.from_row_lengths(values, lengths),
+      "targets": ex["targets"],
+      "user_index": ex["user_index"],
+      "target_item": ex["target_item"],
+  })
+
+
+def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_path: Optional[str] = None,
+                        use_user_token: bool = True, overwrite: bool = True):
+  """Registers (or replaces) a TIGER task over any dataset directory, raw Amazon 2014 or processed format.
+
+  Args:
+    name: task name, e.g. "tiger_garden".
+    data_dir: the category directory; default `<data_root()>/<name minus "tiger_">`, resolved lazily.
+    semantic_ids_path: a `semantic_ids.npz`; default `$TIGER_SEMANTIC_IDS`, else a seeded random table.
+    use_user_token: prepend the hashed user token to the inputs (the paper's default; Table 8 ablates it).
+    overwrite: replace an existing task of that name.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  if overwrite and name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  vocabulary = vocab_lib.seqio_vocabulary()
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    directory = data_dir or os.path.join(data_root(), name.removeprefix("tiger_"))
+    return _dataset_fn(split, shuffle_files, seed, data_dir=directory,
+                       semantic_ids_path=semantic_ids_path, use_user_token=use_user_token)
+
+  return seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=splits_lib.SPLITS),
+      preprocessors=[seqio.preprocessors.append_eos_after_trim],
+      output_features={
+          "inputs": seqio.Feature(vocabulary, add_eos=False),
+          "targets": seqio.Feature(vocabulary, add_eos=True),
+      },
+  )
+
+
+for _task_name in BUILTIN_DATASETS:
+  register_tiger_task(_task_name)

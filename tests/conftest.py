@@ -1,0 +1,36 @@
+"""Shared fixtures: small processed-format datasets written by the tests themselves."""
+import gzip
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def write_processed(directory, sequences, items):
+  """sequences: {reviewerID: [asin, ...]}; items: [dict with asin, title, ...]."""
+  os.makedirs(directory, exist_ok=True)
+  with gzip.open(os.path.join(directory, "sequences.txt.gz"), "wt") as f:
+    for user, asins in sequences.items():
+      f.write(" ".join([user] + list(asins)) + "\n")
+  with gzip.open(os.path.join(directory, "items.jsonl.gz"), "wt") as f:
+    for item in items:
+      f.write(json.dumps(item) + "\n")
+  return str(directory)
+
+
+@pytest.fixture
+def tiny_dataset_dir(tmp_path):
+  """Five users, eight items; user u4's sequence is longer than the history cap of 20."""
+  items = [{"asin": f"I{i}", "title": f"item {i}", "categories": [["Beauty", f"Cat{i % 3}"]]}
+           for i in range(8)]
+  sequences = {
+      "u0": ["I0", "I1", "I2"],
+      "u1": ["I3", "I4", "I5", "I6"],
+      "u2": ["I7", "I0", "I3", "I5", "I1"],
+      "u3": ["I2", "I2", "I4"],
+      "u4": [f"I{i % 8}" for i in range(25)],
+  }
+  return write_processed(tmp_path / "tiny", sequences, items)

@@ -114,8 +114,8 @@ def test_items_without_metadata_are_dropped_counted_and_logged(tmp_path, caplog)
   report = dataset.report
   assert dataset.name == "toys"
   assert "N1" not in dataset.catalog and len(dataset.catalog) == 5
-  assert report.reviews_without_meta == 6 and report.items_without_meta == 2
-  assert report.users_without_meta == 1  # U9 reviewed only N2
+  assert report["reviews_without_meta"] == 6 and report["items_without_meta"] == 2
+  assert report["users_without_meta"] == 1  # U9 reviewed only N2
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert any("dropped 6 reviews of 2 items without metadata" in m for m in warnings)
   assert any("5-core" in r.getMessage() for r in caplog.records)

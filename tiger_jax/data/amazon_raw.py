@@ -418,9 +418,9 @@ def read_raw(reviews_path: PathLike, meta_path: PathLike, name: Optional[str] = 
 
 def read_raw_category(reviews_path: PathLike, meta_path: PathLike, name: Optional[str] = None,
                       **options) -> Dataset:
-  """`read_raw` returning only the Dataset, with its ReadReport attached as `dataset.report`."""
+  """`read_raw` returning only the Dataset, its ReadReport's counts in `dataset.report` (a JSON-able dict)."""
   dataset, report = read_raw(reviews_path, meta_path, name, **options)
-  dataset.report = report  # type: ignore[attr-defined]
+  dataset.report = report.as_dict()
   return dataset
 
 

@@ -77,3 +77,16 @@ def test_missing_and_empty_files_are_clear_errors(tmp_path):
     f.write("\n")
   with pytest.raises(DataFormatError, match="empty"):
     processed.read_processed_dir(d)
+
+
+def test_load_dataset_dispatches_raw_amazon_files(tmp_path):
+  reviews = [{"reviewerID": f"U{u}", "asin": f"A{i}", "unixReviewTime": 1000 + 10 * i + u}
+             for u in range(5) for i in range(5)]
+  with gzip.open(tmp_path / "reviews_Toys_and_Games_5.json.gz", "wt") as f:
+    f.writelines(json.dumps(r) + "\n" for r in reviews)
+  with gzip.open(tmp_path / "meta_Toys_and_Games.json.gz", "wt") as f:
+    f.writelines(repr({"asin": f"A{i}", "title": f"toy {i}", "price": 2.5}) + "\n" for i in range(5))
+  ds = load_dataset(str(tmp_path), name="toys")
+  assert ds.stats()["users"] == 5 and ds.stats()["items"] == 5 and ds.stats()["interactions"] == 25
+  assert ds.catalog.items[0].price == 2.5
+  assert json.loads(json.dumps(ds.report))["interactions"] == 25

@@ -71,7 +71,7 @@ def converted_split(task, split: str, feature_lengths: Mapping[str, int]) -> dic
 
 def _atomic_savez(path: str, **arrays):
   tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
+  np.savez_compressed(tmp, **arrays)  # token arrays are mostly padding: 50 MB -> 3 MB for Beauty
   os.replace(tmp, path)
 
 

@@ -5,7 +5,7 @@
 
 For each task it writes `<output_cache_dir>/<task>/{train,validation,test}.npz` with the features exactly as
 `seqio.EncDecFeatureConverter` produces them (plus `user_index`, `target_item`), `items.npz` (catalogue asins,
-their Semantic-ID tokens, reviewerIDs: what evaluation needs to map beams back to items without TensorFlow),
+their Semantic-ID tokens, titles, reviewerIDs: what evaluation needs to map beams back to items without TensorFlow),
 and `info.json`. A task whose info.json already records the same inputs (data files, ID table, feature lengths)
 is skipped. The trainer reads the cache with numpy alone (tiger_jax.utils).
 """
@@ -120,6 +120,7 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
   _atomic_savez(os.path.join(task_dir, "items.npz"),
                 asins=np.array(dataset.catalog.asins),
                 item_tokens=tiger_tasks.item_tokens(dataset, table),
+                titles=np.array([item.title or "" for item in dataset.catalog.items]),
                 users=np.array(dataset.sessions.users))
   info = dict(key, vocab_size=vocab_lib.DEFAULT_LAYOUT.vocab_size, counts=counts, dataset=dataset.stats(),
               reader_report=dataset.report, seconds=round(time.time() - start, 2),

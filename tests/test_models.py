@@ -1,5 +1,7 @@
-"""EncoderDecoderModel: loss against hand computation, scoring, greedy decoding, overfitting."""
+"""EncoderDecoderModel: loss by hand, scoring, Semantic-ID decoding, overfitting."""
+import functools
 import importlib.util  # noqa: F401  (gin 0.5 needs it imported first, see DESIGN.md)
+import itertools
 import pathlib
 
 import jax
@@ -7,12 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tasks import vocab
+from tiger_jax import decoding
 from tiger_jax import models
 from tiger_jax import network
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = network.T5Config(vocab_size=24, emb_dim=16, num_heads=2, num_encoder_layers=1,
                         num_decoder_layers=2, head_dim=8, mlp_dim=32, dropout_rate=0.0)
+# TINY's vocabulary: pad, EOS, 4 levels x 4 codes, 6 user tokens = 24.
+LAYOUT = vocab.TokenLayout(num_levels=4, codebook_size=4, num_user_buckets=6, pad_to_multiple=8)
+ALL_CODES = np.array(list(itertools.product(range(4), repeat=4)), np.int32)  # [256, 4]
 
 
 def make_batch(seed=0, batch=3, enc_len=9, dec_len=5, vocab=24):
@@ -34,7 +41,7 @@ def make_batch(seed=0, batch=3, enc_len=9, dec_len=5, vocab=24):
 
 def make_model(cfg=TINY, seed=0, **kwargs):
   """Model plus numpy-drawn parameters (compiling the initialisers costs seconds on 2 cores)."""
-  model = models.EncoderDecoderModel(network.Transformer(cfg), **kwargs)
+  model = models.EncoderDecoderModel(network.Transformer(cfg), **{'layout': LAYOUT, **kwargs})
   shapes = {'encoder_input_tokens': (1, 9), 'decoder_input_tokens': (1, 5)}
   tree = jax.eval_shape(lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
   rng = np.random.default_rng(seed)
@@ -173,93 +180,197 @@ def test_score_batch_is_summed_log_softmax(tiny):
   np.testing.assert_allclose(scores, expected, rtol=1e-5)
 
 
-def test_greedy_decode_is_stepwise_argmax(tiny):
-  model, params = tiny
-  batch = make_batch(seed=5, batch=4)
-  tokens, aux = jax.jit(model.predict_batch_with_aux)(params, batch)
-  tokens, scores = np.asarray(tokens), np.asarray(aux['scores'])
-  b, length = tokens.shape
-  assert tokens.shape == batch['decoder_target_tokens'].shape and scores.shape == (b,)
+# ----------------------------------------------------------------------------- decoding
+# The tiny network's 24 tokens hold a 4-level, 4-code layout: codeword tokens 2..17 (level l,
+# code c -> 2 + 4l + c), then 6 user tokens; 256 possible IDs, small enough to enumerate.
 
-  # Reference: full-sequence (uncached) decoding, one more position at a time.
+
+def id_tokens(codes):
+  return LAYOUT.codes_to_tokens(np.asarray(codes))
+
+
+def random_catalogue(n, seed):
+  rng = np.random.default_rng(seed)
+  return ALL_CODES[np.sort(rng.choice(len(ALL_CODES), n, replace=False))]
+
+
+def make_inputs(seed, batch, enc_len=9):
+  """Encoder inputs shaped like TIGER's: a user token, then codeword tokens, then padding."""
+  rng = np.random.default_rng(seed)
+  enc = np.zeros((batch, enc_len), np.int32)
+  for b in range(batch):
+    n = enc_len - 2 * b
+    enc[b, 0] = rng.integers(LAYOUT.user_offset, LAYOUT.used_size)
+    enc[b, 1:n] = rng.integers(LAYOUT.codeword_offset, LAYOUT.user_offset, n - 1)
+  return jnp.asarray(enc)
+
+
+def id_batch(enc, codes, with_eos=True):
+  """Teacher-forced features scoring the IDs `codes` [B, L] (+ EOS, weighted iff with_eos)."""
+  codes = np.asarray(codes)
+  tgt = np.concatenate([id_tokens(codes), np.full((len(codes), 1), models.EOS_ID)], axis=1)
+  dec_in = np.zeros_like(tgt)
+  dec_in[:, 1:] = tgt[:, :-1]
+  weights = np.ones_like(tgt)
+  weights[:, -1] = int(with_eos)
+  return {'encoder_input_tokens': jnp.asarray(enc), 'decoder_input_tokens': jnp.asarray(dec_in),
+          'decoder_target_tokens': jnp.asarray(tgt), 'decoder_loss_weights': jnp.asarray(weights)}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def run_predict(model, params, enc, decoder_params, num_decodes, trie=None, rng=None):
+  """The documented pattern: static options bound, the trie a jit argument.
+
+  decoder_params is a frozenset of (key, value) pairs so that it can be a static argument.
+  """
+  return model.predict_batch_with_aux(
+      params, {'encoder_input_tokens': enc}, rng=rng,
+      decoder_params=dict(decoder_params, trie=trie), num_decodes=num_decodes,
+      return_all_decodes=True)
+
+
+@pytest.mark.parametrize('score_eos', [False, True])
+def test_constrained_beam_is_brute_force_over_catalogue(tiny, score_eos):
+  """With more beams than items nothing is pruned: the whole catalogue, ranked best first."""
+  model, params = tiny
+  catalogue = random_catalogue(10, seed=1)
+  trie = decoding.SemanticIdTrie.from_codes(catalogue, LAYOUT.codebook_size)
+  enc = make_inputs(seed=2, batch=3)
+  tokens, aux = run_predict(model, params, enc, frozenset(
+      {'constrain': True, 'score_eos': score_eos}.items()), 12, trie.to_device())
+  tokens, scores, items = map(np.asarray, (tokens, aux['scores'], aux['items']))
+  assert tokens.shape == (3, 12, 4) and scores.shape == items.shape == (3, 12)
+
+  # Brute force: teacher-forced log-prob of every (input, item) pair.
+  n = len(catalogue)
+  flat = id_batch(np.repeat(np.asarray(enc), n, axis=0), np.tile(catalogue, (3, 1)), score_eos)
+  expected = np.asarray(jax.jit(model.score_batch)(params, flat)).reshape(3, n)
+  for b in range(3):
+    order = np.argsort(-expected[b], kind='stable')
+    np.testing.assert_array_equal(items[b, :n], order)
+    np.testing.assert_array_equal(tokens[b, :n], id_tokens(catalogue[order]))
+    np.testing.assert_allclose(scores[b, :n], expected[b, order], rtol=1e-4, atol=1e-5)
+  # Two beams more than items: dead, last, and unmistakable for IDs.
+  assert np.all(scores[:, n:] == -np.inf) and np.all(items[:, n:] == -1)
+  assert np.all(tokens[:, n:] == 0)
+
+
+def test_one_beam_is_stepwise_argmax_over_level_tokens(tiny):
+  model, params = tiny
+  enc = make_inputs(seed=3, batch=4)
+  tokens, aux = jax.jit(model.predict_batch_with_aux)(params, {'encoder_input_tokens': enc})
+  tokens, scores = np.asarray(tokens), np.asarray(aux['scores'])
+  assert tokens.shape == (4, 4) and scores.shape == (4,)
+  assert set(aux) == {'scores'}  # no trie, no items
+
+  # Reference: uncached forward passes, one more position at a time; each level may only
+  # emit its own codeword tokens, scored by the full-vocabulary softmax.
   compute = jax.jit(model._compute_logits)
-  prefix = np.zeros((b, length), np.int32)
-  expected = np.zeros((b, length), np.int32)
-  expected_scores = np.zeros(b)
-  ended = np.zeros(b, bool)
-  for i in range(length):
-    full = dict(batch, decoder_input_tokens=jnp.asarray(prefix),
-                decoder_target_tokens=jnp.ones((b, length), jnp.int32))
-    lp = log_softmax(np.asarray(compute(params, full), np.float64)[:, i])
-    choice = lp.argmax(-1)
-    expected_scores += np.where(ended, 0.0, lp[np.arange(b), choice])
-    expected[:, i] = np.where(ended, 0, choice)
-    ended |= expected[:, i] == models.EOS_ID
-    if i + 1 < length:
+  b, levels, size = 4, LAYOUT.num_levels, LAYOUT.codebook_size
+  prefix = np.zeros((b, levels), np.int32)
+  expected, expected_scores = np.zeros((b, levels), np.int32), np.zeros(b)
+  for i in range(levels):
+    feats = {'encoder_input_tokens': enc, 'decoder_input_tokens': jnp.asarray(prefix),
+             'decoder_target_tokens': jnp.ones((b, levels), jnp.int32)}
+    lp = log_softmax(np.asarray(compute(params, feats), np.float64)[:, i])
+    start = LAYOUT.codeword_offset + size * i
+    allowed = lp[:, start:start + size]
+    expected[:, i] = start + allowed.argmax(-1)
+    expected_scores += allowed.max(-1)
+    if i + 1 < levels:
       prefix[:, i + 1] = expected[:, i]
   np.testing.assert_array_equal(tokens, expected)
   np.testing.assert_allclose(scores, expected_scores, rtol=1e-4)
 
-  all_tokens, all_aux = jax.eval_shape(
-      lambda p: model.predict_batch_with_aux(p, batch, return_all_decodes=True), params)
-  assert all_tokens.shape == (b, 1, length) and all_aux['scores'].shape == (b, 1)
+  # Sampling at temperature 0 is the same greedy decode. An unconstraining trie only maps IDs
+  # to items, and greedy IDs mostly miss a 6-item catalogue.
+  trie = decoding.SemanticIdTrie.from_codes(random_catalogue(6, seed=4), LAYOUT.codebook_size)
+  sampled, aux = run_predict(model, params, enc, frozenset(
+      {'method': 'sample', 'temperature': 0.0}.items()), 2, trie.to_device(),
+      jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(np.asarray(sampled), np.repeat(expected[:, None], 2, axis=1))
+  items = np.asarray(aux['items'])
+  np.testing.assert_array_equal(items, trie.lookup(LAYOUT.tokens_to_codes(np.asarray(sampled))))
+  assert np.any(items < 0)
 
 
-def test_prompt_with_targets_forces_tokens(tiny):
+def test_constraint_never_returns_item_outside_trie(tiny):
   model, params = tiny
-  batch = make_batch(seed=6, batch=2)
-  batch = dict(batch, decoder_target_tokens=jnp.asarray([[5, 6, 7, 8, 1], [9, 10, 11, 12, 1]]))
-  batch['decoder_input_tokens'] = jnp.asarray([[0, 5, 6, 0, 0], [0, 9, 10, 11, 12]])
-  tokens, aux = jax.jit(lambda p, b: model.predict_batch_with_aux(p, b, prompt_with_targets=True))(
-      params, batch)
-  tokens = np.asarray(tokens)
-  np.testing.assert_array_equal(tokens[0, :2], [5, 6])
-  np.testing.assert_array_equal(tokens[1, :4], [9, 10, 11, 12])
-  # Forced tokens are not scored: row 1 scores only its last, free position.
-  lp = log_softmax(logits_of(model, params, dict(
-      batch, decoder_input_tokens=jnp.asarray([[0, 9, 10, 11, 12]] * 2),
-      decoder_target_tokens=jnp.ones((2, 5), jnp.int32))))
-  np.testing.assert_allclose(float(aux['scores'][1]), lp[1, 4].max(), rtol=1e-4)
+  catalogue = random_catalogue(6, seed=4)
+  trie = decoding.SemanticIdTrie.from_codes(catalogue, LAYOUT.codebook_size)
+  enc = make_inputs(seed=5, batch=3)
+  batch = {'encoder_input_tokens': enc, 'decoder_target_tokens': jnp.ones((3, 5), jnp.int32)}
+  # (test_one_beam_... shows unconstrained decodes leaving such a catalogue.)
+  beam = model.make_predict_fn({'trie': trie, 'constrain': True}, num_decodes=8,
+                               return_all_decodes=True)
+  sample = model.make_predict_fn({'method': 'sample', 'trie': trie, 'constrain': True,
+                                  'deduplicate': True}, num_decodes=8, return_all_decodes=True)
+  for name, (tokens, aux) in (('beam', beam(params, batch)),
+                              ('sample', sample(params, batch, jax.random.PRNGKey(1)))):
+    tokens, scores, items = map(np.asarray, (tokens, aux['scores'], aux['items']))
+    live = np.isfinite(scores)
+    if name == 'beam':  # 8 beams cover the 6 items, each once; the rest are dead
+      assert live.sum(1).tolist() == [6, 6, 6]
+    codes = LAYOUT.tokens_to_codes(tokens)
+    np.testing.assert_array_equal(np.where(live, trie.lookup(codes), -1), items)
+    assert np.all(items[live] >= 0) and np.all(items[~live] == -1) and np.all(live[:, 0])
+    for b in range(3):
+      row = scores[b, live[b]]
+      assert np.all(np.diff(row) <= 0) and np.all(live[b, :len(row)])  # best first, dead last
+      assert len(set(items[b, live[b]])) == len(row)  # distinct (deduplicated samples)
+  best = model.make_predict_fn({'trie': trie, 'constrain': True}, num_decodes=8)
+  best_tokens, best_aux = jax.eval_shape(best, params, batch)  # shapes only: saves a compile
+  assert best_tokens.shape == (3, 4) and best_aux['items'].shape == best_aux['scores'].shape == (3,)
 
 
-def test_decode_fn_hook_contract(tiny):
+def test_make_predict_fn_keeps_trie_out_of_the_program(tiny):
+  """The trie travels as an argument; closing over it would embed its table as a constant."""
   model, params = tiny
-  batch = make_batch(seed=7, batch=2)
-  seen = {}
+  trie = decoding.SemanticIdTrie.from_codes(random_catalogue(40, seed=6), LAYOUT.codebook_size)
+  enc = make_inputs(seed=7, batch=2)
+  opts = {'trie': trie, 'constrain': True}
+  predict = model.make_predict_fn(opts, num_decodes=3)
+  table_type = 'tensor<{}x{}xi32>'.format(*trie.next_state.shape)
 
-  def fake_beam_search(*, inputs, cache, tokens_to_logits, eos_id, num_decodes, decode_rng,
-                       cache_offset, beam_alpha):
-    seen.update(eos_id=eos_id, num_decodes=num_decodes, alpha=beam_alpha, offset=cache_offset)
-    key = cache['decoder']['layers_0']['self_attention']['cached_key']
-    seen['cache_batch'] = key.shape[0]
-    flat_cache = jax.tree_util.tree_map(
-        lambda x: jnp.repeat(x, num_decodes, axis=0) if x.ndim else x, cache)
-    logits, _ = tokens_to_logits(jnp.zeros((inputs.shape[0] * num_decodes, 1), jnp.int32),
-                                 flat_cache)
-    seen['logits_shape'] = logits.shape
-    b, length = inputs.shape
-    seqs = jnp.broadcast_to(jnp.arange(num_decodes)[None, :, None], (b, num_decodes, length))
-    return seqs, jnp.broadcast_to(jnp.arange(num_decodes, dtype=jnp.float32), (b, num_decodes))
+  def constants(text):
+    return [line for line in text.splitlines() if 'constant' in line and table_type in line]
 
-  model = models.EncoderDecoderModel(model.module, decode_fn=fake_beam_search)
-  tokens, aux = jax.jit(lambda p, b: model.predict_batch_with_aux(
-      p, b, num_decodes=3, decoder_params={'beam_alpha': 0.6}))(params, batch)
-  assert seen == {'eos_id': 1, 'num_decodes': 3, 'alpha': 0.6, 'offset': 0, 'cache_batch': 2,
-                  'logits_shape': (6, TINY.vocab_size)}
-  np.testing.assert_array_equal(tokens, np.full((2, 5), 2))  # best (last) decode
-  np.testing.assert_array_equal(aux['scores'], [2.0, 2.0])
+  hlo = predict.jitted.lower(params, enc, trie.to_device(), None).as_text()
+  assert table_type in hlo and not constants(hlo)
+  closed = jax.jit(functools.partial(model.predict_batch_with_aux, decoder_params=opts,
+                                     num_decodes=3)).lower(params, {'encoder_input_tokens': enc})
+  assert constants(closed.as_text())  # what the pattern avoids
 
 
-def test_greedy_rejects_several_decodes(tiny):
+def test_decoder_params_are_checked(tiny):
   model, params = tiny
-  with pytest.raises(ValueError, match='num_decodes'):
-    jax.eval_shape(lambda p: model.predict_batch_with_aux(p, make_batch(), num_decodes=2), params)
-
+  batch = {'encoder_input_tokens': make_inputs(seed=8, batch=2)}
+  trie = decoding.SemanticIdTrie.from_codes(random_catalogue(4, seed=9), LAYOUT.codebook_size)
+  with pytest.raises(ValueError, match='rng'):
+    model.predict_batch_with_aux(params, batch, decoder_params={'method': 'sample'})
+  with pytest.raises(ValueError, match="'beam_size'"):
+    model.predict_batch_with_aux(params, batch, decoder_params={'beam_size': 4})
+  with pytest.raises(ValueError, match="'temperature'.*'sample'"):
+    model.predict_batch_with_aux(params, batch, decoder_params={'temperature': 0.5})
+  with pytest.raises(ValueError, match="'alpha'.*'beam'"):
+    model.make_predict_fn({'method': 'sample', 'alpha': 0.6})
+  with pytest.raises(ValueError, match='method'):
+    model.predict_batch_with_aux(params, batch, decoder_params={'method': 'greedy'})
+  with pytest.raises(ValueError, match='trie'):
+    model.predict_batch_with_aux(params, batch, decoder_params={'constrain': True})
+  with pytest.raises(ValueError, match='SemanticIdTrie'):
+    model.predict_batch_with_aux(params, batch, decoder_params={'trie': trie.next_state})
+  # A network too small for the layout's codeword tokens is refused, not silently clamped.
+  small = models.EncoderDecoderModel(model.module)  # TIGER's layout: tokens up to 1025
+  assert small.num_id_levels == 4
+  with pytest.raises(ValueError, match='vocab_size 24'):
+    small.predict_batch_with_aux(params, batch)
+  assert model.num_id_levels == LAYOUT.num_levels
 
 def test_overfits_tiny_batch():
   optax = pytest.importorskip('optax')
   model, params = make_model(seed=1)
-  batch = make_batch(seed=8, batch=4)
+  batch = id_batch(make_inputs(seed=8, batch=4), random_catalogue(4, seed=8))
   opt = optax.adam(3e-3)
 
   @jax.jit
@@ -276,8 +387,8 @@ def test_overfits_tiny_batch():
 
   params, losses = train(params)
   assert float(losses[-1]) < 0.05 * float(losses[0])
-  tokens = model.predict_batch(params, batch)
-  np.testing.assert_array_equal(tokens, batch['decoder_target_tokens'])
+  tokens = jax.jit(model.predict_batch)(params, batch)
+  np.testing.assert_array_equal(tokens, batch['decoder_target_tokens'][:, :4])
 
 
 def test_gin_model_file_builds_paper_model():
@@ -310,3 +421,11 @@ def test_gin_model_file_builds_paper_model():
   shapes = {'encoder_input_tokens': (1, 81), 'decoder_input_tokens': (1, 5)}
   variables = jax.eval_shape(lambda: model.get_initial_variables(jax.random.PRNGKey(0), shapes))
   assert network.count_params(variables['params']) == 4_852_864
+  # It decodes TIGER's Semantic IDs (20 beams, constrained to a catalogue).
+  assert model.num_id_levels == 4 and model.layout == vocab.DEFAULT_LAYOUT
+  trie = decoding.SemanticIdTrie.from_codes(np.array([[1, 2, 3, 0], [1, 2, 3, 1]]))
+  tokens, aux = jax.eval_shape(lambda p, t: model.predict_batch_with_aux(
+      p, {'encoder_input_tokens': jnp.ones((2, 81), jnp.int32)}, num_decodes=20,
+      decoder_params={'trie': t, 'constrain': True}, return_all_decodes=True),
+      variables['params'], trie.to_device())
+  assert tokens.shape == (2, 20, 4) and aux['items'].shape == aux['scores'].shape == (2, 20)

@@ -1,7 +1,7 @@
 """EncoderDecoderModel: what train/eval/infer call on the T5 network, with t5x's interface.
 
 The model owns no optimiser and no parameters: it turns a batch (the feature dict of seqio's
-EncDecFeatureConverter) plus parameters into a loss, per-example scores or decoded sequences.
+EncDecFeatureConverter) plus parameters into a loss, per-example scores or decoded Semantic IDs.
 
 Batches: `encoder_input_tokens` [B, Li], `decoder_input_tokens` [B, L] (targets shifted right,
 starting with the BOS id 0), `decoder_target_tokens` [B, L] and `decoder_loss_weights` [B, L]
@@ -18,23 +18,50 @@ weights and summed over the batch, then divided by
     the sum is divided by the number of sequences that have any weight;
   - None: no division (t5x's behaviour when nothing is set): the plain weighted sum.
 
-Decoding hook (`decode_fn`), the interface t5x's decoders follow, so beam search can plug in:
-  decode_fn(*, inputs, cache, tokens_to_logits, eos_id, num_decodes, decode_rng, cache_offset,
-            **decoder_params) -> (sequences [B, num_decodes, L], scores [B, num_decodes])
-  - `inputs` [B, L]: the decoder prompt; 0 everywhere except forced prompt tokens (position 0 is
-    the BOS slot; a nonzero inputs[:, i + 1] forces output token i).
-  - `cache`: the zeroed KV cache for batch B (leaves are batch-first, except the scalar
-    `cache_index`); a decoder that needs B * num_decodes rows expands it itself, each row
-    repeated in place ([e0, e0, e1, e1, ...]), which is how the encodings are expanded here.
-  - `tokens_to_logits(ids [N, 1] int32, cache) -> (logits [N, V] float32, new_cache)` runs one
-    cached decoder step for N = B * num_decodes rows.
-  - Results are sorted by increasing score along axis 1 (best last), as t5x's beam search does;
-    sequences hold the generated tokens (not the BOS), 0 after EOS.
+Decoding (`predict_batch_with_aux`): TIGER's outputs are Semantic IDs, exactly
+`num_id_levels` (4) codeword tokens, so all decoding goes through `tiger_jax.decoding` (one
+path for greedy, beam search and sampling; greedy is beam search with one beam). Only
+`batch['encoder_input_tokens']` is read. `decoder_params` picks the decoder:
+  - 'method': 'beam' (default, `decoding.beam_search`) or 'sample'
+    (`decoding.temperature_sample`, needs `rng`);
+  - both: 'trie' (a `decoding.SemanticIdTrie`, on device via `to_device()`, or None),
+    'constrain' (only catalogue IDs; needs 'trie'), 'score_eos' (add log P(EOS | ID));
+  - 'beam' only: 'alpha' (t5x's brevity exponent; IDs share one length, so it only rescales);
+  - 'sample' only: 'temperature', 'sample_levels', 'deduplicate'.
+A key that is unknown, or belongs to the other method, is a ValueError: a silently ignored
+'temperature' would make a beam-search run look like a sampling run.
+
+Results are ranked BEST FIRST: tokens [B, num_decodes, num_id_levels] and aux
+{'scores': [B, num_decodes], 'items': [B, num_decodes]} (catalogue index, -1 for an ID outside
+the catalogue or a dead beam; 'items' is absent without a trie, so forgetting the trie fails
+loudly instead of scoring zero recall). This is the reverse of t5x (best last, because its beam
+search grows the top-k in ascending order): retrieval lists are read top-down, so rank r is
+index r. Scores are summed model log-probs (full-vocabulary softmax), equal to `score_batch` of
+the 4 ID tokens (plus EOS with 'score_eos'); dead beams (fewer valid IDs than beams) score -inf
+and have tokens 0 and item -1. Without `return_all_decodes` only the best decode is returned:
+tokens [B, num_id_levels], aux values [B].
+
+Jitting: `decoder_params` (except the trie's table), `num_decodes` and `return_all_decodes` are
+static (they change shapes or Python control flow). The trie is a pytree: pass it through the
+jitted function's arguments rather than closing over it, or its table (megabytes) is baked into
+the program as a constant. `make_predict_fn` does exactly that:
+
+  predict = model.make_predict_fn({'trie': trie, 'constrain': True}, num_decodes=20,
+                                  return_all_decodes=True)
+  tokens, aux = predict(params, batch)  # rng=... for 'sample'
+
+or by hand:
+
+  def predict(params, encoder_input_tokens, trie, rng):
+    return model.predict_batch_with_aux(
+        params, {'encoder_input_tokens': encoder_input_tokens}, rng=rng,
+        decoder_params={'trie': trie, 'constrain': True}, num_decodes=20,
+        return_all_decodes=True)
+  predict = jax.jit(predict)  # called as predict(params, tokens, trie.to_device(), None)
 """
 from __future__ import annotations
 
 import enum
-import functools
 from typing import Any, Callable, Mapping, Optional, Union
 
 import flax.linen as nn
@@ -42,12 +69,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tasks import vocab as vocab_lib
+from tiger_jax import decoding
+
 Array = jax.Array
 Batch = Mapping[str, Array]
 PyTree = Any
 
 PAD_ID = 0
-EOS_ID = 1  # tasks/vocab.py; used when the model has no output vocabulary.
+EOS_ID = vocab_lib.EOS_ID  # used when the model has no output vocabulary.
+
+# decoder_params: keys every method takes, then each method's own, with their defaults.
+_COMMON_DEFAULTS = {'method': 'beam', 'trie': None, 'constrain': False, 'score_eos': False}
+_METHOD_KEYS = {
+    'beam': {'alpha': 0.0},
+    'sample': {'temperature': 1.0, 'sample_levels': None, 'deduplicate': False},
+}
 
 
 class SpecialLossNormalizingFactor(enum.Enum):
@@ -154,53 +191,22 @@ def compute_loss_and_metrics(logits: Array, batch: Batch, label_smoothing: float
   return loss, metrics
 
 
-def greedy_decode(*, inputs: Array, cache: PyTree, tokens_to_logits: Callable, eos_id: int,
-                  num_decodes: int = 1, decode_rng: Optional[Array] = None, cache_offset: int = 0,
-                  **unused) -> tuple[Array, Array]:
-  """Arg-max decoding of inputs.shape[1] tokens with the KV cache (a `decode_fn`).
-
-  Runs a fixed number of steps in `lax.scan` (TIGER's targets are always 4 codes + EOS), so it
-  jits to one loop. Forced prompt tokens are emitted but not scored, as in t5x.
-  """
-  del decode_rng, cache_offset, unused
-  if num_decodes != 1:
-    raise ValueError(f'greedy_decode yields one sequence per example, got num_decodes='
-                     f'{num_decodes}; use beam search for several')
-  batch = inputs.shape[0]
-  # prompt_next[:, i] is the forced token for output position i (0 = free).
-  prompt_next = jnp.concatenate([inputs[:, 1:], jnp.zeros((batch, 1), inputs.dtype)], axis=1)
-
-  def step(carry, forced):
-    token, cache, ended, score = carry
-    logits, cache = tokens_to_logits(token[:, None], cache)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    is_forced = forced != 0
-    chosen = jnp.where(is_forced, forced, jnp.argmax(log_probs, axis=-1).astype(inputs.dtype))
-    chosen_log_prob = jnp.take_along_axis(log_probs, chosen[:, None].astype(jnp.int32),
-                                          axis=-1)[:, 0]
-    score = score + jnp.where(ended | is_forced, 0.0, chosen_log_prob)
-    chosen = jnp.where(ended, jnp.zeros_like(chosen), chosen)
-    ended = ended | (chosen == eos_id)
-    return (chosen, cache, ended, score), chosen
-
-  init = (inputs[:, 0], cache, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32))
-  (_, _, _, scores), tokens = jax.lax.scan(step, init, prompt_next.T)
-  return tokens.T[:, None, :], scores[:, None]
-
-
 class EncoderDecoderModel:
   """t5x-style wrapper around `network.Transformer` (loss, scoring, decoding, initialisation)."""
 
   def __init__(self, module: nn.Module, input_vocabulary: Any = None,
-               output_vocabulary: Any = None, decode_fn: Callable = greedy_decode,
-               label_smoothing: float = 0.0, z_loss: float = 0.0,
-               loss_normalizing_factor: LossNormalizingFactor = 'NUM_REAL_TARGET_TOKENS'):
+               output_vocabulary: Any = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
+               loss_normalizing_factor: LossNormalizingFactor = 'NUM_REAL_TARGET_TOKENS',
+               layout: Optional[vocab_lib.TokenLayout] = None):
+    """`layout` (where codeword tokens live) defaults to output_vocabulary's, else TIGER's."""
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
+    if layout is None:
+      layout = getattr(output_vocabulary, 'layout', None) or vocab_lib.DEFAULT_LAYOUT
     self.module = module
     self.input_vocabulary = input_vocabulary
     self.output_vocabulary = output_vocabulary
-    self._decode_fn = decode_fn
+    self.layout = layout
     self._label_smoothing = label_smoothing
     self._z_loss = z_loss
     self._loss_normalizing_factor = _as_special(loss_normalizing_factor)
@@ -266,71 +272,118 @@ class EncoderDecoderModel:
 
   # ---------------------------------------------------------------- decoding
 
-  def _init_cache(self, params: PyTree, encoder_input_tokens: Array,
-                  decoder_input_tokens: Array) -> PyTree:
-    """Zeroed decoder KV cache for this batch shape.
-
-    The decoder's first `decode=True` call creates the cache; only its shapes are needed, so it
-    runs under `eval_shape` and costs nothing even outside jit.
-    """
-    batch = encoder_input_tokens.shape[0]
-    encoded = jnp.zeros((batch, encoder_input_tokens.shape[1], self.module.config.emb_dim),
-                        self.module.config.dtype)
-    ones = jnp.ones_like(decoder_input_tokens)
-
-    def create():
-      _, variables = self.module.apply(
-          {'params': params}, encoded, encoder_input_tokens, ones, ones, enable_dropout=False,
-          decode=True, max_decode_length=decoder_input_tokens.shape[1],
-          method=self.module.decode, mutable=['cache'])
-      return variables['cache']
-
-    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(create))
-
-  def _tokens_to_logits(self, ids: Array, cache: PyTree, *, params: PyTree, encoded: Array,
-                        encoder_input_tokens: Array, max_decode_length: int):
-    logits, variables = self.module.apply(
-        {'params': params, 'cache': cache}, encoded, encoder_input_tokens, ids, None,
-        enable_dropout=False, decode=True, max_decode_length=max_decode_length,
-        method=self.module.decode, mutable=['cache'])
-    return logits[:, 0, :], variables['cache']
-
   @property
   def eos_id(self) -> int:
     vocab = self.output_vocabulary
     return int(vocab.eos_id) if vocab is not None and hasattr(vocab, 'eos_id') else EOS_ID
 
-  def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[Array] = None,
-                             decoder_params: Optional[dict] = None,
-                             return_all_decodes: bool = False, num_decodes: int = 1,
-                             prompt_with_targets: bool = False) -> tuple[Array, dict]:
-    """Decodes targets of the batch's target length with `decode_fn` and the KV cache.
+  @property
+  def num_id_levels(self) -> int:
+    """Tokens per Semantic ID (the layout's levels): the fixed length of every decode."""
+    return self.layout.num_levels
 
-    Returns tokens [B, L] and {'scores': [B]} for the best decode, or with return_all_decodes
-    [B, num_decodes, L] and [B, num_decodes] (best last). Jit it with the keyword arguments
-    bound (they change shapes or Python control flow).
+  def decoder_options(self, decoder_params: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """`decoder_params` with defaults filled in, checked before anything is traced."""
+    if not isinstance(decoder_params, (Mapping, type(None))):
+      raise ValueError(f'decoder_params must be a dict, got {type(decoder_params).__name__}')
+    given = dict(decoder_params or {})
+    method = given.get('method', 'beam')
+    if method not in _METHOD_KEYS:
+      raise ValueError(f"decoder_params['method'] must be one of {sorted(_METHOD_KEYS)}, got "
+                       f'{method!r}')
+    for key in given:
+      if key in _COMMON_DEFAULTS or key in _METHOD_KEYS[method]:
+        continue
+      other = [m for m, keys in _METHOD_KEYS.items() if key in keys]
+      if other:
+        raise ValueError(f'decoder_params key {key!r} applies to method {other[0]!r}, not '
+                         f'{method!r}')
+      known = sorted(set(_COMMON_DEFAULTS).union(*_METHOD_KEYS.values()))
+      raise ValueError(f'decoder_params: unknown key {key!r}; known keys are {known}')
+    options = {**_COMMON_DEFAULTS, **_METHOD_KEYS[method], **given, 'method': method}
+    trie = options['trie']
+    if trie is not None and not isinstance(trie, decoding.SemanticIdTrie):
+      raise ValueError(f"decoder_params['trie'] must be a decoding.SemanticIdTrie or None, got "
+                       f'{type(trie).__name__}')
+    if options['constrain'] and trie is None:
+      raise ValueError("decoder_params: 'constrain' needs a 'trie'")
+    return options
+
+  def predict_batch_with_aux(self, params: PyTree, batch: Batch, rng: Optional[Array] = None,
+                             decoder_params: Optional[Mapping[str, Any]] = None,
+                             return_all_decodes: bool = False,
+                             num_decodes: int = 1) -> tuple[Array, dict[str, Array]]:
+    """Decodes Semantic IDs from `batch['encoder_input_tokens']` (see the module docstring).
+
+    Returns tokens [B, num_decodes, num_id_levels] and aux {'scores', 'items'} [B, num_decodes]
+    ranked best first (t5x ranks best last), or with return_all_decodes=False the best decode:
+    tokens [B, num_id_levels], aux values [B]. 'items' is only present with a trie.
     """
+    options = self.decoder_options(decoder_params)
+    method = options['method']
+    if method == 'sample' and rng is None:
+      raise ValueError("decoder_params method 'sample' needs an rng")
+    model_vocab = getattr(getattr(self.module, 'config', None), 'vocab_size', None)
+    if model_vocab is not None and self.layout.user_offset > model_vocab:
+      # Checked here, not in __init__: training a small-vocabulary model never decodes IDs, and
+      # an out-of-range slice of the logits would be clamped silently, not fail.
+      raise ValueError(f'the token layout needs codeword tokens up to '
+                       f'{self.layout.user_offset - 1} but the network has vocab_size '
+                       f'{model_vocab}; pass EncoderDecoderModel(layout=...)')
     encoder_input_tokens = batch['encoder_input_tokens']
-    decoder_input_tokens = batch['decoder_input_tokens']
-    max_decode_length = decoder_input_tokens.shape[1]
-    cache = self._init_cache(params, encoder_input_tokens, decoder_input_tokens)
-    encoded = self.module.apply({'params': params}, encoder_input_tokens, enable_dropout=False,
-                                method=self.module.encode)
-    # Rows repeated in place: [e0, e0, e1, e1, ...] for num_decodes = 2.
-    encoded = jnp.repeat(encoded, num_decodes, axis=0)
-    expanded_inputs = jnp.repeat(encoder_input_tokens, num_decodes, axis=0)
-    tokens_to_logits = functools.partial(
-        self._tokens_to_logits, params=params, encoded=encoded,
-        encoder_input_tokens=expanded_inputs, max_decode_length=max_decode_length)
-    prompt = decoder_input_tokens if prompt_with_targets else jnp.zeros_like(decoder_input_tokens)
-    decodes, scores = self._decode_fn(
-        inputs=prompt, cache=cache, tokens_to_logits=tokens_to_logits, eos_id=self.eos_id,
-        num_decodes=num_decodes, decode_rng=rng, cache_offset=0, **(decoder_params or {}))
+    levels = self.num_id_levels
+    cache, context, tokens_to_logits = decoding.prepare_t5_decoding(
+        self.module, params, encoder_input_tokens,
+        cache_length=levels + int(bool(options['score_eos'])))
+    start = jnp.zeros((encoder_input_tokens.shape[0], 1), jnp.int32)
+    common = dict(eos_id=self.eos_id, num_decodes=num_decodes, max_decode_len=levels,
+                  trie=options['trie'], constrain=bool(options['constrain']), context=context,
+                  codeword_offset=self.layout.codeword_offset,
+                  codebook_size=self.layout.codebook_size,
+                  score_eos=bool(options['score_eos']))
+    if method == 'beam':
+      out = decoding.beam_search(start, cache, tokens_to_logits, alpha=options['alpha'], **common)
+    else:
+      out = decoding.temperature_sample(
+          start, cache, tokens_to_logits, rng, temperature=options['temperature'],
+          sample_levels=options['sample_levels'], deduplicate=bool(options['deduplicate']),
+          **common)
+    aux = {'scores': out.scores}
+    if out.items is not None:
+      aux['items'] = out.items
     if return_all_decodes:
-      return decodes, {'scores': scores}
-    return decodes[:, -1, :], {'scores': scores[:, -1]}
+      return out.tokens, aux
+    return out.tokens[:, 0], {k: v[:, 0] for k, v in aux.items()}
 
   def predict_batch(self, params: PyTree, batch: Batch, rng: Optional[Array] = None,
                     **kwargs) -> Array:
     """Decoded tokens only."""
     return self.predict_batch_with_aux(params, batch, rng=rng, **kwargs)[0]
+
+  def make_predict_fn(self, decoder_params: Optional[Mapping[str, Any]] = None,
+                      num_decodes: int = 1, return_all_decodes: bool = False
+                      ) -> Callable[..., tuple[Array, dict[str, Array]]]:
+    """`predict(params, batch, rng=None) -> (tokens, aux)`, jitted with the trie as an argument.
+
+    The static options are bound once (build the function once and reuse it: each call of this
+    method compiles afresh); the trie's table travels as a jit argument, so it is neither baked
+    into the program nor copied to the device per call (a host trie is moved there once). Only
+    `batch['encoder_input_tokens']` is passed in, so extra batch features cost nothing.
+    """
+    options = self.decoder_options(decoder_params)
+    trie = options.pop('trie')
+    if trie is not None and isinstance(trie.next_state, np.ndarray):
+      trie = trie.to_device()
+
+    @jax.jit
+    def jitted(params, encoder_input_tokens, trie, rng):
+      return self.predict_batch_with_aux(
+          params, {'encoder_input_tokens': encoder_input_tokens}, rng=rng,
+          decoder_params=dict(options, trie=trie), num_decodes=num_decodes,
+          return_all_decodes=return_all_decodes)
+
+    def predict(params: PyTree, batch: Batch, rng: Optional[Array] = None):
+      return jitted(params, batch['encoder_input_tokens'], trie, rng)
+
+    predict.jitted = jitted  # (params, encoder_input_tokens, trie, rng), e.g. for .lower()
+    return predict

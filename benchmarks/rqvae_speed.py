@@ -1,0 +1,121 @@
+"""Times RQ-VAE training (paper schedule by default) and reports codebook usage and collisions.
+
+Needs only jax, flax, optax and numpy (no gin, TensorFlow or seqio), so it runs on the GPU box:
+
+  PYTHONPATH=. python benchmarks/rqvae_speed.py \
+      --embeddings .cache/dev/beauty_embeddings.npy --asins .cache/dev/beauty_asins.txt \
+      --out_dir "$OUT" --variant paper --variant paper_noreset:dead_code_reset_every=0
+
+Each `--variant NAME[:key=value,...]` trains once with RQVAEConfig overrides (on top of
+`--set` overrides shared by all variants) and writes NAME.json (timings, stats, usage during
+training) and NAME_semantic_ids.npz to --out_dir, plus summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tiger_jax import rqvae  # noqa: E402
+
+
+def _overrides(text: str) -> dict:
+  out = {}
+  for item in filter(None, text.split(",")):
+    key, value = item.split("=", 1)
+    try:
+      out[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value.strip()
+  return out
+
+
+def _git_rev() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.abspath(__file__)), check=False
+                          ).stdout.strip() or "unknown"
+  except OSError:
+    return "unknown"
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--embeddings", required=True)
+  p.add_argument("--asins", required=True,
+                 help="asin order: text file (one a line) or embeddings.json of tiger_jax.embed")
+  p.add_argument("--out_dir", required=True)
+  p.add_argument("--variant", action="append", default=[],
+                 help="NAME[:key=value,...] RQVAEConfig overrides; repeatable (default: paper)")
+  p.add_argument("--set", default="", help="key=value,... overrides for every variant")
+  args = p.parse_args()
+
+  x = np.load(args.embeddings).astype(np.float32)
+  with open(args.asins) as f:
+    if args.asins.endswith(".json"):  # tiger_jax.embed's embeddings.json
+      asins = json.load(f)["asins"]
+    else:
+      asins = [line.strip() for line in f if line.strip()]
+  os.makedirs(args.out_dir, exist_ok=True)
+  meta = {
+      "command": " ".join(sys.argv), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "git_revision": _git_rev(), "host": platform.node(), "python": platform.python_version(),
+      "jax": jax.__version__, "backend": jax.default_backend(),
+      "devices": [d.device_kind for d in jax.devices()], "num_items": int(x.shape[0]),
+      "input_dim": int(x.shape[1]),
+  }
+  print(json.dumps(meta), flush=True)
+  shared = _overrides(args.set)
+  summary = {"meta": meta, "variants": {}}
+  for spec in args.variant or ["paper"]:
+    name, _, over = spec.partition(":")
+    cfg = dataclasses.replace(rqvae.RQVAEConfig(), **{**shared, **_overrides(over)})
+    print(f"== {name}: {cfg.to_dict()}", flush=True)
+    t0 = time.time()
+    ids, result = rqvae.rqvae_semantic_ids(x, asins, cfg, lambda s: print(f"[{name}] {s}",
+                                                                         flush=True))
+    wall = time.time() - t0
+    st = ids.stats
+    steps = st["train_steps"]
+    report = {
+        "name": name, "config": cfg.to_dict(), "wall_seconds": wall,
+        "init_seconds": st["init_seconds"], "train_seconds": st["train_seconds"],
+        "steps": steps, "ms_per_step": 1000 * st["train_seconds"] / max(steps, 1),
+        "codebook_usage_rqvae_levels": st["rqvae_codebook_usage"],
+        "codebook_usage_all_levels": st["codebook_usage"],
+        "unique_prefixes": st["unique_prefixes"], "largest_bucket": st["largest_bucket"],
+        "items_in_collisions": st["items_in_collisions"],
+        "reconstruction_loss": st["reconstruction_loss"], "rq_loss": st["rq_loss"],
+        "init_reconstruction_loss": st["init_reconstruction_loss"],
+        "init_codebook_usage": st["init_codebook_usage"],
+        "dead_code_resets": st["dead_code_resets"],
+        "usage_during_training": st["usage_during_training"],
+        "loss_history_every_100_epochs": result["history"][::100].tolist(),
+        "semantic_ids_hash": ids.content_hash(),
+    }
+    ids.save(os.path.join(args.out_dir, f"{name}_semantic_ids.npz"))
+    with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
+      json.dump({"meta": meta, **report}, f, indent=1)
+    short = {k: report[k] for k in ("wall_seconds", "train_seconds", "ms_per_step",
+                                    "codebook_usage_rqvae_levels", "unique_prefixes",
+                                    "largest_bucket", "reconstruction_loss")}
+    summary["variants"][name] = short
+    print(f"== {name} done: {json.dumps(short)}", flush=True)
+  with open(os.path.join(args.out_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,407 @@
+"""Semantic IDs: the item <-> code-tuple tables every later stage reads, and how they are built.
+
+One artifact format (`semantic_ids.npz`) serves all three ID types of the paper's Table 2, so the
+task, training and decoding code never needs to know which one it got:
+
+* RQ-VAE (`tiger_jax.rqvae`): 3 learned codes + a collision token (`add_collision_token`).
+* LSH (`lsh_semantic_ids`): codes from signs of random hyperplanes.
+* Random (`random_semantic_ids`): uniform codes + a collision token.
+
+Every ID has `NUM_LEVELS` = 4 codes, each in `[0, codebook_size)`, and IDs are unique per item.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+NUM_LEVELS = 4
+CODEBOOK_SIZE = 256
+FILENAME = "semantic_ids.npz"
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class SemanticIds:
+  """Item order, their 4-code IDs, how they were made, and statistics about them.
+
+  Row i of `codes` is the Semantic ID of `asins[i]`; the asin order is the catalogue order of the
+  embeddings the IDs were built from, so downstream code can index by catalogue position.
+  """
+  asins: np.ndarray  # [N] str
+  codes: np.ndarray  # [N, NUM_LEVELS] int32
+  method: str
+  stats: dict = dataclasses.field(default_factory=dict)
+  codebook_size: int = CODEBOOK_SIZE
+
+  def __post_init__(self):
+    self.asins = np.asarray(self.asins, dtype=str)
+    self.codes = np.ascontiguousarray(np.asarray(self.codes), dtype=np.int32)
+    self.validate()
+    self._sid_to_index: Optional[dict] = None
+    self._asin_to_index: Optional[dict] = None
+
+  def validate(self) -> None:
+    """Checks the invariants consumers rely on (shape, range, uniqueness); raises ValueError."""
+    if self.asins.ndim != 1:
+      raise ValueError(f"SemanticIds.asins: expected 1-D, got shape {self.asins.shape}")
+    if self.codes.ndim != 2 or self.codes.shape[0] != self.asins.shape[0]:
+      raise ValueError(f"SemanticIds.codes: expected [{self.asins.shape[0]}, levels], "
+                       f"got {self.codes.shape}")
+    if self.codes.size and (self.codes.min() < 0 or self.codes.max() >= self.codebook_size):
+      raise ValueError(f"SemanticIds.codes: values must lie in [0, {self.codebook_size}), got "
+                       f"[{self.codes.min()}, {self.codes.max()}]")
+    if len(set(self.asins.tolist())) != len(self.asins):
+      raise ValueError("SemanticIds.asins: duplicate asin")
+    n_unique = _num_unique_rows(self.codes)
+    if n_unique != len(self.codes):
+      raise ValueError(f"SemanticIds.codes: IDs are not unique ({len(self.codes) - n_unique} "
+                       "duplicates); add a collision token")
+
+  def __len__(self) -> int:
+    return int(self.asins.shape[0])
+
+  @property
+  def num_levels(self) -> int:
+    return int(self.codes.shape[1])
+
+  # Tables. Item -> ID is `codes` itself; ID -> item is built lazily (dict lookups are what
+  # the decoders need when mapping beams back to items).
+  def sid_to_index(self) -> dict[tuple[int, ...], int]:
+    """Semantic ID (tuple of ints) -> catalogue index."""
+    if self._sid_to_index is None:
+      self._sid_to_index = {tuple(row): i for i, row in enumerate(self.codes.tolist())}
+    return self._sid_to_index
+
+  def asin_to_index(self) -> dict[str, int]:
+    if self._asin_to_index is None:
+      self._asin_to_index = {a: i for i, a in enumerate(self.asins.tolist())}
+    return self._asin_to_index
+
+  def item_to_sid(self, asin: str) -> tuple[int, ...]:
+    return tuple(int(c) for c in self.codes[self.asin_to_index()[asin]])
+
+  def sid_to_item(self, sid: Sequence[int]) -> Optional[str]:
+    """The asin with this Semantic ID, or None for an invalid ID (decoders can produce those)."""
+    i = self.sid_to_index().get(tuple(int(c) for c in sid))
+    return None if i is None else str(self.asins[i])
+
+  def content_hash(self) -> str:
+    """SHA-256 over method, asin order and codes: identifies the IDs a task cache was built with.
+
+    Statistics are left out on purpose, so re-computing them (or timings) never invalidates caches.
+    """
+    h = hashlib.sha256()
+    h.update(f"v{_FORMAT_VERSION}|{self.method}|{self.codebook_size}|".encode())
+    h.update("\n".join(self.asins.tolist()).encode())
+    h.update(b"|")
+    h.update(np.ascontiguousarray(self.codes, dtype="<i4").tobytes())
+    return h.hexdigest()
+
+  def save(self, path: str) -> str:
+    """Writes the npz atomically (a directory gets `semantic_ids.npz`); returns the file path.
+
+    Stats are stored as a JSON string so the file loads without pickle.
+    """
+    if os.path.isdir(path):
+      path = os.path.join(path, FILENAME)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # The reverse table sorted by ID lets non-Python readers binary-search ID -> item.
+    order = np.lexsort(self.codes.T[::-1]).astype(np.int32)
+    buf = io.BytesIO()
+    np.savez(buf,
+             format_version=np.int32(_FORMAT_VERSION),
+             asins=self.asins,
+             codes=self.codes,
+             method=np.array(self.method),
+             codebook_size=np.int32(self.codebook_size),
+             sorted_order=order,
+             stats=np.array(json.dumps(_jsonable(self.stats), sort_keys=True)),
+             content_hash=np.array(self.content_hash()))
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+      f.write(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+  @classmethod
+  def load(cls, path: str) -> "SemanticIds":
+    if os.path.isdir(path):
+      path = os.path.join(path, FILENAME)
+    with np.load(path, allow_pickle=False) as z:
+      version = int(z["format_version"]) if "format_version" in z else 0
+      if version > _FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {version} is newer than this code "
+                         f"({_FORMAT_VERSION})")
+      return cls(asins=z["asins"], codes=z["codes"], method=str(z["method"]),
+                 stats=json.loads(str(z["stats"])),
+                 codebook_size=int(z["codebook_size"]) if "codebook_size" in z else CODEBOOK_SIZE)
+
+
+def _jsonable(x: Any) -> Any:
+  """Turns numpy scalars/arrays inside stats into plain JSON values."""
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def _num_unique_rows(codes: np.ndarray) -> int:
+  if len(codes) == 0:
+    return 0
+  return int(np.unique(codes, axis=0).shape[0])
+
+
+def _check_codes(codes: np.ndarray, name: str, codebook_size: int) -> np.ndarray:
+  codes = np.asarray(codes)
+  if codes.ndim != 2:
+    raise ValueError(f"{name}: expected a 2-D [num_items, levels] array, got shape {codes.shape}")
+  if not np.issubdtype(codes.dtype, np.integer):
+    raise ValueError(f"{name}: expected integer codes, got dtype {codes.dtype}")
+  if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
+    raise ValueError(f"{name}: codes must lie in [0, {codebook_size}), got "
+                     f"[{codes.min()}, {codes.max()}]")
+  return codes.astype(np.int32)
+
+
+def bucket_ranks(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """For each row: its rank among identical rows (in row order), and each group's size.
+
+  Returns (rank [N], group_id [N], group_sizes [G]); group ids follow np.unique's sorted order.
+  """
+  n = codes.shape[0]
+  if n == 0:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+  _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+  inverse = inverse.reshape(-1)
+  order = np.argsort(inverse, kind="stable")  # Rows of a group stay in row (catalogue) order.
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  rank = np.empty(n, np.int64)
+  rank[order] = np.arange(n) - starts[inverse[order]]
+  return rank, inverse, counts
+
+
+def add_collision_token(codes3: np.ndarray, codebook_size: int = CODEBOOK_SIZE,
+                        order: Optional[np.ndarray] = None) -> np.ndarray:
+  """Appends a last code that makes every ID unique: the item's index within its prefix bucket.
+
+  Items sharing all prefix codes (a "bucket") are numbered 0, 1, 2, ... in catalogue (row) order,
+  or in `order` (a permutation of rows, e.g. by distance to the codeword) when given; a lone
+  item gets 0. The token must fit in the codebook, so a bucket larger than `codebook_size` is an
+  error: it means the quantiser collapsed, and silently wrapping would give duplicate IDs.
+  """
+  codes3 = _check_codes(codes3, "add_collision_token(codes3)", codebook_size)
+  n = codes3.shape[0]
+  if order is not None:
+    order = np.asarray(order)
+    if order.shape != (n,) or not np.array_equal(np.sort(order), np.arange(n)):
+      raise ValueError(f"add_collision_token: order must be a permutation of {n} rows")
+  else:
+    order = np.arange(n)
+  rank_in_order, group, counts = bucket_ranks(codes3[order])
+  if n and counts.max() > codebook_size:
+    g = int(np.argmax(counts))
+    prefix = tuple(int(c) for c in codes3[order][group == g][0])
+    raise ValueError(f"add_collision_token: {int(counts[g])} items share the prefix {prefix}, more "
+                     f"than the {codebook_size} values a collision token can take")
+  token = np.empty(n, np.int32)
+  token[order] = rank_in_order
+  return np.concatenate([codes3, token[:, None]], axis=1).astype(np.int32)
+
+
+def code_stats(codes: np.ndarray, codebook_size: int = CODEBOOK_SIZE,
+               prefix_levels: int = NUM_LEVELS - 1) -> dict:
+  """Per-level codebook usage and prefix-collision statistics, for the artifact and reports."""
+  codes = np.asarray(codes)
+  stats: dict[str, Any] = {"num_items": int(codes.shape[0]), "codebook_size": int(codebook_size)}
+  usage = []
+  for level in range(codes.shape[1]):
+    used = int(np.unique(codes[:, level]).size)
+    usage.append(used / codebook_size)
+  stats["codebook_usage"] = usage
+  stats["codes_used"] = [int(round(u * codebook_size)) for u in usage]
+  prefix = codes[:, :prefix_levels]
+  _, _, counts = bucket_ranks(prefix)
+  stats["prefix_levels"] = int(prefix_levels)
+  stats["unique_prefixes"] = int(counts.size)
+  stats["largest_bucket"] = int(counts.max()) if counts.size else 0
+  stats["items_in_collisions"] = int(counts[counts > 1].sum())
+  stats["unique_ids"] = _num_unique_rows(codes)
+  return stats
+
+
+def _check_asins(asins: Sequence[str], name: str) -> np.ndarray:
+  asins = np.asarray(list(asins), dtype=str)
+  if asins.ndim != 1 or asins.size == 0:
+    raise ValueError(f"{name}: expected a non-empty list of asins")
+  if len(set(asins.tolist())) != asins.size:
+    raise ValueError(f"{name}: duplicate asin")
+  return asins
+
+
+def random_semantic_ids(asins: Sequence[str], seed: int, num_codes: int = NUM_LEVELS - 1,
+                        codebook_size: int = CODEBOOK_SIZE) -> SemanticIds:
+  """The paper's "Random ID" baseline: `num_codes` codes drawn uniformly, then a collision token.
+
+  Uniqueness rule: items that draw the same `num_codes` codes are numbered in catalogue order by
+  the last code (`add_collision_token`), exactly as RQ-VAE IDs are, so only the semantics differ.
+  """
+  asins = _check_asins(asins, "random_semantic_ids(asins)")
+  if not 1 <= num_codes <= NUM_LEVELS - 1:
+    raise ValueError(f"random_semantic_ids: num_codes must be in [1, {NUM_LEVELS - 1}]")
+  rng = np.random.default_rng(seed)
+  codes = rng.integers(0, codebook_size, size=(asins.size, num_codes), dtype=np.int64)
+  if num_codes < NUM_LEVELS - 1:  # Pad with zeros so every ID type has the same length.
+    codes = np.concatenate([codes, np.zeros((asins.size, NUM_LEVELS - 1 - num_codes), np.int64)], 1)
+  codes4 = add_collision_token(codes, codebook_size)
+  stats = code_stats(codes4, codebook_size)
+  stats.update({"seed": int(seed), "num_codes": int(num_codes)})
+  return SemanticIds(asins, codes4, "random", stats, codebook_size)
+
+
+def _check_embeddings(embeddings: np.ndarray, num_items: int, name: str) -> np.ndarray:
+  x = np.asarray(embeddings)
+  if x.ndim != 2 or x.shape[0] != num_items:
+    raise ValueError(f"{name}: expected shape [{num_items}, d], got {x.shape}")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f"{name}: expected floating embeddings, got dtype {x.dtype}")
+  bad = ~np.isfinite(x).all(axis=1)
+  if bad.any():
+    raise ValueError(f"{name}: {int(bad.sum())} rows contain NaN or infinite values "
+                     f"(first: row {int(np.argmax(bad))})")
+  return x.astype(np.float32)
+
+
+def lsh_codes(embeddings: np.ndarray, seed: int, num_bits: int = 8,
+              num_codes: int = NUM_LEVELS) -> np.ndarray:
+  """Random-hyperplane LSH: code k packs the signs of hyperplanes [k*h, (k+1)*h) as h bits.
+
+  Hyperplane normals are standard normal; bit j of a code is the j-th hyperplane (MSB first).
+  """
+  x = np.asarray(embeddings, np.float32)
+  rng = np.random.default_rng(seed)
+  planes = rng.standard_normal((x.shape[1], num_bits * num_codes)).astype(np.float32)
+  bits = (x @ planes > 0).reshape(x.shape[0], num_codes, num_bits).astype(np.int64)
+  weights = 1 << np.arange(num_bits - 1, -1, -1)
+  return (bits * weights).sum(-1).astype(np.int32)
+
+
+def _dedupe_last_code(codes: np.ndarray, codebook_size: int) -> tuple[np.ndarray, int]:
+  """Makes rows unique by moving duplicates' last code to the nearest free value in their prefix.
+
+  Within each prefix bucket (all codes but the last), items are visited in catalogue order; an
+  item keeps its last code if no earlier item took it, else it gets the free value closest to it
+  (ties: the smaller value). Returns (codes, number of items moved).
+  """
+  codes = codes.copy()
+  rank, group, counts = bucket_ranks(codes)
+  if not (counts > 1).any():
+    return codes, 0
+  prefix = codes[:, :-1]
+  _, pgroup, pcounts = bucket_ranks(prefix)
+  if pcounts.max() > codebook_size:
+    g = int(np.argmax(pcounts))
+    p = tuple(int(c) for c in prefix[pgroup == g][0])
+    raise ValueError(f"LSH: {int(pcounts[g])} items share the prefix {p}, more than the "
+                     f"{codebook_size} values the last code can take")
+  moved = 0
+  values = np.arange(codebook_size)
+  for g in np.unique(pgroup[np.isin(group, np.nonzero(counts > 1)[0])]):
+    rows = np.nonzero(pgroup == g)[0]  # Catalogue order.
+    taken = np.zeros(codebook_size, bool)
+    # Items that keep their code are claimed first, so a moved item never displaces one.
+    keep = rank[rows] == 0
+    taken[codes[rows[keep], -1]] = True
+    for r in rows[~keep]:
+      want = codes[r, -1]
+      dist = np.where(taken, np.iinfo(np.int64).max, np.abs(values - want) * 2 + (values > want))
+      codes[r, -1] = int(np.argmin(dist))
+      taken[codes[r, -1]] = True
+      moved += 1
+  return codes, moved
+
+
+def lsh_semantic_ids(embeddings: np.ndarray, asins: Sequence[str], seed: int, num_bits: int = 8,
+                     num_codes: int = NUM_LEVELS) -> SemanticIds:
+  """The paper's LSH Semantic IDs (Table 2): m codes of h random-hyperplane bits each.
+
+  Uniqueness rule:
+  * num_codes == 4 (default, paper's m = 4): all four codes are LSH codes; items whose four codes
+    coincide keep the first (catalogue order) as is and move the others' 4th code to the nearest
+    value not yet used within the same 3-code prefix (`_dedupe_last_code`). A 3-code prefix
+    shared by more than 2^h items is an error.
+  * num_codes == 3: three LSH codes plus a collision token, exactly like RQ-VAE IDs.
+  """
+  asins = _check_asins(asins, "lsh_semantic_ids(asins)")
+  x = _check_embeddings(embeddings, asins.size, "lsh_semantic_ids(embeddings)")
+  codebook_size = 1 << num_bits
+  if num_codes == NUM_LEVELS:
+    raw = lsh_codes(x, seed, num_bits, num_codes)
+    codes4, moved = _dedupe_last_code(raw, codebook_size)
+    collision_rule = "nearest free 4th code within the 3-code prefix"
+  elif num_codes == NUM_LEVELS - 1:
+    raw = lsh_codes(x, seed, num_bits, num_codes)
+    codes4 = add_collision_token(raw, codebook_size)
+    moved = int((codes4[:, -1] > 0).sum())
+    collision_rule = "collision token"
+  else:
+    raise ValueError(f"lsh_semantic_ids: num_codes must be {NUM_LEVELS} or {NUM_LEVELS - 1}")
+  stats = code_stats(codes4, codebook_size)
+  raw_unique = _num_unique_rows(raw)
+  stats.update({"seed": int(seed), "num_bits": int(num_bits), "num_codes": int(num_codes),
+                "raw_unique_ids": raw_unique, "items_reassigned": int(moved),
+                "collision_rule": collision_rule})
+  return SemanticIds(asins, codes4, "lsh", stats, codebook_size)
+
+
+def code_purity(first_codes: np.ndarray, labels: Sequence[str]) -> dict:
+  """How well one code level separates item categories (the paper's Fig. 4 analysis).
+
+  For each code value: its most common label and that label's share of the items with the code.
+  `purity` is the item-weighted mean of those shares (1.0: every code holds one category);
+  `majority_baseline` is the share of the most common label overall, what a single code scores.
+  """
+  first_codes = np.asarray(first_codes).reshape(-1)
+  labels = np.asarray(list(labels), dtype=str)
+  if labels.shape != first_codes.shape:
+    raise ValueError(f"code_purity: {first_codes.size} codes but {labels.size} labels")
+  names, label_idx = np.unique(labels, return_inverse=True)
+  codes, code_idx = np.unique(first_codes, return_inverse=True)
+  table = np.zeros((codes.size, names.size), np.int64)
+  np.add.at(table, (code_idx, label_idx), 1)
+  sizes = table.sum(1)
+  top = table.argmax(1)
+  share = table[np.arange(codes.size), top] / sizes
+  per_code = [{"code": int(c), "items": int(n), "top_label": str(names[t]), "share": float(s)}
+              for c, n, t, s in zip(codes, sizes, top, share)]
+  overall = table.sum(0)
+  return {
+      "purity": float((share * sizes).sum() / sizes.sum()),
+      "majority_baseline": float(overall.max() / overall.sum()),
+      "num_codes": int(codes.size),
+      "labels": {str(n): int(k) for n, k in zip(names, overall)},
+      "per_code": per_code,
+      "table": table.tolist(),
+      "table_codes": codes.tolist(),
+      "table_labels": names.tolist(),
+  }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  """`python -m tiger_jax.semantic_ids`: the Semantic-ID stage (see `tiger_jax.rqvae.main`)."""
+  from tiger_jax import rqvae  # pylint: disable=g-import-not-at-top  Keeps this module numpy-only.
+  rqvae.main(argv)
+
+
+if __name__ == "__main__":
+  main()

@@ -4,9 +4,11 @@
 #   ./run.sh                 # bundled Beauty, CPU-sized quick config (gin/beauty_quick.gin)
 #   ./run.sh test [ARGS]     # the test suite (pytest ARGS), after the same set-up
 #
-# Environment: GIN_FILE (experiment file), DATASET (beauty), DATA_DIR (data/$DATASET), WORK_DIR
-# (work/$DATASET: embeddings, semantic_ids.npz, task cache, model), VENV (.venv), PYTHON (python3).
-# Every stage is skipped when its artifact is current (see each stage's docstring).
+# Environment: GIN_FILE (experiment file, gin/${DATASET}_quick.gin), RQVAE_GIN (gin/rqvae/quick.gin; use
+# gin/rqvae/paper.gin on a GPU), DATASET (beauty), DATA_DIR (data/$DATASET), WORK_DIR (work/$DATASET:
+# embeddings, semantic_ids.npz, task cache, model), VENV (.venv), PYTHON (python3), STAGES (all stages:
+# "embed ids cache train eval"). Every stage is skipped when its artifact is current, and training resumes
+# from its latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -39,15 +41,20 @@ DATASET=${DATASET:-beauty}
 DATA_DIR=${DATA_DIR:-data/$DATASET}
 WORK_DIR=${WORK_DIR:-work/$DATASET}
 GIN_FILE=${GIN_FILE:-gin/${DATASET}_quick.gin}
+RQVAE_GIN=${RQVAE_GIN:-gin/rqvae/quick.gin}
 TASK=${TASK:-tiger_$DATASET}
+STAGES=${STAGES:-embed ids cache train eval}
 CACHE_DIR="$WORK_DIR/cache"
+MODEL_DIR=${MODEL_DIR:-$WORK_DIR/model_$(basename "$GIN_FILE" .gin)}
 mkdir -p "$WORK_DIR"
-GIN_ARGS=()
-[ -f "$GIN_FILE" ] && GIN_ARGS+=("--gin_file=$GIN_FILE")
+# The experiment file's macros, pointed at this run's artifacts (t5x's --gin.NAME=VALUE shorthand).
+RUN_GIN=(--gin_file="$GIN_FILE" --gin.MODEL_DIR="'$MODEL_DIR'" --gin.TASK_CACHE_DIR="'$CACHE_DIR'"
+         --gin.MIXTURE_OR_TASK_NAME="'$TASK'")
 
 declare -a STAGE_NAMES STAGE_SECONDS
-stage() {  # stage NAME COMMAND...
+stage() {  # stage NAME COMMAND...: runs when NAME is in $STAGES, timed
   local name=$1; shift
+  case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
   echo
   echo "== stage: $name"
   local start=$SECONDS
@@ -55,14 +62,26 @@ stage() {  # stage NAME COMMAND...
   STAGE_NAMES+=("$name"); STAGE_SECONDS+=($((SECONDS - start)))
 }
 
-stage "embed" "$PY" -m tiger_jax.embed --data_dir="$DATA_DIR" --work_dir="$WORK_DIR" "${GIN_ARGS[@]}"
-stage "semantic ids" "$PY" -m tiger_jax.semantic_ids --data_dir="$DATA_DIR" --work_dir="$WORK_DIR" "${GIN_ARGS[@]}"
-stage "task cache" "$PY" -m tasks.cache_tasks --tasks="$TASK" --data_dir="$DATA_DIR" \
+stage embed "$PY" -m tiger_jax.embed --data_dir="$DATA_DIR" --work_dir="$WORK_DIR"
+stage ids "$PY" -m tiger_jax.semantic_ids --data_dir="$DATA_DIR" --work_dir="$WORK_DIR" --gin_file="$RQVAE_GIN"
+stage cache "$PY" -m tasks.cache_tasks --tasks="$TASK" --data_dir="$DATA_DIR" \
   --output_cache_dir="$CACHE_DIR" --semantic_ids="$WORK_DIR/semantic_ids.npz"
+stage train "$PY" -m tiger_jax.train "${RUN_GIN[@]}"
+stage eval "$PY" -m tiger_jax.eval "${RUN_GIN[@]}" --gin_file=gin/runs/eval.gin
 
 echo
+echo "== results ($DATASET, $GIN_FILE)"
+"$PY" - "$MODEL_DIR/eval_test/metrics.json" <<'PYEOF'
+import json, os, sys
+path = sys.argv[1]
+if os.path.exists(path):
+  m = json.load(open(path))
+  print(f"  test split, {m['num_users']} users, {m['num_beams']} beams, step {m['step']} ({m['checkpoint']}):")
+  print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+  print(f"  metrics: {path}")
+PYEOF
 echo "== wall time per stage"
 for i in "${!STAGE_NAMES[@]}"; do
-  printf '  %-14s %6d s\n' "${STAGE_NAMES[$i]}" "${STAGE_SECONDS[$i]}"
+  printf '  %-8s %6d s\n' "${STAGE_NAMES[$i]}" "${STAGE_SECONDS[$i]}"
 done
 echo "artifacts in $WORK_DIR"

@@ -1,0 +1,122 @@
+"""End to end on a tiny dataset: cache -> train (CLI) -> eval (CLI) -> predictions.jsonl and infer."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("seqio")
+
+from tasks import cache_tasks  # noqa: E402
+from tiger_jax import eval as eval_lib  # noqa: E402
+from tiger_jax import infer  # noqa: E402
+from tiger_jax import metrics  # noqa: E402
+from conftest import write_processed  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK = "tiger_evaltiny"
+SMALL = dict(emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, head_dim=16, mlp_dim=64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """40 users over 30 items, random Semantic IDs, a small T5 trained for 24 steps by the CLI."""
+  tmp = tmp_path_factory.mktemp("e2e")
+  rng = np.random.default_rng(0)
+  items = [{"asin": f"P{i:02d}", "title": f"product {i}"} for i in range(30)]
+  sequences = {f"user{u}": [f"P{(u + 3 * j + rng.integers(0, 2)) % 30:02d}" for j in range(4 + u % 5)]
+               for u in range(40)}
+  data_dir = write_processed(tmp / "data", sequences, items)
+  cache_dir = str(tmp / "cache")
+  cache_tasks.cache_task(TASK, cache_dir, data_dir=data_dir)
+  gin_file = tmp / "small.gin"
+  gin_file.write_text(textwrap.dedent(f"""\
+      from __gin__ import dynamic_registration
+      from tiger_jax import network
+      include 'gin/runs/train.gin'
+      include 'gin/models/tiger_t5.gin'
+      MIXTURE_OR_TASK_NAME = '{TASK}'
+      TASK_CACHE_DIR = '{cache_dir}'
+      ACTIVATION_DTYPE = 'float32'
+      TRAIN_STEPS = 24
+      BATCH_SIZE = 16
+      EVAL_BATCH_SIZE = 16
+      EVAL_PERIOD = 12
+      STATS_PERIOD = 12
+      STEPS_PER_DISPATCH = 12
+      LENGTH_BUCKETS = [81]
+      network.T5Config:
+      """) + "".join(f"  {k} = {v}\n" for k, v in SMALL.items()))
+  model_dir = str(tmp / "model")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  gin_args = [f"--gin_file={gin_file}", f'--gin.MODEL_DIR="{model_dir}"']
+  subprocess.run([sys.executable, "-m", "tiger_jax.train", *gin_args], cwd=REPO, env=env, check=True,
+                 capture_output=True)
+  return {"model_dir": model_dir, "cache_dir": cache_dir, "gin_args": gin_args, "env": env, "tmp": tmp}
+
+
+def _run_eval(trained, name, *bindings):
+  out = os.path.join(trained["tmp"], name)
+  proc = subprocess.run([sys.executable, "-m", "tiger_jax.eval", *trained["gin_args"],
+                         "--gin_file=gin/runs/eval.gin", f'--gin.EVAL_OUTPUT_DIR="{out}"', *bindings],
+                        cwd=REPO, env=trained["env"], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(out, "metrics.json")) as f:
+    return json.load(f), os.path.join(out, "predictions.jsonl")
+
+
+@pytest.mark.slow
+def test_eval_writes_metrics_that_predictions_reproduce(trained):
+  found, predictions = _run_eval(trained, "constrained")
+  assert found["num_users"] == 40 and found["constrained"] and found["num_beams"] == 20
+  rows = [json.loads(line) for line in open(predictions)]
+  assert len(rows) == 40 and rows[0]["user"] == "user0"
+  catalogue = {f"P{i:02d}" for i in range(30)}
+  for row in rows:
+    assert len(row["topk"]) == 20 and len(set(row["topk"])) == 20  # 20 distinct valid items
+    assert set(row["topk"]) <= catalogue
+    assert row["scores"] == sorted(row["scores"], reverse=True)
+  # With the constraint, no beam names an item outside the catalogue.
+  assert all(v == 0.0 for v in found["invalid_fraction_at_k"].values())
+  again = eval_lib.metrics_from_predictions(predictions)
+  for key, value in again.items():
+    assert found[key] == pytest.approx(value)
+
+
+@pytest.mark.slow
+def test_unconstrained_eval_reports_invalid_ids(trained):
+  found, predictions = _run_eval(trained, "unconstrained", "--gin.CONSTRAIN_IDS=False")
+  # 30 items among 256^3 * 256 possible IDs: an untrained-ish model produces mostly invalid IDs.
+  assert found["invalid_fraction_at_k"]["20"] > 0.5
+  assert not found["constrained"]
+  again = eval_lib.metrics_from_predictions(predictions)
+  assert found["recall@10"] == pytest.approx(again["recall@10"])
+
+
+@pytest.mark.slow
+def test_infer_recommends_named_products(trained):
+  rec = infer.Recommender.from_model_dir(trained["model_dir"])
+  top = rec.recommend(["P01", "P04"], user="user1", k=5)
+  assert len(top) == 5 and all(r["title"].startswith("product ") for r in top)
+  assert [r["score"] for r in top] == sorted((r["score"] for r in top), reverse=True)
+  assert len(rec.recommend([], k=3)) == 3  # a cold user still gets an answer
+  long_history = [f"P{i % 30:02d}" for i in range(35)]
+  np.testing.assert_array_equal(rec.encode_history(long_history)[0, :80],
+                                rec.encode_history(long_history[-20:])[0, :80])
+  with pytest.raises(infer.UnknownItemError, match="NOPE"):
+    rec.recommend(["P01", "NOPE"])
+
+
+def test_metrics_from_predictions_by_hand(tmp_path):
+  path = tmp_path / "p.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in [
+      {"user": "a", "target": "x", "topk": ["x", "y"]},
+      {"user": "b", "target": "x", "topk": ["y", "z", "w", "v", "u", "x"]},
+      {"user": "c", "target": "x", "topk": []}]) + "\n")
+  m = eval_lib.metrics_from_predictions(str(path))
+  assert m["recall@5"] == pytest.approx(1 / 3) and m["recall@10"] == pytest.approx(2 / 3)
+  assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(7)) / 3)
+  assert metrics.recall_at_k(np.array([0, 5, -1]), 10) == pytest.approx(2 / 3)

@@ -1,0 +1,204 @@
+"""Stage 6: generative retrieval over the full catalogue, scored by leave-one-out Recall/NDCG@K.
+
+  python -m tiger_jax.eval --gin_file=gin/beauty_quick.gin --gin.MODEL_DIR=\"work/beauty/model_quick\"
+
+Beam search (20 beams by default, the KV cache, optionally constrained to valid Semantic IDs) decodes each
+user's next-item ID; beams map to items through the trie of the catalogue's IDs (`items.npz` of the task
+cache). Writes `metrics.json` (Recall/NDCG@5/10, invalid-ID rate per K) and `predictions.jsonl`
+(one line per user: reviewerID, target asin, ranked asins) to `output_dir` (default MODEL_DIR/eval_<split>).
+Ranking rule (tiger_jax/metrics.py): invalid beams and repeats are dropped before ranking; the invalid
+rate is measured on the raw beams. Training's periodic validation calls `retrieval_metrics_fn`, so the
+best checkpoint is chosen by the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from tasks import vocab as vocab_lib
+from tiger_jax import checkpoints
+from tiger_jax import decoding
+from tiger_jax import metrics as metrics_lib
+from tiger_jax import utils
+
+log = logging.getLogger("tiger_jax.eval")
+ITEMS_FILE = "items.npz"
+
+
+@dataclasses.dataclass
+class CatalogTables:
+  """What maps beams back to items: catalogue asins, their ID tokens, and the users of the split rows."""
+  asins: np.ndarray  # [num_items] str
+  item_tokens: np.ndarray  # [num_items, levels]
+  users: np.ndarray  # [num_users] str (reviewerIDs, Sessions order)
+  titles: np.ndarray  # [num_items] str ("" where unknown)
+
+  @classmethod
+  def load(cls, cache_dir: Optional[str], task_name: str) -> "CatalogTables":
+    path = os.path.join(utils.resolve_cache_dir(cache_dir), task_name, ITEMS_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} not found: re-run the task cache (python -m tasks.cache_tasks)")
+    with np.load(path, allow_pickle=False) as z:
+      return cls(asins=z["asins"], item_tokens=z["item_tokens"], users=z["users"], titles=z["titles"])
+
+  def trie(self, layout: vocab_lib.TokenLayout = vocab_lib.DEFAULT_LAYOUT) -> decoding.SemanticIdTrie:
+    codes = layout.tokens_to_codes(self.item_tokens)
+    if (codes < 0).any():
+      raise ValueError("items.npz: item_tokens hold tokens that are not codewords of their level")
+    return decoding.SemanticIdTrie.from_codes(codes, layout.codebook_size)
+
+
+class Retriever:
+  """A model + params + catalogue trie -> ranked items per input; jitted once per (batch, length) shape."""
+
+  def __init__(self, model, params, trie: decoding.SemanticIdTrie, num_beams: int = 20,
+               constrain: bool = True, batch_size: int = 512, decoder_params: Optional[dict] = None,
+               length_buckets: Optional[Sequence[int]] = (17, 33, 49, 81)):
+    self.model, self.params = model, params
+    self.trie = trie.to_device()
+    self.num_beams, self.batch_size, self.length_buckets = num_beams, batch_size, length_buckets
+    params_static = dict(decoder_params or {}, constrain=constrain)
+
+    def predict(params, tokens, trie, rng):
+      decoder = dict(params_static, trie=trie)
+      _, aux = model.predict_batch_with_aux(params, {utils.ENCODER_INPUT: tokens}, rng=rng,
+                                            decoder_params=decoder, num_decodes=num_beams,
+                                            return_all_decodes=True)
+      return aux["items"], aux["scores"]
+
+    self._predict = jax.jit(predict)
+
+  def retrieve(self, encoder_input_tokens: np.ndarray, rng: Optional[jax.Array] = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(raw items [N, beams] with -1 for invalid IDs, scores [N, beams]), in input order."""
+    tokens = np.asarray(encoder_input_tokens, np.int32)
+    n = len(tokens)
+    items = np.full((n, self.num_beams), -1, np.int32)
+    scores = np.full((n, self.num_beams), -np.inf, np.float32)
+    lengths = utils.nonpad_lengths(tokens)
+    for b, (idx, length) in enumerate(utils.eval_batches(lengths, self.batch_size, self.length_buckets,
+                                                         tokens.shape[1])):
+      batch = np.zeros((self.batch_size, length), np.int32)
+      batch[:len(idx)] = tokens[idx, :length]
+      key = None if rng is None else jax.random.fold_in(rng, b)
+      got_items, got_scores = jax.device_get(self._predict(self.params, batch, self.trie, key))
+      items[idx], scores[idx] = got_items[:len(idx)], got_scores[:len(idx)]
+    return items, scores
+
+
+def retrieval_metrics(raw_items: np.ndarray, target: np.ndarray, ks: Sequence[int] = (5, 10),
+                      invalid_ks: Sequence[int] = tuple(range(1, 21))) -> dict[str, Any]:
+  """Recall/NDCG@K on the cleaned ranked lists plus the raw invalid-ID fraction per K."""
+  ranks = metrics_lib.target_ranks(metrics_lib.clean_ranked(raw_items), target)
+  out: dict[str, Any] = metrics_lib.ranking_metrics(ranks, ks)
+  invalid = metrics_lib.invalid_fraction_at_k(raw_items, invalid_ks)
+  out["invalid_fraction_at_k"] = {str(k): v for k, v in invalid.items()}
+  out["num_users"] = int(len(target))
+  return out
+
+
+def write_predictions(path: str, tables: CatalogTables, user_index: np.ndarray, target: np.ndarray,
+                      raw_items: np.ndarray, scores: np.ndarray) -> None:
+  """predictions.jsonl in the format of DESIGN.md: the cleaned ranked list, best first, with scores."""
+  clean = metrics_lib.clean_ranked(raw_items)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for u, t, ranked, raw, sc in zip(user_index, target, clean, raw_items, scores):
+      kept = ranked[ranked >= 0]
+      first_score = {}
+      for item, s in zip(raw.tolist(), sc.tolist()):
+        first_score.setdefault(item, s)
+      f.write(json.dumps({"user": str(tables.users[u]), "target": str(tables.asins[t]),
+                          "topk": [str(tables.asins[i]) for i in kept],
+                          "scores": [round(float(first_score[i]), 5) for i in kept.tolist()]}) + "\n")
+  os.replace(tmp, path)
+
+
+def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch_size: int = 512
+                         ) -> dict[str, float]:
+  """A train() eval hook: validation Recall/NDCG of the current params, on `infer_eval`'s split."""
+  cfg = ctx.infer_eval_dataset_cfg
+  if cfg is None:
+    return {}
+  if "retrieval" not in ctx.cache:
+    arrays = utils.get_dataset_arrays(cfg, (utils.ENCODER_INPUT, "target_item"))
+    if ctx.eval_steps:
+      arrays = {k: v[:ctx.eval_steps * cfg.batch_size] for k, v in arrays.items()}
+    trie = CatalogTables.load(cfg.cache_dir, cfg.mixture_or_task_name).trie()
+    ctx.cache["retrieval"] = (arrays, trie)
+  arrays, trie = ctx.cache["retrieval"]
+  retriever = ctx.cache.get("retriever")
+  if retriever is None:
+    retriever = Retriever(ctx.model, ctx.params, trie, num_beams, constrain, batch_size)
+    ctx.cache["retriever"] = retriever
+  retriever.params = ctx.params
+  raw, _ = retriever.retrieve(arrays[utils.ENCODER_INPUT])
+  found = retrieval_metrics(raw, arrays["target_item"], invalid_ks=())
+  return {f"{cfg.split}/{k}": v for k, v in found.items() if isinstance(v, float)}
+
+
+def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpoint: str = "best",
+             output_dir: Optional[str] = None, num_beams: int = 20, constrain: bool = True,
+             batch_size: int = 512, max_examples: Optional[int] = None) -> dict[str, Any]:
+  """Evaluates a trained MODEL_DIR on `dataset_cfg.split`; writes metrics.json and predictions.jsonl."""
+  if num_beams < 10:
+    raise ValueError(f"num_beams={num_beams}: Recall/NDCG@10 need at least 10 beams")
+  start = time.time()
+  params, step = checkpoints.restore_params(model_dir, checkpoint)
+  arrays = utils.get_dataset_arrays(dataset_cfg, (utils.ENCODER_INPUT, "user_index", "target_item"))
+  if max_examples:
+    arrays = {k: v[:max_examples] for k, v in arrays.items()}
+  tables = CatalogTables.load(dataset_cfg.cache_dir, dataset_cfg.mixture_or_task_name)
+  retriever = Retriever(model, params, tables.trie(), num_beams, constrain, batch_size)
+  decode_start = time.time()
+  raw, scores = retriever.retrieve(arrays[utils.ENCODER_INPUT])
+  decode_seconds = time.time() - decode_start
+  result = retrieval_metrics(raw, arrays["target_item"])
+  result.update({"split": dataset_cfg.split, "task": dataset_cfg.mixture_or_task_name, "step": step,
+                 "checkpoint": checkpoint, "num_beams": num_beams, "constrained": constrain,
+                 "decode_seconds": round(decode_seconds, 2), "users_per_second": round(len(raw) / decode_seconds, 1),
+                 "seconds": round(time.time() - start, 2), "device": jax.devices()[0].device_kind})
+  output_dir = output_dir or os.path.join(model_dir, f"eval_{dataset_cfg.split}")
+  os.makedirs(output_dir, exist_ok=True)
+  write_predictions(os.path.join(output_dir, "predictions.jsonl"), tables, arrays["user_index"],
+                    arrays["target_item"], raw, scores)
+  with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  log.info("%s/%s step %d: %s", dataset_cfg.mixture_or_task_name, dataset_cfg.split, step,
+           " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+  return result
+
+
+def metrics_from_predictions(path: str, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+  """Recomputes Recall/NDCG@K from predictions.jsonl alone (an independent check of metrics.json)."""
+  ranks = []
+  with open(path) as f:
+    for line in f:
+      row = json.loads(line)
+      ranks.append(row["topk"].index(row["target"]) if row["target"] in row["topk"] else -1)
+  return metrics_lib.ranking_metrics(np.array(ranks), ks)
+
+
+def main(flags) -> None:
+  del flags
+  gin.get_configurable(evaluate)()
+
+
+def console_main() -> None:
+  """`python -m tiger_jax.eval`: t5x's flags, then evaluate() with every argument from gin."""
+  from tiger_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  gin_utils.run(main)
+
+
+if __name__ == "__main__":
+  # Delegate to the importable module, whose `evaluate` is the one gin files refer to.
+  from tiger_jax import eval as _eval_module  # pylint: disable=import-self
+  _eval_module.console_main()

@@ -1,0 +1,131 @@
+"""t5x-style flags: the --gin. shorthand, file order, search paths, includes and distributed set-up."""
+import os
+
+import gin
+import pytest
+
+from tiger_jax import gin_utils
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config(clear_constants=True)
+  yield
+  gin.clear_config(clear_constants=True)
+
+
+def _fn(a=0, b=0):
+  return a, b
+
+
+def test_rewrite_gin_args():
+  args = ["--gin_file=x.gin", '--gin.MODEL_DIR="/tmp/m"', "--gin.TRAIN_STEPS", "7", "--other=1"]
+  assert gin_utils.rewrite_gin_args(args) == [
+      "--gin_file=x.gin", '--gin_bindings=MODEL_DIR = "/tmp/m"', "--gin_bindings=TRAIN_STEPS = 7",
+      "--other=1"]
+  # The value may itself contain '='.
+  assert gin_utils.rewrite_gin_args(["--gin.f.x='a=b'"]) == ["--gin_bindings=f.x = 'a=b'"]
+  with pytest.raises(ValueError, match="needs a value"):
+    gin_utils.rewrite_gin_args(["--gin.X"])
+
+
+def test_parse_flags_defaults_and_multiprocess():
+  flags = gin_utils.parse_flags(["--gin_file=a.gin", "--gin_file=b.gin", "--gin.X=1", "--gin_bindings=Y = 2",
+                                 "--multiprocess_gpu", "--coordinator_address=10.0.0.1:1234",
+                                 "--process_count=2", "--process_index=1", "--alsologtostderr"])
+  assert flags.gin_file == ["a.gin", "b.gin"]
+  assert flags.gin_bindings == ["X = 1", "Y = 2"]
+  assert flags.gin_search_paths == list(gin_utils.DEFAULT_GIN_SEARCH_PATHS)
+  assert flags.multiprocess_gpu is True
+  assert (flags.coordinator_address, flags.process_count, flags.process_index) == ("10.0.0.1:1234", 2, 1)
+  flags = gin_utils.parse_flags(["--gin_search_paths=/a,/b", "--multiprocess_gpu=false"])
+  assert flags.gin_search_paths[:2] == ["/a", "/b"]
+  assert gin_utils.REPO_GIN_DIR in flags.gin_search_paths
+  assert flags.multiprocess_gpu is False
+  with pytest.raises(SystemExit):
+    gin_utils.parse_flags(["--no_such_flag=1"])
+
+
+def test_later_files_and_bindings_override(tmp_path):
+  gin.external_configurable(_fn, "test_fn")
+  (tmp_path / "a.gin").write_text("test_fn.a = 1\ntest_fn.b = 1\n")
+  (tmp_path / "b.gin").write_text("test_fn.b = 2\n")
+  gin_utils.parse_gin_flags([str(tmp_path)], ["a.gin", str(tmp_path / "b.gin")], ["test_fn.a = 3"])
+  assert gin.get_configurable("test_fn")() == (3, 2)
+
+
+def test_include_through_search_path_and_macros(tmp_path):
+  sub = tmp_path / "configs" / "runs"
+  sub.mkdir(parents=True)
+  (sub / "base.gin").write_text(
+      "from __gin__ import dynamic_registration\n"
+      "from tiger_jax import gin_utils\n"
+      "N = %gin.REQUIRED\n"
+      "gin_utils.sum_fn.var1 = %N\n")
+  (tmp_path / "exp.gin").write_text("include 'runs/base.gin'\nN = 5\n")
+  gin_utils.parse_gin_flags([str(tmp_path / "configs")], [str(tmp_path / "exp.gin")],
+                            ["gin_utils.sum_fn.var2 = 4"])
+  assert gin.get_configurable(gin_utils.sum_fn)() == 9
+
+
+def test_missing_required_macro_is_reported(tmp_path):
+  (tmp_path / "a.gin").write_text("from __gin__ import dynamic_registration\n"
+                                  "from tiger_jax import gin_utils\n"
+                                  "M = %gin.REQUIRED\n"
+                                  "gin_utils.bool_fn.var1 = %M\n")
+  with pytest.raises(ValueError, match="M.*gin.REQUIRED"):
+    gin_utils.parse_gin_flags([str(tmp_path)], ["a.gin"], [])
+
+
+def test_missing_file_names_search_paths(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.gin"):
+    gin_utils.parse_gin_flags([str(tmp_path)], ["nope.gin"], [])
+
+
+def test_repo_run_file_parses():
+  """gin/runs/train.gin resolves from any directory and declares t5x's macros."""
+  gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, ["gin/runs/train.gin"],
+                            ["MODEL = None", "MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 't'",
+                             "TRAIN_STEPS = 1"], finalize_config=False)
+  text = gin.config_str()
+  for macro in ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS", "BATCH_SIZE",
+                "USE_CACHED_TASKS", "EVAL_PERIOD", "RANDOM_SEED", "DROPOUT_RATE"):
+    assert f"{macro} =" in text
+  for scope in ("train/utils.DatasetConfig", "train_eval/utils.DatasetConfig",
+                "infer_eval/utils.DatasetConfig"):
+    assert scope in text
+
+
+def test_run_parses_gin_and_calls_main(tmp_path, monkeypatch):
+  gin.external_configurable(_fn, "test_fn2")
+  (tmp_path / "a.gin").write_text("test_fn2.a = 1\n")
+  calls = []
+  monkeypatch.setattr("jax.distributed.initialize", lambda **kw: calls.append(kw))
+  out = gin_utils.run(lambda flags: gin.get_configurable("test_fn2")(),
+                      [f"--gin_file={tmp_path / 'a.gin'}", "--gin.test_fn2.b=2", "--multiprocess_gpu",
+                       "--coordinator_address=h:1", "--process_count=1", "--process_index=0"])
+  assert out == (1, 2)
+  assert calls == [{"coordinator_address": "h:1", "num_processes": 1, "process_id": 0}]
+
+
+def test_write_config(tmp_path):
+  gin.external_configurable(_fn, "test_fn3")
+  gin.parse_config("test_fn3.a = 4")
+  path = gin_utils.write_config(str(tmp_path))
+  assert path == os.path.join(str(tmp_path), "config.gin")
+  assert "test_fn3.a = 4" in open(path).read()
+
+
+@pytest.mark.parametrize("name,steps", [("beauty_quick", 300), ("beauty", 200000), ("sports", 200000),
+                                        ("toys", 100000)])
+def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
+  gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"],
+                            ['MODEL_DIR = "/tmp/m"'])
+  assert gin.query_parameter("%TRAIN_STEPS") == steps
+  assert gin.query_parameter("%BATCH_SIZE") == (32 if name == "beauty_quick" else 256)
+  from tiger_jax import train  # pylint: disable=g-import-not-at-top
+  assert gin.get_configurable(train.train) is not None
+  gin.clear_config(clear_constants=True)
+  # Data stages (embed, semantic ids) read the same file but must not trip over the trainer's bindings.
+  flags = gin_utils.parse_stage_flags([f"--gin_file=gin/{name}.gin", "--data_dir=d", "--work_dir=w"], "stage")
+  assert flags.data_dir == "d" and gin.query_parameter("%TRAIN_STEPS") == steps

@@ -1,0 +1,448 @@
+"""The trainer: schedules, cache reading, bucketing, and (in subprocesses) CLI runs killed and resumed.
+
+The CLI runs share one persistent XLA compilation cache so that only the first of them pays for compiling
+the tiny model; they train a 1+1-layer T5 on a synthetic task cache in the CONTRACTS.md format.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tiger_jax import checkpoints
+from tiger_jax import models
+from tiger_jax import network
+from tiger_jax import utils
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASK = "tiny_task"
+LENGTHS = {"inputs": 81, "targets": 5}
+TINY = dict(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, head_dim=8,
+            mlp_dim=32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A synthetic task cache in the CONTRACTS.md format: item t is followed by item t + 1, so it is learnable.
+
+
+def write_synthetic_cache(root, task=TASK, n_users=48, n_items=24, seed=0):
+  rng = np.random.default_rng(seed)
+  codes = rng.integers(0, 8, (n_items, 4))
+  item_tokens = 2 + 8 * np.arange(4) + codes  # 4 levels x 8 codes: tokens 2..33; users 34..49
+  sequences = []
+  for _ in range(n_users):
+    n, first = int(rng.integers(3, 27)), int(rng.integers(n_items))
+    sequences.append([(first + i) % n_items for i in range(n)])
+  os.makedirs(os.path.join(root, task), exist_ok=True)
+  counts = {}
+  for split in ("train", "validation", "test"):
+    rows = []
+    for u, seq in enumerate(sequences):
+      n = len(seq)
+      targets = range(1, n - 2) if split == "train" else [n - 2 if split == "validation" else n - 1]
+      rows += [(u, seq[max(0, t - 20):t], seq[t]) for t in targets]
+    num = len(rows)
+    enc = np.zeros((num, 81), np.int32)
+    tgt = np.zeros((num, 5), np.int32)
+    for i, (u, history, target) in enumerate(rows):
+      x = np.concatenate([[34 + u % 16], item_tokens[history].reshape(-1)])
+      enc[i, :len(x)] = x
+      tgt[i, :4] = item_tokens[target]
+      tgt[i, 4] = 1
+    dec_in = np.zeros_like(tgt)
+    dec_in[:, 1:] = tgt[:, :-1]
+    np.savez(os.path.join(root, task, f"{split}.npz"), encoder_input_tokens=enc, decoder_input_tokens=dec_in,
+             decoder_target_tokens=tgt, decoder_loss_weights=(tgt > 0).astype(np.int32),
+             user_index=np.array([r[0] for r in rows], np.int32),
+             target_item=np.array([r[2] for r in rows], np.int32))
+    counts[split] = num
+  with open(os.path.join(root, task, "info.json"), "w") as f:
+    json.dump({"task": task, "feature_lengths": LENGTHS, "vocab_size": 64, "counts": counts}, f)
+  return counts
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("cache"))
+  write_synthetic_cache(root)
+  return root
+
+
+def _cfg(cache_dir, split="train", batch_size=8, shuffle=True, **kw):
+  kw.setdefault("task_feature_lengths", LENGTHS)
+  return utils.DatasetConfig(mixture_or_task_name=TASK, split=split, batch_size=batch_size, shuffle=shuffle,
+                             cache_dir=cache_dir, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learning rate, optimizer, schedule, cache reading.
+
+
+def test_learning_rate_is_t5x_rsqrt_decay():
+  lr = utils.create_learning_rate_scheduler()
+  np.testing.assert_allclose([float(lr(s)) for s in (0, 1, 9999, 10000, 40000, 160000)],
+                             [0.01, 0.01, 0.01, 0.01, 0.005, 0.0025], rtol=1e-6)
+  warm = utils.create_learning_rate_scheduler("constant * linear_warmup * rsqrt_decay", 1.0, 100)
+  assert float(warm(50)) == pytest.approx(0.5 / 10)
+  with pytest.raises(ValueError, match="unknown factor"):
+    utils.create_learning_rate_scheduler("constant * bogus")
+
+
+def test_adafactor_has_t5x_settings():
+  tx = utils.adafactor(0.01)
+  params = {"w": jnp.ones((256, 128)), "b": jnp.ones((7,))}
+  state = tx.init(params)
+  factored = [s for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: hasattr(x, "v_row"))
+              if hasattr(s, "v_row")][0]
+  # Factored second moment: one row and one column vector instead of a 256 x 128 matrix.
+  assert {factored.v_row["w"].shape, factored.v_col["w"].shape} == {(256,), (128,)}
+  assert factored.v["b"].shape == (7,)  # small tensors keep a full second moment
+  updates, _ = tx.update({"w": jnp.full((256, 128), 1e6), "b": jnp.ones((7,))}, state, params)
+  # Update clipping at RMS 1.0 and parameter scaling keep the step bounded by lr * rms(param).
+  assert float(jnp.sqrt(jnp.mean(updates["w"] ** 2))) <= 0.01 * 1.0001
+
+
+def test_schedule_is_a_pure_function_of_seed_and_step():
+  lengths = np.random.default_rng(0).integers(1, 82, 203)
+  a = utils.BatchSchedule(lengths, 16, seed=3)
+  b = utils.BatchSchedule(lengths, 16, seed=3)
+  idx_a, _ = a.steps(0, 40)
+  idx_b, _ = b.steps(25, 15)  # a fresh object asked for the middle gives the same batches
+  np.testing.assert_array_equal(idx_a[25:], idx_b)
+  assert a.steps_per_epoch == 13  # ceil(203 / 16): the last batch wraps around
+  epoch0 = idx_a[:13].reshape(-1)
+  assert set(epoch0.tolist()) == set(range(203))
+  assert not np.array_equal(idx_a[:13], idx_a[13:26])  # reshuffled every epoch
+  assert not np.array_equal(idx_a, utils.BatchSchedule(lengths, 16, seed=4).steps(0, 40)[0])
+  np.testing.assert_array_equal(utils.BatchSchedule(lengths, 16, 0, shuffle=False).steps(0, 1)[0][0],
+                                np.arange(16))
+
+
+def test_bucketed_schedule_groups_chunks_by_length():
+  rng = np.random.default_rng(1)
+  lengths = 1 + 4 * rng.integers(1, 21, 1000)
+  s = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81)
+  assert s.buckets == (17, 33, 81)
+  assert s.steps_per_epoch % 5 == 0
+  for epoch in range(3):
+    idx, lens = s.steps(epoch * s.steps_per_epoch, s.steps_per_epoch)
+    assert (lengths[idx] <= lens[:, None]).all()  # every example fits its step's trimmed length
+    assert (lens.reshape(-1, 5) == lens.reshape(-1, 5)[:, :1]).all()  # one length per chunk
+    assert set(idx.reshape(-1).tolist()) == set(range(1000))  # each example at least once per epoch
+    assert len(idx.reshape(-1)) < 1000 + 5 * 8  # at most one chunk of repeats
+  assert s.run_length(0, 5) == 5
+  assert {int(v) for v in s.steps(0, s.steps_per_epoch)[1]} == {17, 33, 81}
+
+
+def test_dataset_arrays_read_fit_and_errors(cache_dir, tmp_path):
+  arrays = utils.get_dataset_arrays(_cfg(cache_dir))
+  assert arrays[utils.ENCODER_INPUT].shape[1] == 81 and arrays[utils.ENCODER_INPUT].dtype == np.int32
+  assert set(arrays) == set(utils.MODEL_FEATURES + utils.EXTRA_FEATURES)
+  wider = utils.get_dataset_arrays(_cfg(cache_dir, task_feature_lengths={"inputs": 90, "targets": 5}))
+  assert wider[utils.ENCODER_INPUT].shape[1] == 90 and not wider[utils.ENCODER_INPUT][:, 81:].any()
+  with pytest.raises(ValueError, match="would lose tokens"):
+    utils.get_dataset_arrays(_cfg(cache_dir, task_feature_lengths={"inputs": 9, "targets": 5},
+                                  trim_output_features=False))
+  bad = tmp_path / TASK
+  bad.mkdir()
+  np.savez(bad / "train.npz", encoder_input_tokens=np.ones((3, 81), np.int32))
+  with pytest.raises(ValueError, match=r"train\.npz: missing field 'decoder_input_tokens'"):
+    utils.get_dataset_arrays(_cfg(str(tmp_path), use_memory_cache=False))
+  with pytest.raises(FileNotFoundError, match="no cached split 'test'"):
+    utils.get_dataset_arrays(_cfg(str(tmp_path), split="test"))
+  with pytest.raises(NotImplementedError, match="cached"):
+    utils.get_dataset_arrays(_cfg(cache_dir, use_cached=False))
+
+
+def test_nonpad_lengths():
+  tokens = np.array([[5, 6, 0, 0], [0, 0, 0, 0], [1, 2, 3, 4]])
+  np.testing.assert_array_equal(utils.nonpad_lengths(tokens), [2, 0, 4])
+
+
+def test_trimmed_encoder_gives_the_same_loss(cache_dir):
+  """Length bucketing is exact: padding beyond the longest example does not change the loss."""
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  arrays = utils.get_dataset_arrays(_cfg(cache_dir), utils.MODEL_FEATURES)
+  short = np.flatnonzero(utils.nonpad_lengths(arrays[utils.ENCODER_INPUT]) <= 17)[:8]
+  batch = {k: v[short] for k, v in arrays.items()}
+  shapes = {k: v.shape for k, v in batch.items()}
+  params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
+  full = model.loss_fn(params, batch, None)[0]
+  trimmed = model.loss_fn(params, {**batch, utils.ENCODER_INPUT: batch[utils.ENCODER_INPUT][:, :17]}, None)[0]
+  np.testing.assert_allclose(float(trimmed), float(full), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLI runs in subprocesses.
+
+
+def _tiny_gin(tmp, cache_dir, steps=32, extra=""):
+  path = os.path.join(tmp, "tiny.gin")
+  with open(path, "w") as f:
+    f.write(textwrap.dedent(f"""\
+      from __gin__ import dynamic_registration
+      from tiger_jax import network
+      include 'gin/runs/train.gin'
+      include 'gin/models/tiger_t5.gin'
+      MIXTURE_OR_TASK_NAME = '{TASK}'
+      TASK_CACHE_DIR = '{cache_dir}'
+      ACTIVATION_DTYPE = 'float32'
+      TRAIN_STEPS = {steps}
+      BATCH_SIZE = 8
+      EVAL_BATCH_SIZE = 8
+      EVAL_PERIOD = 8
+      STATS_PERIOD = 4
+      STEPS_PER_DISPATCH = 4
+      LENGTH_BUCKETS = [33]
+      network.T5Config:
+      """) + "".join(f"  {k} = {v}\n" for k, v in TINY.items()) + extra)
+  return path
+
+
+def _env(compile_cache):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=compile_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             XLA_FLAGS="--xla_backend_optimization_level=0", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("TIGER_TASK_CACHE_DIR", None)
+  return env
+
+
+def _cmd(gin_file, model_dir, *bindings):
+  return [sys.executable, "-m", "tiger_jax.train", f"--gin_file={gin_file}", f'--gin.MODEL_DIR="{model_dir}"',
+          *bindings]
+
+
+@pytest.fixture(scope="module")
+def cli(tmp_path_factory, cache_dir):
+  """A finished uninterrupted CLI run (the reference) and what the other CLI tests need."""
+  tmp = str(tmp_path_factory.mktemp("cli"))
+  compile_cache = os.path.join(tmp, "xla_cache")
+  gin_file = _tiny_gin(tmp, cache_dir)
+  model_dir = os.path.join(tmp, "reference")
+  start = time.time()
+  out = subprocess.run(_cmd(gin_file, model_dir), cwd=REPO, env=_env(compile_cache), capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  return {"tmp": tmp, "gin_file": gin_file, "env": _env(compile_cache), "model_dir": model_dir,
+          "log": out.stderr, "seconds": time.time() - start}
+
+
+def test_cli_run_writes_config_metrics_checkpoints(cli):
+  model_dir = cli["model_dir"]
+  config = open(os.path.join(model_dir, "config.gin")).read()
+  assert f"MODEL_DIR = '{model_dir}'" in config or f'MODEL_DIR = "{model_dir}"' in config
+  assert "train_script.train" in config
+  records = [json.loads(line) for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+  train_losses = [r["train/loss"] for r in records if "train/loss" in r]
+  assert len(train_losses) == 8 and train_losses[-1] < train_losses[0]
+  assert all(r["train/learning_rate"] == pytest.approx(0.01) for r in records if "train/learning_rate" in r)
+  evals = [r for r in records if "validation/loss" in r]
+  assert [r["step"] for r in evals] == [8, 16, 24, 32]
+  assert sorted(int(s) for s in os.listdir(os.path.join(model_dir, "checkpoints")) if s.isdigit()) == [
+      16, 24, 32]  # keep = 3
+  best_step = min(evals, key=lambda r: r["validation/loss"])["step"]
+  assert [int(s) for s in os.listdir(os.path.join(model_dir, "best")) if s.isdigit()] == [best_step]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(model_dir, "train")))
+  for needle in ("step 32/32 loss", "steps/s", "ETA", "eval at step 32"):
+    assert needle in cli["log"], needle
+  params, step = checkpoints.restore_params(model_dir, "best")
+  assert step == best_step and "encoder" in params
+
+
+def _wait_for(path, proc, timeout):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.isdir(path):
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.05)
+  return False
+
+
+def _final_params(model_dir):
+  params, step = checkpoints.restore_params(model_dir, "latest")
+  return jax.tree_util.tree_map(np.asarray, params), step
+
+
+def test_sigkill_then_rerun_resumes_to_identical_params(cli):
+  model_dir = os.path.join(cli["tmp"], "killed")
+  proc = subprocess.Popen(_cmd(cli["gin_file"], model_dir, "--gin.train_script.train.throttle_seconds=0.4"),
+                          cwd=REPO, env=cli["env"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    assert _wait_for(os.path.join(model_dir, "checkpoints", "8"), proc, 300), "no checkpoint appeared"
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  killed_at = max(int(s) for s in os.listdir(os.path.join(model_dir, "checkpoints")) if s.isdigit())
+  assert killed_at < 32
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=cli["env"], capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert f"at step {killed_at}" in out.stderr and "resumed" in out.stderr
+  resumed, step = _final_params(model_dir)
+  reference, ref_step = _final_params(cli["model_dir"])
+  assert step == ref_step == 32
+  for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  # Rerunning a finished run trains nothing and succeeds.
+  again = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=cli["env"], capture_output=True,
+                         text=True, timeout=600)
+  assert again.returncode == 0 and "nothing to train" in again.stderr
+
+
+def test_initial_checkpoint_from_another_model_dir(cli):
+  """RestoreCheckpointConfig.path (fine-tuning): a fresh MODEL_DIR starts from another run's state."""
+  model_dir = os.path.join(cli["tmp"], "finetune")
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir, "--gin.TRAIN_STEPS=36",
+                            f"--gin.INITIAL_CHECKPOINT_PATH='{cli['model_dir']}'"),
+                       cwd=REPO, env=cli["env"], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert f"initialized the train state from {cli['model_dir']} at step 32" in out.stderr
+  assert _final_params(model_dir)[1] == 36
+
+
+def test_sigterm_checkpoints_and_exits(cli):
+  model_dir = os.path.join(cli["tmp"], "terminated")
+  proc = subprocess.Popen(_cmd(cli["gin_file"], model_dir, "--gin.train_script.train.throttle_seconds=0.4"),
+                          cwd=REPO, env=cli["env"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    assert _wait_for(os.path.join(model_dir, "checkpoints", "8"), proc, 300), "no checkpoint appeared"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+  steps = sorted(int(s) for s in os.listdir(os.path.join(model_dir, "checkpoints")) if s.isdigit())
+  assert 8 < steps[-1] < 32 and f"checkpointed step {steps[-1]}" in err
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(cli, cache_dir, tmp_path):
+  """A token id outside the vocabulary embeds as NaN; the first batch holding it must stop training."""
+  poisoned = str(tmp_path / "poisoned")
+  os.makedirs(os.path.join(poisoned, TASK))
+  for split in ("train", "validation", "test"):
+    data = dict(np.load(os.path.join(cache_dir, TASK, f"{split}.npz")))
+    if split == "train":
+      n = len(data["encoder_input_tokens"])
+      lengths = utils.nonpad_lengths(data["encoder_input_tokens"])
+      schedule = utils.BatchSchedule(lengths, 8, seed=0, buckets=[33], chunk_steps=4, max_length=81)
+      idx, _ = schedule.steps(0, 16)
+      first_use = {}
+      for step in range(16):
+        for i in idx[step]:
+          first_use.setdefault(int(i), step)
+      victim = next(i for i in range(n) if first_use.get(i, -1) in range(9, 16))
+      nan_step = first_use[victim]
+      data["encoder_input_tokens"][victim, 0] = 10_000
+    np.savez(os.path.join(poisoned, TASK, f"{split}.npz"), **data)
+  model_dir = str(tmp_path / "nan_run")
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir, f"--gin.TASK_CACHE_DIR='{poisoned}'"), cwd=REPO,
+                       env=cli["env"], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 3, out.stderr[-4000:]
+  assert f"non-finite loss (nan) at step {nan_step}" in out.stderr
+  assert "last good checkpoint is step 8" in out.stderr
+  steps = sorted(int(s) for s in os.listdir(os.path.join(model_dir, "checkpoints")) if s.isdigit())
+  assert steps == [8]
+  params, step = _final_params(model_dir)
+  assert step == 8 and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+_DEVICES_SCRIPT = textwrap.dedent("""
+  import sys, json
+  import jax, numpy as np
+  from tiger_jax import models, network, partitioning, train, utils
+  cache_dir, out_dir = sys.argv[1], sys.argv[2]
+  assert len(jax.devices()) == 4
+  tiny = network.T5Config(dtype="float32", **json.loads(sys.argv[3]))
+  cfg = lambda split, shuffle: utils.DatasetConfig("tiny_task", {"inputs": 81, "targets": 5}, split, 8,
+                                                   shuffle, cache_dir=cache_dir)
+  seen = []
+  def custom_metric(ctx):
+    seen.append(ctx.step)
+    return {"validation/custom": float(ctx.step % 16)}  # best ('max') is step 8
+  results = {}
+  for n in (1, 4):
+    p = partitioning.PjitPartitioner(devices=jax.devices()[:n])
+    r = train.train(model=models.EncoderDecoderModel(network.Transformer(tiny)),
+                    train_dataset_cfg=cfg("train", True), train_eval_dataset_cfg=cfg("validation", False),
+                    partitioner=p, model_dir=f"{out_dir}/d{n}", total_steps=16, eval_period=8,
+                    steps_per_dispatch=4, use_tensorboard=False,
+                    eval_metric_fns=(train.validation_loss, custom_metric),
+                    best_metric="validation/custom", best_mode="max")
+    results[n] = (r.losses, [e["validation/loss"] for e in r.evals], r.best,
+                  jax.tree_util.tree_leaves(jax.device_get(r.state["params"])))
+  np.testing.assert_allclose(results[4][0], results[1][0], rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(results[4][1], results[1][1], rtol=2e-5)
+  for a, b in zip(results[4][3], results[1][3]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert results[4][2]["step"] == 8 and results[4][2]["metric"] == "validation/custom", results[4][2]
+  assert seen == [8, 16, 8, 16], seen
+  print("LOSSES", json.dumps([float(x) for x in results[4][0]]))
+""")
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_device(cache_dir, tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+             "--xla_backend_optimization_level=0")
+  out = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, cache_dir, str(tmp_path), json.dumps(TINY)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "LOSSES" in out.stdout
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(cli):
+  """--multiprocess_gpu with 2 CPU processes x 2 devices: each feeds half the batch, same losses."""
+  env = dict(cli["env"], XLA_FLAGS=cli["env"]["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2",
+             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  for attempt in range(2):  # the free port can be taken by another process before the coordinator binds it
+    model_dir = os.path.join(cli["tmp"], f"two_processes_{attempt}")
+    port = _free_port()
+    procs = [subprocess.Popen(_cmd(cli["gin_file"], model_dir, "--gin.TRAIN_STEPS=16", "--multiprocess_gpu",
+                                   f"--coordinator_address=localhost:{port}", "--process_count=2",
+                                   f"--process_index={i}"),
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+      logs = [p.communicate(timeout=400)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+      logs = ["timed out", "timed out"]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+    if all(p.returncode == 0 for p in procs):
+      break
+  assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+
+  def losses(directory):
+    records = [json.loads(line) for line in open(os.path.join(directory, "metrics.jsonl"))]
+    return {(r["step"], k): r[k] for r in records for k in ("train/loss", "validation/loss")
+            if k in r and r["step"] <= 16}
+
+  ours, reference = losses(model_dir), losses(cli["model_dir"])
+  assert sorted(ours) == sorted(reference) and len(ours) == 6  # 4 train lines, 2 evals
+  np.testing.assert_allclose([ours[k] for k in sorted(ours)], [reference[k] for k in sorted(ours)], rtol=1e-5)

@@ -1,0 +1,628 @@
+r"""t5x-style trainer for TIGER over cached tasks.
+
+  python -m tiger_jax.train --gin_file=gin/beauty.gin --gin.MODEL_DIR=\"/tmp/beauty\"
+
+Speed comes from three things the host loop does not do per step: the training split lives on the devices
+(replicated; it is a few tens of MB), a jitted loop runs up to `steps_per_dispatch` optimizer steps per
+call and gathers each batch on device by index, and optional length buckets trim the encoder input of a
+whole chunk of steps to the bucket's length (most sessions are far shorter than 20 items). The batch at a
+step is a pure function of (seed, step), so rerunning the same command after a crash resumes exactly from
+the latest checkpoint.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tiger_jax import checkpoints as checkpoints_lib
+from tiger_jax import gin_utils
+from tiger_jax import partitioning
+from tiger_jax import utils
+
+log = logging.getLogger("tiger_jax.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss; the last good checkpoint was left as it was."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation hooks.
+
+
+@dataclasses.dataclass
+class EvalContext:
+  """What a validation metric function gets; `cache` lives for the whole run (compiled fns, arrays)."""
+  model: Any
+  params: Any
+  step: int
+  partitioner: partitioning.PjitPartitioner
+  train_eval_dataset_cfg: Optional[utils.DatasetConfig]
+  infer_eval_dataset_cfg: Optional[utils.DatasetConfig]
+  length_buckets: Optional[Sequence[int]]
+  model_dir: str
+  cache: dict
+  eval_steps: Optional[int] = None  # batches of train_eval to use (the split's first rows); None: all
+
+
+EvalMetricFn = Callable[[EvalContext], Mapping[str, float]]
+
+
+def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+  """Pads every feature with all-pad rows up to `rows` (a fixed shape for the jitted function)."""
+  out = {}
+  for k, v in batch.items():
+    missing = rows - v.shape[0]
+    out[k] = np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1)) if missing else v
+  return out
+
+
+def validation_loss(ctx: EvalContext) -> dict[str, float]:
+  """Per-token negative log-likelihood of the targets on the `train_eval` split (via score_batch)."""
+  cfg = ctx.train_eval_dataset_cfg
+  if cfg is None:
+    return {}
+  if "validation_loss" not in ctx.cache:
+    arrays = utils.get_dataset_arrays(cfg, utils.MODEL_FEATURES)
+    if ctx.eval_steps:
+      arrays = {k: v[:ctx.eval_steps * cfg.batch_size] for k, v in arrays.items()}
+    ctx.partitioner.check_batch_size(cfg.batch_size)
+    model = ctx.model
+    score = ctx.partitioner.partition(
+        lambda params, batch: model.score_batch(params, batch),
+        in_axis_resources=(ctx.partitioner.replicated, ctx.partitioner.data_sharding()),
+        out_axis_resources=ctx.partitioner.replicated)  # every process can read the scores
+    lengths = utils.nonpad_lengths(arrays[utils.ENCODER_INPUT])
+    batches = list(utils.eval_batches(lengths, cfg.batch_size, ctx.length_buckets,
+                                      arrays[utils.ENCODER_INPUT].shape[1]))
+    ctx.cache["validation_loss"] = (arrays, score, batches)
+  arrays, score, batches = ctx.cache["validation_loss"]
+  results = []
+  for idx, length in batches:
+    batch = {k: arrays[k][idx] for k in utils.MODEL_FEATURES}
+    batch[utils.ENCODER_INPUT] = batch[utils.ENCODER_INPUT][:, :length]
+    batch = pad_rows(batch, cfg.batch_size)
+    results.append((len(idx), score(ctx.params, ctx.partitioner.shard_global_batch(batch))))
+  total_logp, count = 0.0, 0
+  for n, scores in results:
+    total_logp += float(np.sum(np.asarray(jax.device_get(scores), np.float64)[:n]))
+    count += n
+  tokens = float(np.sum(arrays[utils.DECODER_WEIGHTS][np.concatenate([i for i, _ in batches])]))
+  return {"validation/loss": -total_logp / max(tokens, 1.0),
+          "validation/sequence_nll": -total_logp / max(count, 1),
+          "validation/examples": float(count)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Summaries.
+
+
+class _Summaries:
+  """TensorBoard (tensorboardX when importable) plus a JSON-lines log, written by process 0 only."""
+
+  def __init__(self, model_dir: str, enabled: bool):
+    self.enabled = enabled and jax.process_index() == 0
+    self._writers: dict[str, Any] = {}
+    self._model_dir = model_dir
+    self._jsonl = None
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(model_dir, exist_ok=True)
+    self._jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter
+    except ImportError:
+      log.warning("tensorboardX is not installed: metrics go to %s/metrics.jsonl only", model_dir)
+
+  def _writer(self, group: str):
+    if self._tb is None:
+      return None
+    if group not in self._writers:
+      self._writers[group] = self._tb(os.path.join(self._model_dir, group))
+    return self._writers[group]
+
+  def scalars(self, step: int, values: Mapping[str, float], default_group: str = "train") -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in values.items()}}) + "\n")
+    self._jsonl.flush()
+    for key, value in values.items():
+      group, _, tag = key.rpartition("/")
+      writer = self._writer(group or default_group)
+      if writer is not None:
+        writer.add_scalar(tag, float(value), int(step))
+
+  def text(self, step: int, tag: str, text: str) -> None:
+    writer = self._writer("train") if self.enabled else None
+    if writer is not None:
+      writer.add_text(tag, text, int(step))
+
+  def flush(self) -> None:
+    for writer in self._writers.values():
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The jitted multi-step loop.
+
+
+def _scalar_metrics(metrics: Any) -> dict[str, Any]:
+  """Scalar array entries of a model's metrics dict (other kinds of metric objects are skipped)."""
+  out = {}
+  if isinstance(metrics, Mapping):
+    for k, v in metrics.items():
+      if isinstance(v, (jax.Array, np.ndarray)) and np.ndim(v) == 0:
+        out[str(k)] = v
+  return out
+
+
+class StepRunner:
+  """Builds and caches one compiled multi-step function per encoder length."""
+
+  def __init__(self, model, tx, learning_rate_fn, partitioner: partitioning.PjitPartitioner,
+               steps_per_dispatch: int, resident: bool):
+    self.model = model
+    self.tx = tx
+    self.learning_rate_fn = learning_rate_fn
+    self.partitioner = partitioner
+    self.k = steps_per_dispatch
+    self.resident = resident
+    self._compiled: dict[int, Any] = {}
+    self.compile_seconds: dict[int, float] = {}
+
+  def one_step(self, state, batch, dropout_base):
+    step = state["step"]
+    rng = jax.random.fold_in(dropout_base, step)
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: self.model.loss_fn(p, batch, rng), has_aux=True)(state["params"])
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    out = {"loss": jnp.asarray(loss, jnp.float32), "grad_norm": optax.global_norm(grads),
+           "learning_rate": jnp.asarray(self.learning_rate_fn(step), jnp.float32)}
+    for k, v in _scalar_metrics(metrics).items():
+      out.setdefault(k, jnp.asarray(v, jnp.float32))
+    return {"step": step + 1, "params": params, "opt_state": opt_state}, out
+
+  def _build(self, length: int):
+    k = self.k
+    data_sharding = self.partitioner.data_sharding()
+
+    def get_batch(data, idx, i):
+      if self.resident:
+        rows = idx[i]
+        batch = {f: jnp.take(data[f], rows, axis=0) for f in utils.MODEL_FEATURES}
+        batch[utils.ENCODER_INPUT] = batch[utils.ENCODER_INPUT][:, :length]
+      else:
+        batch = {f: data[f][i] for f in utils.MODEL_FEATURES}
+      return jax.lax.with_sharding_constraint(batch, data_sharding)
+
+    def multi_step(state, data, idx, n, dropout_base):
+      sample = jax.eval_shape(self.one_step, state, get_batch(data, idx, 0), dropout_base)[1]
+      outs = jax.tree_util.tree_map(lambda s: jnp.zeros((k,) + s.shape, s.dtype), sample)
+
+      def body(i, carry):
+        state, outs = carry
+        state, out = self.one_step(state, get_batch(data, idx, i), dropout_base)
+        outs = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), outs, out)
+        return state, outs
+
+      return jax.lax.fori_loop(0, n, body, (state, outs))
+
+    rep = self.partitioner.replicated
+    data_spec = rep if self.resident else self.partitioner.data_sharding(batch_axis=1)
+    return self.partitioner.partition(multi_step, in_axis_resources=(rep, data_spec, rep, rep, rep),
+                                      out_axis_resources=(rep, rep), donate_argnums=(0,))
+
+  def get(self, length: int, state, data, idx, n, dropout_base):
+    if length not in self._compiled:
+      start = time.time()
+      self._compiled[length] = self._build(length).lower(state, data, idx, n, dropout_base).compile()
+      self.compile_seconds[length] = time.time() - start
+      log.info("compiled the %d-step loop for encoder length %d in %.1fs", self.k, length,
+               self.compile_seconds[length])
+    return self._compiled[length]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# train().
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What train() returns: the final step and state, and this invocation's per-step losses."""
+  step: int
+  state: Any
+  start_step: int
+  losses: np.ndarray
+  evals: list
+  best: Optional[dict]
+  steps_per_second: float  # while training: compile, eval and checkpoint time excluded
+  seconds: float = 0.0  # wall time of the loop, everything included
+  compile_seconds: Optional[dict] = None  # per encoder length
+  stopped_by_signal: Optional[int] = None  # SIGTERM ended the run early (after a checkpoint)
+
+
+def _next_multiple(step: int, period: Optional[int]) -> float:
+  if not period:
+    return math.inf
+  return (step // period + 1) * period
+
+
+def train(*,
+          model: Any,
+          train_dataset_cfg: utils.DatasetConfig,
+          train_eval_dataset_cfg: Optional[utils.DatasetConfig] = None,
+          infer_eval_dataset_cfg: Optional[utils.DatasetConfig] = None,
+          checkpoint_cfg: Optional[utils.CheckpointConfig] = None,
+          partitioner: Optional[partitioning.PjitPartitioner] = None,
+          model_dir: str,
+          total_steps: int,
+          eval_period: int = 1000,
+          stats_period: Optional[int] = None,
+          random_seed: Optional[int] = 0,
+          learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+          optimizer_fn: Callable[..., optax.GradientTransformation] = utils.adafactor,
+          steps_per_dispatch: int = 100,
+          length_buckets: Optional[Sequence[int]] = None,
+          resident_data: bool = True,
+          eval_metric_fns: Sequence[EvalMetricFn] = (validation_loss,),
+          best_metric: Optional[str] = "validation/loss",
+          best_mode: str = "min",
+          run_eval_before_training: bool = False,
+          eval_steps: Optional[int] = None,
+          use_hardware_rng: bool = False,
+          use_tensorboard: bool = True,
+          throttle_seconds: float = 0.0) -> TrainResult:
+  """Trains `model` for `total_steps` steps, resuming from MODEL_DIR's latest checkpoint if any.
+
+  Args mirror t5x's train(); TIGER-specific ones:
+    learning_rate_fn: step -> learning rate (default: t5x's constant * rsqrt_decay, 0.01 up to 10k steps).
+    optimizer_fn: learning_rate_fn -> optax transformation (default Adafactor with t5x's settings).
+    steps_per_dispatch: optimizer steps per jitted call (K); dispatches stop at eval/checkpoint steps.
+    length_buckets: encoder lengths (e.g. [17, 33, 81]) to trim batches to; None trains at full length.
+    resident_data: keep the training split on the devices and gather batches there.
+    eval_metric_fns: called every `eval_period` steps with an EvalContext; their merged dict is logged.
+    best_metric / best_mode: which eval metric picks the checkpoint kept under MODEL_DIR/best.
+    eval_steps: evaluate only the first eval_steps batches of train_eval (t5x's name); None: all of it.
+    use_hardware_rng: t5x's option: dropout masks from the faster 'unsafe_rbg' generator instead of
+      threefry (still deterministic on one device topology; results then depend on the device count).
+    throttle_seconds: sleep after each dispatch (fault-injection tests only).
+  """
+  partitioner = partitioner or partitioning.PjitPartitioner()
+  checkpoint_cfg = checkpoint_cfg or utils.CheckpointConfig()
+  save_cfg = checkpoint_cfg.save or utils.SaveCheckpointConfig()
+  restore_cfg = checkpoint_cfg.restore
+  learning_rate_fn = learning_rate_fn or utils.create_learning_rate_scheduler()
+  random_seed = 0 if random_seed is None else int(random_seed)
+  stats_period = stats_period or min(eval_period or 100, 100)
+  steps_per_dispatch = max(1, int(steps_per_dispatch))
+  if best_mode not in ("min", "max"):
+    raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+  if total_steps < 0:
+    raise ValueError(f"total_steps must be >= 0, got {total_steps}")
+  if use_hardware_rng:
+    jax.config.update("jax_default_prng_impl", "unsafe_rbg")
+  os.makedirs(model_dir, exist_ok=True)
+  config_path = gin_utils.write_config(model_dir)
+  summaries = _Summaries(model_dir, use_tensorboard)
+
+  # Data.
+  batch_size = train_dataset_cfg.batch_size
+  partitioner.check_batch_size(batch_size)
+  arrays = utils.get_dataset_arrays(train_dataset_cfg, utils.MODEL_FEATURES)
+  width = arrays[utils.ENCODER_INPUT].shape[1]
+  data_seed = random_seed if train_dataset_cfg.seed is None else int(train_dataset_cfg.seed)
+  schedule = utils.BatchSchedule(utils.nonpad_lengths(arrays[utils.ENCODER_INPUT]), batch_size,
+                                 seed=data_seed, shuffle=train_dataset_cfg.shuffle,
+                                 buckets=length_buckets, chunk_steps=steps_per_dispatch, max_length=width)
+  log.info("train split: %d examples, batch %d, %d steps per epoch, encoder buckets %s",
+           schedule.num_examples, batch_size, schedule.steps_per_epoch, list(schedule.buckets))
+  device_data = partitioner.replicate(arrays) if resident_data else None
+
+  # Model, optimizer and state.
+  tx = optimizer_fn(learning_rate_fn)
+  input_shapes = {utils.ENCODER_INPUT: (1, width),
+                  utils.DECODER_INPUT: (1, arrays[utils.DECODER_INPUT].shape[1]),
+                  utils.DECODER_TARGET: (1, arrays[utils.DECODER_TARGET].shape[1])}
+
+  def init_state(rng):
+    params = model.get_initial_variables(rng, input_shapes)["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+  rep = partitioner.replicated
+  init_rng, dropout_base = jax.random.split(jax.random.PRNGKey(random_seed))
+  init_fn = jax.jit(init_state, out_shardings=rep)
+  abstract_state = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                                          jax.eval_shape(init_state, init_rng))
+  ckpt = checkpoints_lib.TrainCheckpointer(model_dir, keep=save_cfg.keep, keep_best=save_cfg.keep_best,
+                                           async_save=save_cfg.async_save)
+  state, best = None, None
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state, meta = ckpt.restore(latest, abstract_state)
+    state = _cast_state_params(state, "float32")
+    if meta.get("schedule") and meta["schedule"] != schedule.fingerprint():
+      log.warning("the data schedule differs from the checkpoint's (%s vs %s): the resumed run will not "
+                  "see the same batches as an uninterrupted one", schedule.fingerprint(), meta["schedule"])
+    log.info("resumed from %s at step %d", checkpoints_lib.checkpoint_dir(model_dir), latest)
+  elif restore_cfg is not None and restore_cfg.path:
+    state = _restore_initial(restore_cfg, abstract_state, init_fn, init_rng)
+  if state is None:
+    state = init_fn(init_rng)
+  best = ckpt.best_record()
+  dropout_base = partitioner.replicate(np.asarray(jax.device_get(dropout_base)))
+
+  step = int(jax.device_get(state["step"]))
+  start_step = step
+  runner = StepRunner(model, tx, learning_rate_fn, partitioner, steps_per_dispatch, resident_data)
+  eval_ctx_cache: dict = {}
+  losses: list[np.ndarray] = []
+  evals: list[dict] = []
+  save_period = save_cfg.period or eval_period or max(total_steps, 1)
+  ckpt_meta = lambda s: {"step": int(s), "schedule": schedule.fingerprint(), "total_steps": int(total_steps),
+                         "best": best, "time": time.time()}
+  if config_path:
+    summaries.text(step, "gin/config", "```\n" + open(config_path).read() + "\n```")
+
+  def run_eval(at_step: int, state_now) -> None:
+    nonlocal best
+    ctx = EvalContext(model=model, params=state_now["params"], step=at_step, partitioner=partitioner,
+                      train_eval_dataset_cfg=train_eval_dataset_cfg,
+                      infer_eval_dataset_cfg=infer_eval_dataset_cfg, length_buckets=length_buckets,
+                      model_dir=model_dir, cache=eval_ctx_cache, eval_steps=eval_steps)
+    start = time.time()
+    results: dict[str, float] = {}
+    for fn in eval_metric_fns or ():
+      results.update({k: float(v) for k, v in fn(ctx).items()})
+    if not results:
+      return
+    evals.append({"step": at_step, **results})
+    summaries.scalars(at_step, results)
+    line = " ".join(f"{k} {v:.4g}" for k, v in sorted(results.items()))
+    if best_metric and best_metric in results:
+      value = results[best_metric]
+      better = best is None or (value < best["value"] if best_mode == "min" else value > best["value"])
+      if better and math.isfinite(value):
+        best = {"step": at_step, "metric": best_metric, "value": value, "mode": best_mode}
+        ckpt.save_best(at_step, state_now["params"], best)
+      line += f" | best {best_metric} {best['value']:.4f} @ {best['step']}" if best else ""
+    elif best_metric:
+      log.warning("best_metric %r is not among the eval metrics %s", best_metric, sorted(results))
+    log.info("eval at step %d (%.1fs): %s", at_step, time.time() - start, line)
+
+  # Main loop. Metrics of a dispatch are read after the next one is queued, so the device never waits.
+  clock = {"paused": 0.0}  # seconds spent compiling, evaluating and checkpointing (not training)
+  stats = {"sum": {}, "n": 0}
+  # (time, paused seconds, step) at recent log lines: the rate is taken over the last few of them because
+  # metrics arrive one dispatch late, and in pairs at eval/checkpoint steps.
+  marks = collections.deque([(time.time(), 0.0, step)], maxlen=4)
+
+  def paused(fn, *args):
+    start = time.time()
+    try:
+      return fn(*args)
+    finally:
+      clock["paused"] += time.time() - start
+
+  def dispatch_args(first: int, n: int, length: int):
+    idx, _ = schedule.steps(first, n)
+    if resident_data:
+      idx_full = np.zeros((steps_per_dispatch, batch_size), np.int32)
+      idx_full[:n] = idx
+      data, idx_dev = device_data, partitioner.replicate(idx_full)
+    else:
+      data = _host_batches(arrays, idx, length, steps_per_dispatch, partitioner)
+      idx_dev = partitioner.replicate(np.zeros((1, 1), np.int32))
+    return data, idx_dev, partitioner.replicate(np.asarray(n, np.int32))
+
+  def drain(entry) -> None:
+    """Fetches a dispatch's per-step metrics; stops on a non-finite loss; logs at stats_period."""
+    first, n, outs = entry
+    host = jax.device_get(outs)
+    host = {k: np.asarray(v)[:n] for k, v in host.items()}
+    bad = np.flatnonzero(~np.isfinite(host["loss"]))
+    if len(bad):
+      bad_step = first + int(bad[0])
+      ckpt.wait()
+      good = ckpt.latest_step()
+      where = (f"{checkpoints_lib.checkpoint_dir(model_dir)}/{good}" if good is not None else "none")
+      raise NonFiniteLossError(
+          f"non-finite loss ({host['loss'][bad[0]]}) at step {bad_step}: training stopped. The last good "
+          f"checkpoint is step {good} ({where}) and was left unchanged. Lower the learning rate, check "
+          f"the data, or rerun to resume from that checkpoint.")
+    losses.append(host["loss"])
+    for key, values in host.items():
+      stats["sum"][key] = stats["sum"].get(key, 0.0) + float(np.sum(values, dtype=np.float64))
+    stats["n"] += n
+    done = first + n
+    if done // stats_period > (done - n) // stats_period or done >= total_steps:
+      now = time.time()
+      then, then_paused, then_step = marks[0]
+      busy = now - then - (clock["paused"] - then_paused)
+      rate = (done - then_step) / max(busy, 1e-9)
+      run_busy = now - loop_start - clock["paused"]
+      run_rate = (done - start_step) / max(run_busy, 1e-9)
+      means = {k: v / max(stats["n"], 1) for k, v in stats["sum"].items()}
+      lr = float(host["learning_rate"][-1])
+      summaries.scalars(done, {"train/loss": means["loss"], "train/learning_rate": lr,
+                               "train/grad_norm": means["grad_norm"], "train/steps_per_second": rate,
+                               "train/examples_per_second": rate * batch_size,
+                               **{f"train/{k}": v for k, v in means.items()
+                                  if k not in ("loss", "learning_rate", "grad_norm")}})
+      log.info("step %d/%d loss %.4f lr %.2e | %.1f steps/s (%.2f ms/step, %.0f examples/s) | ETA %s", done,
+               total_steps, means["loss"], lr, rate, 1000.0 / max(rate, 1e-9), rate * batch_size,
+               utils.format_duration((total_steps - done) / max(run_rate, 1e-9)))
+      marks.append((now, clock["paused"], done))
+      stats.update(sum={}, n=0)
+
+  def save(at_step: int, state_now) -> None:
+    if not checkpoints_lib.all_finite(state_now["params"]):
+      raise NonFiniteLossError(f"parameters became non-finite by step {at_step}; not saving. The last good "
+                               f"checkpoint is step {ckpt.latest_step()} (left unchanged).")
+    to_save = state_now if save_cfg.dtype == "float32" else _cast_state_params(state_now, save_cfg.dtype)
+    ckpt.save(at_step, to_save, ckpt_meta(at_step))
+
+  # SIGTERM (preemption, `kill`): finish the dispatch in flight, checkpoint, and exit cleanly.
+  stop = {"signal": None}
+  old_handler = None
+  if threading.current_thread() is threading.main_thread():
+    old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+
+  loop_start = time.time()
+  pending = None
+  try:
+    if run_eval_before_training and step < total_steps:
+      paused(run_eval, step, state)
+    # Compile every encoder length this run will use before the first step, so that progress lines
+    # measure training only.
+    if step < total_steps:
+      _, upcoming = schedule.steps(step, min(total_steps - step, schedule.steps_per_epoch))
+      for length in sorted(set(upcoming.tolist())):
+        paused(runner.get, length, state, *dispatch_args(step, 1, length), dropout_base)
+    while step < total_steps:
+      boundary = min(_next_multiple(step, eval_period), _next_multiple(step, save_period), total_steps)
+      limit = int(min(steps_per_dispatch - step % steps_per_dispatch, boundary - step))
+      n = schedule.run_length(step, limit)
+      length = schedule.length(step)
+      data, idx_dev, n_dev = dispatch_args(step, n, length)
+      fn = paused(runner.get, length, state, data, idx_dev, n_dev, dropout_base)
+      state, outs = fn(state, data, idx_dev, n_dev, dropout_base)
+      if pending is not None:
+        drain(pending)
+      pending = (step, n, outs)
+      step += n
+      if throttle_seconds:
+        time.sleep(throttle_seconds)
+      at_eval = eval_period and step % eval_period == 0
+      at_save = step % save_period == 0 or step >= total_steps or stop["signal"] is not None
+      if at_eval or at_save:
+        drain(pending)
+        pending = None
+        if at_eval or step >= total_steps:
+          paused(run_eval, step, state)
+        if at_save:
+          paused(save, step, state)
+      if stop["signal"] is not None:
+        log.warning("signal %d: checkpointed step %d; rerun the same command to resume", stop["signal"], step)
+        break
+    if pending is not None:
+      drain(pending)
+      pending = None
+  finally:
+    ckpt.close()
+    summaries.close()
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
+  elapsed = time.time() - loop_start
+  steps_done = step - start_step
+  busy = elapsed - clock["paused"]
+  rate = steps_done / busy if busy > 0 and steps_done else 0.0
+  if steps_done:
+    log.info("trained steps %d..%d in %s: %.1f steps/s while training (%.2f ms/step); %s compiling, "
+             "evaluating and checkpointing", start_step, step, utils.format_duration(elapsed), rate,
+             1000.0 / max(rate, 1e-9), utils.format_duration(clock["paused"]))
+  else:
+    log.info("nothing to train: the checkpoint is at step %d >= total_steps %d", step, total_steps)
+  return TrainResult(step=step, state=state, start_step=start_step,
+                     losses=np.concatenate(losses) if losses else np.zeros([0], np.float32), evals=evals,
+                     best=best, steps_per_second=rate, seconds=elapsed,
+                     compile_seconds=dict(runner.compile_seconds), stopped_by_signal=stop["signal"])
+
+
+def _cast_state_params(state, dtype: str):
+  return {**state, "params": utils.cast_floating(state["params"], dtype)}
+
+
+def _host_batches(arrays, idx: np.ndarray, length: int, k: int, partitioner: partitioning.PjitPartitioner):
+  """Streaming mode: this process's rows of `idx` [n, B] as [k, B, ...] arrays sharded on axis 1."""
+  batch_size = idx.shape[1]
+  start, stop = partitioner.host_batch_slice(batch_size)
+  local_idx = np.zeros((k, stop - start), np.int32)
+  local_idx[:len(idx)] = idx[:, start:stop]
+  local = {f: arrays[f][local_idx] for f in utils.MODEL_FEATURES}
+  local[utils.ENCODER_INPUT] = local[utils.ENCODER_INPUT][..., :length]
+  return partitioner.shard_host_batch(local, batch_size, batch_axis=1)
+
+
+def _restore_initial(restore_cfg: utils.RestoreCheckpointConfig, abstract_state, init_fn, init_rng):
+  """Initial state from RestoreCheckpointConfig.path when MODEL_DIR has no checkpoint yet."""
+  paths = [restore_cfg.path] if isinstance(restore_cfg.path, str) else list(restore_cfg.path)
+  which = {"latest": "latest", "best": "best"}.get(restore_cfg.mode, "latest")
+  for path in paths:
+    try:
+      if restore_cfg.params_only:
+        params, step = checkpoints_lib.restore_params(path, which, abstract_state["params"],
+                                                      dtype=restore_cfg.dtype)
+        state = init_fn(init_rng)
+        state["params"] = utils.cast_floating(params, "float32")
+        log.info("initialized params from %s (step %d); optimizer and step start afresh", path, step)
+        return state
+      ckpt = checkpoints_lib.TrainCheckpointer(path, keep_best=False, async_save=False)
+      try:
+        step = ckpt.latest_step()
+        if step is None:
+          raise FileNotFoundError(f"{path}: no checkpoint")
+        state, _ = ckpt.restore(step, abstract_state)
+      finally:
+        ckpt.close()
+      log.info("initialized the train state from %s at step %d", path, step)
+      return _cast_state_params(state, "float32")
+    except FileNotFoundError:
+      if not restore_cfg.fallback_to_scratch:
+        raise
+      log.warning("no checkpoint at %s; training from scratch (fallback_to_scratch)", path)
+  return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def train_using_gin() -> TrainResult:
+  """Calls train() with every argument from the parsed gin config."""
+  import gin  # pylint: disable=g-import-not-at-top
+  return gin.get_configurable(train)()
+
+
+def main(flags) -> None:
+  del flags
+  try:
+    result = train_using_gin()
+  except NonFiniteLossError as e:
+    log.error("%s", e)
+    sys.exit(3)
+  if result.stopped_by_signal is not None:
+    sys.exit(128 + result.stopped_by_signal)
+
+
+def console_main() -> None:
+  """`tiger-train` console script and `python -m tiger_jax.train`."""
+  gin_utils.run(main)
+
+
+if __name__ == "__main__":
+  # Delegate to the importable module so that gin files can refer to `tiger_jax.train.train`.
+  from tiger_jax import train as _train_module  # pylint: disable=import-self
+  _train_module.console_main()

@@ -1,0 +1,396 @@
+"""Dataset and checkpoint configs, the task-cache reader and the deterministic batch schedule.
+
+Mirrors t5x's `utils` module names (`DatasetConfig`, `SaveCheckpointConfig`, `RestoreCheckpointConfig`,
+`CheckpointConfig`, `create_learning_rate_scheduler`) so that t5x gin files read naturally. Everything here
+is numpy (+ jax.numpy for the schedules): training must never import TensorFlow or seqio.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+ENCODER_INPUT = "encoder_input_tokens"
+DECODER_INPUT = "decoder_input_tokens"
+DECODER_TARGET = "decoder_target_tokens"
+DECODER_WEIGHTS = "decoder_loss_weights"
+MODEL_FEATURES = (ENCODER_INPUT, DECODER_INPUT, DECODER_TARGET, DECODER_WEIGHTS)
+EXTRA_FEATURES = ("user_index", "target_item")
+# Which task feature length governs each converted feature (seqio's EncDecFeatureConverter mapping).
+_FEATURE_TO_TASK_FEATURE = {ENCODER_INPUT: "inputs", DECODER_INPUT: "targets", DECODER_TARGET: "targets",
+                            DECODER_WEIGHTS: "targets"}
+CACHE_DIR_ENV = "TIGER_TASK_CACHE_DIR"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Configs.
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+  """Which cached task split to read and how to batch it (t5x's DatasetConfig, plus `cache_dir`)."""
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str
+  batch_size: int  # global batch size, over all processes
+  shuffle: bool
+  seed: Optional[int] = None
+  use_cached: bool = True
+  pack: bool = False
+  module: Optional[str] = None
+  cache_dir: Optional[str] = None  # default: $TIGER_TASK_CACHE_DIR
+  trim_output_features: bool = True
+  use_memory_cache: bool = True
+
+
+@dataclasses.dataclass
+class SaveCheckpointConfig:
+  """When and how to write checkpoints (t5x's names; `keep_best` is TIGER's best-by-validation copy)."""
+  dtype: str = "float32"
+  period: Optional[int] = None  # None: every eval period
+  keep: Optional[int] = None  # how many periodic checkpoints to keep; None keeps all
+  keep_best: bool = True
+  save_dataset: bool = False  # the data position is implied by the step; kept for t5x compatibility
+  async_save: bool = True
+
+
+@dataclasses.dataclass
+class RestoreCheckpointConfig:
+  """Where to initialize from when MODEL_DIR holds no checkpoint yet (e.g. fine-tuning)."""
+  path: Optional[Union[str, Sequence[str]]] = None
+  mode: str = "latest"  # latest | specific | best
+  dtype: str = "float32"
+  restore_dataset: bool = False
+  strict: bool = True
+  fallback_to_scratch: bool = False
+  params_only: bool = False  # start optimizer state and step afresh (fine-tuning)
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  save: Optional[SaveCheckpointConfig] = None
+  restore: Optional[RestoreCheckpointConfig] = None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learning rate and optimizer.
+
+
+def create_learning_rate_scheduler(factors: str = "constant * rsqrt_decay",
+                                   base_learning_rate: float = 1.0,
+                                   warmup_steps: int = 10000,
+                                   decay_factor: float = 0.5,
+                                   steps_per_decay: int = 20000,
+                                   steps_per_cycle: int = 100000,
+                                   step_offset: int = 0,
+                                   min_learning_rate: float = 1e-8) -> Callable[[Any], Any]:
+  """t5x's product-of-factors schedule; the default gives 0.01 up to step 10k, then 1/sqrt(step).
+
+  Factors: constant, linear_warmup, rsqrt_decay, rsqrt_normalized_decay, decay_every, cosine_decay,
+  linear_decay.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  names = [n.strip() for n in factors.split("*") if n.strip()]
+  known = {"constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay", "decay_every",
+           "cosine_decay", "linear_decay"}
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"create_learning_rate_scheduler: unknown factor(s) {unknown}; known: {sorted(known)}")
+
+  def schedule(step):
+    step = jnp.maximum(0, jnp.asarray(step, jnp.float32) - step_offset)
+    ret = jnp.asarray(1.0, jnp.float32)
+    for name in names:
+      if name == "constant":
+        ret *= base_learning_rate
+      elif name == "linear_warmup":
+        ret *= jnp.minimum(1.0, step / warmup_steps)
+      elif name == "rsqrt_decay":
+        ret /= jnp.sqrt(jnp.maximum(step, warmup_steps))
+      elif name == "rsqrt_normalized_decay":
+        ret *= jnp.sqrt(warmup_steps) / jnp.sqrt(jnp.maximum(step, warmup_steps))
+      elif name == "decay_every":
+        ret *= decay_factor ** (step // steps_per_decay)
+      elif name == "cosine_decay":
+        progress = jnp.maximum(0.0, (step - warmup_steps) / float(steps_per_cycle))
+        ret *= jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * (progress % 1.0))))
+      elif name == "linear_decay":
+        progress = jnp.maximum(0.0, (step - warmup_steps) / float(steps_per_cycle))
+        ret *= 1.0 - (progress % 1.0)
+    return jnp.maximum(ret, min_learning_rate)
+
+  return schedule
+
+
+def adafactor(learning_rate, *, decay_rate: float = 0.8, clipping_threshold: Optional[float] = 1.0,
+              momentum: Optional[float] = None, multiply_by_parameter_scale: bool = True,
+              factored: bool = True, min_dim_size_to_factor: int = 128, epsilon1: float = 1e-30,
+              weight_decay_rate: Optional[float] = None, decay_offset: int = 0):
+  """Adafactor with t5x's defaults (decay 0.8, no momentum, update clipping 1.0, factored, param scale)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  return optax.adafactor(learning_rate=learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
+                         decay_rate=decay_rate, decay_offset=decay_offset,
+                         multiply_by_parameter_scale=multiply_by_parameter_scale,
+                         clipping_threshold=clipping_threshold, momentum=momentum,
+                         weight_decay_rate=weight_decay_rate, eps=epsilon1, factored=factored)
+
+
+def adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, weight_decay: float = 0.0):
+  """AdamW, for ablations against Adafactor."""
+  import optax  # pylint: disable=g-import-not-at-top
+  return optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Task cache (numpy only).
+
+
+def resolve_cache_dir(cache_dir: Optional[str]) -> str:
+  """The task cache root: the config's value, else $TIGER_TASK_CACHE_DIR."""
+  cache_dir = cache_dir or os.environ.get(CACHE_DIR_ENV)
+  if not cache_dir:
+    raise ValueError(f"no task cache directory: set DatasetConfig.cache_dir (gin macro TASK_CACHE_DIR) or "
+                     f"${CACHE_DIR_ENV}")
+  return cache_dir
+
+
+def load_task_info(cache_dir: Optional[str], task_name: str) -> dict:
+  """The cache's info.json for a task ({} when the cache has none)."""
+  path = os.path.join(resolve_cache_dir(cache_dir), task_name, "info.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _fit_width(name: str, array: np.ndarray, width: int, path: str, trim: bool) -> np.ndarray:
+  """Pads (with 0 = pad) or trims a [N, L] feature to `width` columns."""
+  have = array.shape[1]
+  if have == width:
+    return array
+  if have < width:
+    return np.pad(array, [(0, 0), (0, width - have)])
+  cut = np.count_nonzero(np.any(array[:, width:] != 0, axis=1))
+  if cut and not trim:
+    raise ValueError(f"{path}: field {name!r} has width {have} > feature length {width} and "
+                     f"{cut} rows would lose tokens (set trim_output_features=True to allow)")
+  if cut:
+    logging.warning("%s: trimming %r from %d to %d columns drops tokens of %d rows", path, name, have,
+                    width, cut)
+  return np.ascontiguousarray(array[:, :width])
+
+
+@functools.lru_cache(maxsize=16)
+def _load_npz(path: str) -> dict:
+  with np.load(path, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
+def get_dataset_arrays(cfg: DatasetConfig, features: Sequence[str] = MODEL_FEATURES + EXTRA_FEATURES,
+                       ) -> dict[str, np.ndarray]:
+  """Reads one cached split as int32 arrays, checked against CONTRACTS.md and fit to the feature lengths."""
+  if not cfg.use_cached:
+    raise NotImplementedError(
+        f"{cfg.mixture_or_task_name}: training reads only cached tasks (no TensorFlow at train time); "
+        "cache the task first (tasks/cache_tasks.py) and set USE_CACHED_TASKS = True")
+  if cfg.pack:
+    raise NotImplementedError("packing is not implemented; use train(length_buckets=...) instead")
+  path = os.path.join(resolve_cache_dir(cfg.cache_dir), cfg.mixture_or_task_name, f"{cfg.split}.npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no cached split {cfg.split!r} of task {cfg.mixture_or_task_name!r}")
+  raw = _load_npz(path) if cfg.use_memory_cache else _load_npz.__wrapped__(path)
+  out = {}
+  n = None
+  for name in features:
+    if name not in raw:
+      if name in EXTRA_FEATURES:
+        continue
+      raise ValueError(f"{path}: missing field {name!r} (has {sorted(raw)})")
+    array = raw[name]
+    if not np.issubdtype(array.dtype, np.integer):
+      raise ValueError(f"{path}: field {name!r} has dtype {array.dtype}, expected int32")
+    array = array.astype(np.int32, copy=False)
+    if n is None:
+      n = array.shape[0]
+    elif array.shape[0] != n:
+      raise ValueError(f"{path}: field {name!r} has {array.shape[0]} rows, expected {n}")
+    if name in _FEATURE_TO_TASK_FEATURE:
+      if array.ndim != 2:
+        raise ValueError(f"{path}: field {name!r} has shape {array.shape}, expected [N, length]")
+      key = _FEATURE_TO_TASK_FEATURE[name]
+      if cfg.task_feature_lengths and key in cfg.task_feature_lengths:
+        array = _fit_width(name, array, int(cfg.task_feature_lengths[key]), path, cfg.trim_output_features)
+    out[name] = array
+  return out
+
+
+def nonpad_lengths(tokens: np.ndarray) -> np.ndarray:
+  """Per row, 1 + the index of the last non-pad token (0 for an all-pad row)."""
+  nonzero = tokens != 0
+  last = tokens.shape[1] - np.argmax(nonzero[:, ::-1], axis=1)
+  return np.where(nonzero.any(axis=1), last, 0).astype(np.int32)
+
+
+def bucket_length(length: int, buckets: Optional[Sequence[int]], max_length: int) -> int:
+  """The smallest bucket length >= `length` (the full width when buckets are off or all too short)."""
+  for b in sorted(buckets or ()):
+    if b >= length:
+      return min(int(b), max_length)
+  return max_length
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Deterministic batch schedule.
+
+
+class BatchSchedule:
+  """Maps a global step to the example indices of its batch, as a pure function of (seed, step).
+
+  Resume is exact because nothing but the step is needed to continue. Without buckets, each epoch is a
+  permutation of all examples cut into batches (the last batch wraps around to the epoch's start). With
+  length buckets (by non-pad encoder tokens), examples are grouped per bucket into chunks of `chunk_steps`
+  batches that share one trimmed encoder length, so that a jitted multi-step loop can run a whole chunk on
+  one shape; leftovers of a bucket move up to the next longer bucket, and chunk order is shuffled per epoch.
+  The number of steps per epoch does not depend on the epoch.
+  """
+
+  def __init__(self, input_lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True,
+               buckets: Optional[Sequence[int]] = None, chunk_steps: int = 1,
+               max_length: Optional[int] = None):
+    input_lengths = np.asarray(input_lengths)
+    self.num_examples = len(input_lengths)
+    if self.num_examples == 0:
+      raise ValueError("BatchSchedule: empty dataset")
+    if batch_size < 1 or chunk_steps < 1:
+      raise ValueError(f"BatchSchedule: batch_size {batch_size} and chunk_steps {chunk_steps} must be >= 1")
+    self.batch_size = int(batch_size)
+    self.seed = int(seed)
+    self.shuffle = bool(shuffle)
+    self.max_length = int(max_length if max_length is not None else input_lengths.max())
+    self.buckets = tuple(sorted({min(int(b), self.max_length) for b in (buckets or ())}
+                                | {self.max_length}))
+    self.chunk_steps = int(chunk_steps) if len(self.buckets) > 1 else 1
+    bucket_of = np.searchsorted(np.asarray(self.buckets), np.minimum(input_lengths, self.max_length))
+    self._members = [np.flatnonzero(bucket_of == b).astype(np.int64) for b in range(len(self.buckets))]
+    # Plan (counts only, the same every epoch): examples used per bucket and chunks per bucket.
+    self._plan = []
+    carried = 0
+    chunk_examples = self.chunk_steps * self.batch_size
+    for b, members in enumerate(self._members):
+      available = len(members) + carried
+      if b < len(self.buckets) - 1:
+        chunks = available // chunk_examples
+        used = chunks * chunk_examples
+      else:
+        chunks = -(-available // chunk_examples)
+        used = available
+      self._plan.append((chunks, used))
+      carried = available - used
+    self.steps_per_epoch = sum(c for c, _ in self._plan) * self.chunk_steps
+    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+  def fingerprint(self) -> dict:
+    """What must match for a resumed run to see the same batches."""
+    return {"num_examples": self.num_examples, "batch_size": self.batch_size, "seed": self.seed,
+            "shuffle": self.shuffle, "buckets": list(self.buckets), "chunk_steps": self.chunk_steps}
+
+  def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """([steps_per_epoch, B] example indices, [steps_per_epoch] encoder lengths) of one epoch."""
+    if epoch in self._cache:
+      return self._cache[epoch]
+    rng = np.random.default_rng([self.seed, epoch])
+    chunks = []
+    carried = np.zeros([0], np.int64)
+    chunk_examples = self.chunk_steps * self.batch_size
+    for b, (members, (n_chunks, used)) in enumerate(zip(self._members, self._plan)):
+      pool = np.concatenate([carried, members])
+      if self.shuffle:
+        pool = rng.permutation(pool)
+      take = pool[:used]
+      carried = pool[used:]
+      if n_chunks == 0:
+        continue
+      need = n_chunks * chunk_examples
+      if len(take) < need:  # last bucket: wrap around to fill the final chunk
+        take = np.resize(take, need)
+      for c in range(n_chunks):
+        chunks.append((self.buckets[b], take[c * chunk_examples:(c + 1) * chunk_examples]))
+    order = rng.permutation(len(chunks)) if self.shuffle and len(chunks) > 1 else np.arange(len(chunks))
+    idx = np.concatenate([chunks[i][1] for i in order]).reshape(-1, self.batch_size).astype(np.int32)
+    lengths = np.repeat(np.array([chunks[i][0] for i in order], np.int32), self.chunk_steps)
+    if len(self._cache) >= 2:
+      self._cache.pop(min(self._cache))
+    self._cache[epoch] = (idx, lengths)
+    return idx, lengths
+
+  def length(self, step: int) -> int:
+    """Encoder length (bucket) of the batch at `step`."""
+    epoch, offset = divmod(int(step), self.steps_per_epoch)
+    return int(self._epoch(epoch)[1][offset])
+
+  def steps(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices [count, B] and encoder lengths [count] of steps start .. start+count-1."""
+    idx, lengths = [], []
+    step = int(start)
+    end = step + int(count)
+    while step < end:
+      epoch, offset = divmod(step, self.steps_per_epoch)
+      e_idx, e_len = self._epoch(epoch)
+      n = min(end - step, self.steps_per_epoch - offset)
+      idx.append(e_idx[offset:offset + n])
+      lengths.append(e_len[offset:offset + n])
+      step += n
+    return np.concatenate(idx), np.concatenate(lengths)
+
+  def run_length(self, start: int, limit: int) -> int:
+    """How many steps from `start` (at most `limit`) share the encoder length of step `start`."""
+    _, lengths = self.steps(start, limit)
+    different = np.flatnonzero(lengths != lengths[0])
+    return int(different[0]) if len(different) else int(limit)
+
+
+def eval_batches(lengths: np.ndarray, batch_size: int, buckets: Optional[Sequence[int]], max_length: int):
+  """Deterministic eval batches: sorted by bucket so each batch can be trimmed; yields (indices, length).
+
+  The final batch of a bucket is short; callers pad it and mask the padding.
+  """
+  lengths = np.asarray(lengths)
+  bucket_lens = np.array([bucket_length(int(l), buckets, max_length) for l in lengths], np.int32)
+  for b in np.unique(bucket_lens):
+    members = np.flatnonzero(bucket_lens == b)
+    for start in range(0, len(members), batch_size):
+      yield members[start:start + batch_size], int(b)
+
+
+def cast_floating(tree, dtype: Union[str, Any]):
+  """Casts floating leaves of a pytree of arrays to `dtype` (checkpoint save/restore dtype)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  dtype = jnp.dtype(dtype)
+
+  def cast(x):
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+      return x.astype(dtype)
+    return x
+
+  return jax.tree_util.tree_map(cast, tree)
+
+
+def format_duration(seconds: float) -> str:
+  """`1h02m`, `3m05s`, `12s`: for ETA lines."""
+  if not math.isfinite(seconds) or seconds < 0:
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  if h:
+    return f"{h}h{m:02d}m"
+  if m:
+    return f"{m}m{s:02d}s"
+  return f"{s}s"

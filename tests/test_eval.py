@@ -37,6 +37,7 @@ def trained(tmp_path_factory):
       from __gin__ import dynamic_registration
       from tiger_jax import network
       include 'gin/runs/train.gin'
+      include 'gin/runs/retrieval_validation.gin'
       include 'gin/models/tiger_t5.gin'
       MIXTURE_OR_TASK_NAME = '{TASK}'
       TASK_CACHE_DIR = '{cache_dir}'
@@ -66,6 +67,16 @@ def _run_eval(trained, name, *bindings):
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(out, "metrics.json")) as f:
     return json.load(f), os.path.join(out, "predictions.jsonl")
+
+
+@pytest.mark.slow
+def test_training_keeps_the_best_checkpoint_by_validation_ndcg(trained):
+  with open(os.path.join(trained["model_dir"], "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  evals = [r for r in rows if "validation/ndcg@10" in r]
+  assert [r["step"] for r in evals] == [12, 24]
+  best = max(evals, key=lambda r: r["validation/ndcg@10"])
+  assert os.listdir(os.path.join(trained["model_dir"], "best")) == [str(best["step"])]
 
 
 @pytest.mark.slow

@@ -437,13 +437,13 @@ def test_sampling_only_first_level():
 # ----------------------------------------------------------------------------- real network
 
 
-def test_beam_search_with_transformer_kv_cache():
-  """Beam scores equal the network's teacher-forced log-probs of the returned IDs."""
+def small_transformer():
+  """A T5 with random weights, 3 encoder inputs (one padded) and a trie of codebook 8."""
   from tiger_jax import network  # pylint: disable=g-import-not-at-top
   # Two decoder layers (a cache per layer); one encoder layer keeps the compile short.
   cfg = network.T5Config(vocab_size=64, emb_dim=16, num_heads=2, num_encoder_layers=1,
                          num_decoder_layers=2, head_dim=8, mlp_dim=32, dropout_rate=0.0)
-  cb, enc_len, batch, beams = 8, 10, 3, 10
+  cb, enc_len, batch = 8, 10, 3
   model = network.Transformer(cfg)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.PRNGKey(0), jnp.ones((1, enc_len), jnp.int32), jnp.ones((1, L + 1), jnp.int32),
@@ -457,6 +457,37 @@ def test_beam_search_with_transformer_kv_cache():
   enc[1, 6:] = 0  # padded input
   catalogue = np.array(list(itertools.product(range(cb), repeat=L)))[::7]
   trie = decoding.SemanticIdTrie.from_codes(catalogue, codebook_size=cb).to_device()
+  return model, params, enc, trie
+
+
+def per_step_t5_decoding(module, params, encoder_input_tokens, cache_length):
+  """The T5 adapter before `precompute_cross_kv`, as the reference of the fast path: the encoding
+  goes through `context` (repeated per beam) and every step re-projects it into the
+  cross-attention keys and values of every row."""
+  encoded = module.apply({'params': params}, encoder_input_tokens, enable_dropout=False,
+                         method=module.encode)
+  dummy = jnp.ones((encoder_input_tokens.shape[0], cache_length), jnp.int32)
+  cache = jax.eval_shape(lambda: module.apply(
+      {'params': params}, encoded, encoder_input_tokens, dummy, dummy, enable_dropout=False,
+      decode=True, max_decode_length=cache_length, method=module.decode,
+      mutable=['cache'])[1]['cache'])
+  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), cache)
+  context = {'encoded': encoded, 'encoder_input_tokens': encoder_input_tokens}
+
+  def tokens_to_logits(state):
+    logits, variables = module.apply(
+        {'params': params, 'cache': state.cache}, state.context['encoded'],
+        state.context['encoder_input_tokens'], state.cur_token, None, enable_dropout=False,
+        decode=True, max_decode_length=cache_length, method=module.decode, mutable=['cache'])
+    return logits[:, -1, :], variables['cache']
+
+  return cache, context, tokens_to_logits
+
+
+def test_beam_search_with_transformer_kv_cache():
+  """Beam scores equal the network's teacher-forced log-probs of the returned IDs."""
+  model, params, enc, trie = small_transformer()
+  cb, batch, beams = trie.codebook_size, enc.shape[0], 10
 
   @functools.partial(jax.jit, static_argnames=('constrain', 'score_eos'))
   def predict(params, enc, trie, constrain, score_eos):
@@ -490,3 +521,34 @@ def test_beam_search_with_transformer_kv_cache():
       assert np.all(out.items >= 0)
     for b in range(batch):
       assert len({tuple(r) for r in out.tokens[b].tolist()}) == beams
+
+
+def test_t5_fast_path_matches_per_step_cross_attention():
+  """prepare_t5_decoding (cross-attention keys/values once per input, shared by its beams or
+  samples) gives the logits, decodes and scores of re-projecting the encoding per row and step."""
+  model, params, enc, trie = small_transformer()
+  cb = trie.codebook_size
+  adapters = {'fast': decoding.prepare_t5_decoding, 'per_step': per_step_t5_decoding}
+
+  @functools.partial(jax.jit, static_argnames=('adapter',))
+  def run(params, enc, trie, rng, adapter):
+    cache, context, fn = adapters[adapter](model, params, enc, L + 1)
+    start = jnp.zeros((enc.shape[0], 1), jnp.int32)
+    first, _ = fn(decoding.DecodingState(cur_index=jnp.asarray(0, jnp.int32), cur_token=start,
+                                         cache=cache, context=context))
+    common = dict(max_decode_len=L, trie=trie, context=context, codeword_offset=OFF,
+                  codebook_size=cb, score_eos=True)
+    beam = decoding.beam_search(start, cache, fn, num_decodes=10, **common)
+    sample = decoding.temperature_sample(start, cache, fn, rng, num_decodes=6, constrain=True,
+                                         **common)
+    return first, beam, sample, context is None
+
+  rng = jax.random.PRNGKey(5)
+  first, beam, sample, no_context = as_np(run(params, jnp.asarray(enc), trie, rng, 'fast'))
+  ref_first, ref_beam, ref_sample, _ = as_np(run(params, jnp.asarray(enc), trie, rng, 'per_step'))
+  assert no_context  # nothing is repeated per beam
+  np.testing.assert_allclose(first, ref_first, rtol=1e-5, atol=1e-5)
+  for out, ref in ((beam, ref_beam), (sample, ref_sample)):
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    np.testing.assert_array_equal(out.items, ref.items)
+    np.testing.assert_allclose(out.scores, ref.scores, rtol=1e-5, atol=1e-5)

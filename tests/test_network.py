@@ -228,18 +228,27 @@ def test_paper_size_parameter_count():
   assert network.count_params(shapes['params']) == expected == 4_852_864
 
 
-def cached_logits(model, params, enc, dec_in, max_len):
-  """Logits from one-token-at-a-time decoding with the KV cache."""
+def cached_logits(model, params, enc, dec_in, max_len, precompute=False):
+  """Logits from one-token-at-a-time decoding with the KV cache.
+
+  `dec_in` may hold several rows per row of `enc` (row n belongs to input n // copies, as beam
+  search lays out beams). With `precompute`, the cross-attention keys and values are projected
+  once up front (`precompute_cross_kv`) instead of from `encoded` at every step.
+  """
   encoded = apply_fn(model, enable_dropout=False, method=model.encode)({'params': params}, enc)
-  decode = apply_fn(model, enable_dropout=False, decode=True, max_decode_length=max_len,
-                    method=model.decode, mutable=['cache'])
-  _, variables = decode({'params': params}, encoded, enc, jnp.ones_like(dec_in),
-                        jnp.ones_like(dec_in))
+  cross_kv = None
+  if precompute:
+    cross_kv = apply_fn(model, method=model.precompute_cross_kv)({'params': params}, encoded)
+    encoded = None
+  decode = jax.jit(lambda variables, encoded, tokens, cross_kv: model.apply(
+      variables, encoded, enc, tokens, None, enable_dropout=False, decode=True,
+      max_decode_length=max_len, cross_kv=cross_kv, method=model.decode, mutable=['cache']))
+  _, variables = decode({'params': params}, encoded, jnp.ones_like(dec_in), cross_kv)
   cache = variables['cache']
   steps = []
   for i in range(max_len):
-    logits, variables = decode({'params': params, 'cache': cache}, encoded, enc,
-                               dec_in[:, i:i + 1], None)
+    logits, variables = decode({'params': params, 'cache': cache}, encoded, dec_in[:, i:i + 1],
+                               cross_kv)
     cache = variables['cache']
     steps.append(logits[:, 0])
   return jnp.stack(steps, axis=1), cache
@@ -259,6 +268,56 @@ def test_cached_decoding_matches_full_sequence(dec_len):
   layer_cache = cache['decoder']['layers_0']['self_attention']
   assert layer_cache['cached_key'].shape == (3, dec_len, SMALL.num_heads, SMALL.head_dim)
   assert int(layer_cache['cache_index']) == dec_len
+
+
+@pytest.mark.parametrize('copies', [1, 4])
+def test_precomputed_cross_kv_matches_per_step_projection(copies):
+  """The fast path equals the previous one: cross-attention keys/values projected once per input
+  and shared by `copies` decoder rows give the logits of projecting the repeated encoding at
+  every step (the pre-`precompute_cross_kv` decoding)."""
+  rng = np.random.default_rng(4)
+  enc, _, _ = random_batch(rng, SMALL.vocab_size, [30, 11, 2], [1, 1, 1], 30, 1)
+  _, dec_in, tgt = random_batch(rng, SMALL.vocab_size, [1] * 3 * copies, [6] * 3 * copies, 1, 6)
+  model, params = init_params(SMALL, 30, 6)
+  enc, dec_in = jnp.asarray(enc), jnp.asarray(dec_in)
+  repeated = jnp.repeat(enc, copies, axis=0)
+  previous, _ = cached_logits(model, params, repeated, dec_in, 6)
+  fast, cache = cached_logits(model, params, enc, dec_in, 6, precompute=True)
+  np.testing.assert_allclose(np.asarray(fast), np.asarray(previous), atol=1e-5, rtol=1e-5)
+  # The cache is still per decoder row; the encoder side never is.
+  layer_cache = cache['decoder']['layers_1']['self_attention']
+  assert layer_cache['cached_key'].shape == (3 * copies, 6, SMALL.num_heads, SMALL.head_dim)
+  assert 'encoder_decoder_attention' not in cache['decoder']['layers_1']
+  if copies > 1:
+    # An unrepeated encoding (keys projected per step, but once per input) agrees as well.
+    shared, _ = cached_logits(model, params, enc, dec_in, 6)
+    np.testing.assert_allclose(np.asarray(shared), np.asarray(previous), atol=1e-5, rtol=1e-5)
+
+  # Teacher forcing with precomputed keys/values matches the full forward pass too.
+  cross_kv = apply_fn(model, method=model.precompute_cross_kv)(
+      {'params': params}, apply_fn(model, enable_dropout=False, method=model.encode)(
+          {'params': params}, enc))
+  assert len(cross_kv) == SMALL.num_decoder_layers
+  key, value = cross_kv[0]
+  assert key.shape == (3, SMALL.num_heads, SMALL.head_dim, 30)
+  assert value.shape == (3, SMALL.num_heads, 30, SMALL.head_dim)
+  forced = jax.jit(lambda kv: model.apply(
+      {'params': params}, None, enc, dec_in, jnp.asarray(tgt), enable_dropout=False,
+      cross_kv=kv, method=model.decode))(cross_kv)
+  full = apply_fn(model, enable_dropout=False)({'params': params}, repeated, dec_in, tgt)
+  valid = tgt > 0
+  np.testing.assert_allclose(np.asarray(forced)[valid], np.asarray(full)[valid], atol=1e-5,
+                             rtol=1e-5)
+
+
+def test_decoder_batch_must_be_a_multiple_of_encoder_batch():
+  model, params = init_params(SMALL, 6, 4)
+  encoded = jax.ShapeDtypeStruct((2, 6, SMALL.emb_dim), jnp.float32)
+  enc = jnp.ones((2, 6), jnp.int32)
+  dec = jnp.ones((3, 4), jnp.int32)
+  with pytest.raises(ValueError, match='not a multiple'):
+    jax.eval_shape(lambda e: model.apply({'params': params}, e, enc, dec, dec,
+                                         enable_dropout=False, method=model.decode), encoded)
 
 
 def test_cached_decoding_needs_full_bias():

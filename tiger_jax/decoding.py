@@ -11,8 +11,10 @@ Design, in the t5x mould but specialised to fixed-length IDs:
 * The caller supplies `tokens_to_logits(state: DecodingState) -> (logits [N, vocab], new_cache)`
   and an initial `cache` (a pytree whose non-scalar leaves have the batch as leading axis; scalar
   leaves such as a cache index are shared by all rows). `context` is an optional read-only pytree
-  with the same leading axis (e.g. the encoder output and its tokens): it is repeated across
-  beams once and never reordered, because all beams of one input share it.
+  with the same leading axis: it is repeated across beams once and never reordered, because all
+  beams of one input share it. Large per-input data (the T5 adapter's cross-attention keys and
+  values) is better closed over by `tokens_to_logits` at [batch, ...] and broadcast over each
+  input's rows (row = b * copies + k, copies = N // batch), which costs no copy per beam.
 * The first step runs once per input (N = batch): its top `num_decodes` distinct tokens seed the
   beams (t5x's expansion from the single start token, without paying for `num_decodes` identical
   rows). The cache and context are then repeated to N = batch * num_decodes, row = b * beams + k.
@@ -370,8 +372,10 @@ def beam_search(inputs: Array,
     cache = _gather_rows(cache, (row_base + parent).reshape(-1))
     return tokens, scores, states, cache
 
+  # Unrolled: IDs have a handful of levels, and straight-line steps let XLA specialise each one
+  # and drop the last step's cache reordering when nothing reads it (~7% faster on CPU).
   tokens, scores, states, cache = jax.lax.fori_loop(1, max_decode_len, step,
-                                                    (tokens, scores, states, cache))
+                                                    (tokens, scores, states, cache), unroll=True)
   items = states if trie is not None else None
   if score_eos:
     eos = _eos_log_probs(tokens.reshape(batch * beams, -1), cache, context, tokens_to_logits,
@@ -469,7 +473,7 @@ def temperature_sample(inputs: Array,
     return tokens, scores, states, cache
 
   tokens, scores, states, cache = jax.lax.fori_loop(1, max_decode_len, step,
-                                                    (tokens, scores, states, cache))
+                                                    (tokens, scores, states, cache), unroll=True)
   if score_eos:
     scores = scores + _eos_log_probs(tokens, cache, context, tokens_to_logits, eos_id)
   tokens = tokens.reshape(batch, samples, max_decode_len)
@@ -492,32 +496,36 @@ def prepare_t5_decoding(module, params: PyTree, encoder_input_tokens: Array,
                         cache_length: int) -> Tuple[PyTree, PyTree, TokensToLogits]:
   """(cache, context, tokens_to_logits) for a t5x-style encoder-decoder (`network.Transformer`).
 
-  Encodes once per input (beams reuse the encoding through `context`) and creates the module's
-  zeroed KV cache for `cache_length` decoder positions (the ID length, +1 with `score_eos`) with a
-  shape-only pass. Call inside jit; the cache dtype is the module's compute dtype.
+  Encodes once per input and projects the encoding into every decoder layer's cross-attention
+  keys and values once per input (`precompute_cross_kv`), and creates the module's zeroed
+  self-attention KV cache for `cache_length` decoder positions (the ID length, +1 with
+  `score_eos`) with a shape-only pass. Call inside jit; the cache dtype is the module's compute
+  dtype.
+
+  The per-input keys/values stay [batch, ...] and are closed over by `tokens_to_logits` rather
+  than put in `context`: the decoders would repeat `context` per beam (num_decodes times the
+  memory, read again at every step), whereas the network broadcasts them over the rows of each input (N = batch *
+  copies, row = b * copies + k, which is how beam search and sampling lay out their rows). So
+  `context` is None and `tokens_to_logits` works for any N that is a multiple of the batch.
   """
   encoded = module.apply({'params': params}, encoder_input_tokens, enable_dropout=False,
                          method=module.encode)
+  cross_kv = module.apply({'params': params}, encoded, method=module.precompute_cross_kv)
   batch = encoder_input_tokens.shape[0]
   dummy = jnp.ones((batch, cache_length), jnp.int32)
 
-  def init_cache():
-    _, variables = module.apply({'params': params}, encoded, encoder_input_tokens, dummy, dummy,
-                                enable_dropout=False, decode=True,
-                                max_decode_length=cache_length, method=module.decode,
-                                mutable=['cache'])
-    return variables['cache']
+  def decode(cache, tokens):
+    variables = {'params': params} if cache is None else {'params': params, 'cache': cache}
+    return module.apply(variables, None, encoder_input_tokens, tokens, None,
+                        enable_dropout=False, decode=True, max_decode_length=cache_length,
+                        cross_kv=cross_kv, method=module.decode, mutable=['cache'])
 
   # Only the cache's shapes are needed: build zeros from them rather than run the decoder.
   cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                 jax.eval_shape(init_cache))
-  context = {'encoded': encoded, 'encoder_input_tokens': encoder_input_tokens}
+                                 jax.eval_shape(lambda: decode(None, dummy)[1]['cache']))
 
   def tokens_to_logits(state: DecodingState):
-    logits, variables = module.apply(
-        {'params': params, 'cache': state.cache}, state.context['encoded'],
-        state.context['encoder_input_tokens'], state.cur_token, None, enable_dropout=False,
-        decode=True, max_decode_length=cache_length, method=module.decode, mutable=['cache'])
+    logits, variables = decode(state.cache, state.cur_token)
     return logits[:, -1, :], variables['cache']
 
-  return cache, context, tokens_to_logits
+  return cache, None, tokens_to_logits

@@ -16,6 +16,14 @@ call on full-length dummy inputs (with `mutable=['cache']`) creates the zeroed c
 `decode=True` call takes exactly one token per row and writes it at the cache index. Cache leaves
 are `cached_key`/`cached_value` [batch, max_decode_length, heads, head_dim] (batch first, so beam
 search can expand them along axis 0) and a scalar int32 `cache_index`.
+
+The encoder-decoder attention's keys and values depend only on the encoding, so cached decoding
+should not re-project them at every step for every beam (at TIGER's sizes that projection was
+~90% of a beam step's FLOPs, 64 of 70 MFLOP per row). `Transformer.precompute_cross_kv(encoded)` projects them once per
+input, and `decode(..., cross_kv=...)` uses them instead of `encoded`. The encoding (or its keys
+and values) may also have a batch B that divides the decoder batch N = B * copies: decoder row n
+then attends to input n // copies (beam search's row = b * beams + k), and the attention
+broadcasts the keys over the copies instead of materialising them per row.
 """
 from __future__ import annotations
 
@@ -205,6 +213,44 @@ class MlpBlock(nn.Module):
                     kernel_init=init, name='wo')(h)
 
 
+def _head_projection(num_heads: int, head_dim: int, dtype: DType, kernel_init=None,
+                     **kwargs) -> nn.DenseGeneral:
+  """[..., D] -> [..., heads, head_dim]; one definition for attention and `project_cross_kv`."""
+  if kernel_init is None:
+    kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+  return nn.DenseGeneral(features=(num_heads, head_dim), axis=-1, use_bias=False, dtype=dtype,
+                         param_dtype=jnp.float32, kernel_init=kernel_init, **kwargs)
+
+
+def _shared_kv_logits(query: Array, key_t: Array) -> Array:
+  """query [N, Lq, H, D] x key_t [B, H, D, Lk] -> logits [N, H, Lq, Lk], N = B * copies.
+
+  The copies of an input become extra query rows of one [copies * Lq, D] x [D, Lk] matmul per
+  (input, head): the keys are read once per input, and XLA:CPU runs these batched matmuls far
+  faster than one tiny matrix-vector product per row.
+  """
+  rows, length, heads, dim = query.shape
+  inputs = key_t.shape[0]
+  grouped = query.reshape(inputs, -1, heads, dim).transpose(0, 2, 1, 3)  # [B, H, c*Lq, D]
+  logits = jnp.matmul(grouped, key_t).reshape(inputs, heads, rows // inputs, length, -1)
+  return logits.transpose(0, 2, 1, 3, 4).reshape(rows, heads, length, -1)
+
+
+def _shared_kv_values(weights: Array, value: Array) -> Array:
+  """weights [N, H, Lq, Lk] x value [B, H, Lk, D] -> [N, Lq, H, D], N = B * copies."""
+  rows, heads, length, keys = weights.shape
+  inputs = value.shape[0]
+  grouped = weights.reshape(inputs, rows // inputs, heads, length, keys).transpose(0, 2, 1, 3, 4)
+  out = jnp.matmul(grouped.reshape(inputs, heads, -1, keys), value)  # [B, H, c*Lq, D]
+  out = out.reshape(inputs, heads, rows // inputs, length, -1).transpose(0, 2, 3, 1, 4)
+  return out.reshape(rows, length, heads, -1)
+
+
+def _kv_layout(key: Array, value: Array) -> tuple[Array, Array]:
+  """Projected [B, Lk, H, D] keys/values -> the layout `kv` takes: [B, H, D, Lk], [B, H, Lk, D]."""
+  return key.transpose(0, 2, 3, 1), value.transpose(0, 2, 1, 3)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention without logit scaling (T5), with an optional KV cache for decoding."""
   num_heads: int
@@ -215,19 +261,28 @@ class MultiHeadAttention(nn.Module):
   dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
+  def __call__(self, inputs_q: Array, inputs_kv: Optional[Array], mask: Optional[Array] = None,
                bias: Optional[Array] = None, deterministic: bool = True,
-               decode: bool = False) -> Array:
-    """inputs [B, Lq, D] / [B, Lk, D]; mask [B, 1|H, Lq, Lk]; bias [1|B, H, Lq, Lk]."""
+               decode: bool = False, kv: Optional[tuple[Array, Array]] = None) -> Array:
+    """inputs [N, Lq, D] / [B, Lk, D]; mask [N, 1|H, Lq, Lk]; bias [1|N, H, Lq, Lk].
+
+    `kv`: precomputed (key [B, H, head_dim, Lk], value [B, H, Lk, head_dim]), laid out for
+    batched matmuls (see `project_cross_kv`), used instead of projecting `inputs_kv` (which may
+    then be None). B may divide N (see the module docstring): query row n attends to key row
+    n // (N // B).
+    """
     # T5 folds 1/sqrt(head_dim) into the query initialiser instead of scaling the logits.
     kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
     query_init = nn.initializers.variance_scaling(1.0 / self.head_dim, 'fan_in', 'normal')
-    projection = functools.partial(nn.DenseGeneral, features=(self.num_heads, self.head_dim),
-                                   axis=-1, use_bias=False, dtype=self.dtype,
-                                   param_dtype=jnp.float32)
+    projection = functools.partial(_head_projection, self.num_heads, self.head_dim, self.dtype)
     query = projection(kernel_init=query_init, name='query')(inputs_q)
-    key = projection(kernel_init=kernel_init, name='key')(inputs_kv)
-    value = projection(kernel_init=kernel_init, name='value')(inputs_kv)
+    if kv is not None:
+      if decode:
+        raise ValueError('attention: precomputed kv cannot go into the decoding cache')
+      key, value = kv
+    else:
+      key = projection(kernel_init=kernel_init, name='key')(inputs_kv)
+      value = projection(kernel_init=kernel_init, name='value')(inputs_kv)
 
     if decode:
       is_initialized = self.has_variable('cache', 'cached_key')
@@ -257,8 +312,19 @@ class MultiHeadAttention(nn.Module):
           # The query is at absolute position `index`: take that row of the full bias.
           bias = jax.lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
 
+    if query.shape[0] % key.shape[0]:
+      raise ValueError(f'attention: query batch {query.shape[0]} is not a multiple of key batch '
+                       f'{key.shape[0]}')
+    # Keys shared by several query rows (or precomputed) take the grouped matmul path.
+    shared = kv is not None or query.shape[0] != key.shape[0]
+    if shared and kv is None:
+      key, value = _kv_layout(key, value)
     logits_dtype = jnp.float32 if self.float32_logits else self.dtype
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query.astype(logits_dtype), key.astype(logits_dtype))
+    query, key = query.astype(logits_dtype), key.astype(logits_dtype)
+    if shared:
+      logits = _shared_kv_logits(query, key)
+    else:
+      logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
     if bias is not None:
       logits = logits + bias.astype(logits_dtype)
     if mask is not None:
@@ -266,9 +332,24 @@ class MultiHeadAttention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     weights = nn.Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
         weights, deterministic=deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    if shared:
+      out = _shared_kv_values(weights, value)
+    else:
+      out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
     return nn.DenseGeneral(inputs_q.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
                            param_dtype=jnp.float32, kernel_init=kernel_init, name='out')(out)
+
+
+def project_cross_kv(config: T5Config, attention_params: Any, encoded: Array
+                     ) -> tuple[Array, Array]:
+  """`MultiHeadAttention`'s `kv` from one attention layer's parameter subtree and `encoded`.
+
+  Returns key [B, heads, head_dim, Lk] and value [B, heads, Lk, head_dim] (the layout of its
+  batched matmuls), projected by the same `DenseGeneral` (so the same numerics) as a call.
+  """
+  projection = _head_projection(config.num_heads, config.head_dim, config.dtype, parent=None)
+  return _kv_layout(projection.apply({'params': attention_params['key']}, encoded),
+                    projection.apply({'params': attention_params['value']}, encoded))
 
 
 def _dropout(config: T5Config) -> nn.Dropout:
@@ -314,16 +395,16 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, decoder_mask: Optional[Array],
+  def __call__(self, x: Array, encoded: Optional[Array], decoder_mask: Optional[Array],
                encoder_decoder_mask: Array, bias: Array, deterministic: bool,
-               decode: bool) -> Array:
+               decode: bool, cross_kv: Optional[tuple[Array, Array]] = None) -> Array:
     cfg = self.config
     y = _norm(cfg, 'pre_self_attention_layer_norm')(x)
     y = _attention(cfg, 'self_attention')(y, y, decoder_mask, bias, deterministic, decode=decode)
     x = x + _dropout(cfg)(y, deterministic=deterministic)
     y = _norm(cfg, 'pre_cross_attention_layer_norm')(x)
     y = _attention(cfg, 'encoder_decoder_attention')(y, encoded, encoder_decoder_mask, None,
-                                                    deterministic)
+                                                    deterministic, kv=cross_kv)
     x = x + _dropout(cfg)(y, deterministic=deterministic)
     y = _norm(cfg, 'pre_mlp_layer_norm')(x)
     y = _mlp(cfg)(y, deterministic)
@@ -356,10 +437,14 @@ class Decoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoded: Array, tokens: Array, decoder_mask: Optional[Array],
+  def __call__(self, encoded: Optional[Array], tokens: Array, decoder_mask: Optional[Array],
                encoder_decoder_mask: Array, deterministic: bool, decode: bool = False,
-               max_decode_length: Optional[int] = None) -> Array:
+               max_decode_length: Optional[int] = None,
+               cross_kv: Optional[Sequence[tuple[Array, Array]]] = None) -> Array:
     cfg = self.config
+    if cross_kv is not None and len(cross_kv) != cfg.num_decoder_layers:
+      raise ValueError(f'cross_kv has {len(cross_kv)} layers, the decoder '
+                       f'{cfg.num_decoder_layers}')
     # In cached decoding each call sees one token, but the bias must span the whole cache so the
     # attention layer can pick the row of the current position.
     length = max_decode_length if (decode and max_decode_length) else tokens.shape[-1]
@@ -369,8 +454,9 @@ class Decoder(nn.Module):
     y = self.shared_embedding(tokens.astype(jnp.int32))
     y = _dropout(cfg)(y, deterministic=deterministic)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, decoder_mask, encoder_decoder_mask,
-                                                bias, deterministic, decode)
+      y = DecoderLayer(cfg, name=f'layers_{i}')(
+          y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
+          None if cross_kv is None else cross_kv[i])
     y = _norm(cfg, 'decoder_norm')(y)
     y = _dropout(cfg)(y, deterministic=deterministic)
     if cfg.logits_via_embedding:
@@ -397,11 +483,38 @@ class Transformer(nn.Module):
     mask = make_attention_mask(valid, valid)
     return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
 
-  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
-             decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = True,
-             decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
-    """Logits [B, Ld, V] (float32) for decoder inputs; with decode=True, one cached step."""
+  def precompute_cross_kv(self, encoded: Array) -> tuple[tuple[Array, Array], ...]:
+    """Per decoder layer, the encoder-decoder attention's keys and values (`project_cross_kv`).
+
+    Pass the result to `decode(..., cross_kv=...)` so cached decoding projects the encoding once
+    per input rather than once per step and beam. Memory: 2 * num_decoder_layers * Li * heads *
+    head_dim values per input (~1 MB in float32 at TIGER's sizes), never repeated per beam.
+    """
+    decoder_params = self.variables['params']['decoder']
+    return tuple(
+        project_cross_kv(self.config, decoder_params[f'layers_{i}']['encoder_decoder_attention'],
+                         encoded)
+        for i in range(self.config.num_decoder_layers))
+
+  def decode(self, encoded: Optional[Array], encoder_input_tokens: Array,
+             decoder_input_tokens: Array, decoder_target_tokens: Optional[Array] = None,
+             enable_dropout: bool = True, decode: bool = False,
+             max_decode_length: Optional[int] = None,
+             cross_kv: Optional[Sequence[tuple[Array, Array]]] = None) -> Array:
+    """Logits [N, Ld, V] (float32) for decoder inputs; with decode=True, one cached step.
+
+    `cross_kv` (from `precompute_cross_kv`) replaces `encoded`, which may then be None. The
+    encoder side (`encoded`/`cross_kv` and `encoder_input_tokens`) may have batch B with N a
+    multiple of B: decoder row n belongs to input n // (N // B), as beam search lays out beams.
+    """
     encoder_valid = encoder_input_tokens > 0
+    rows, inputs = decoder_input_tokens.shape[0], encoder_input_tokens.shape[0]
+    if rows % inputs:
+      raise ValueError(f'decode(): decoder batch {rows} is not a multiple of encoder batch '
+                       f'{inputs}')
+    if rows != inputs:
+      # Only this boolean mask is repeated per row; the encoding and its keys are not.
+      encoder_valid = jnp.repeat(encoder_valid, rows // inputs, axis=0)
     if decode:
       # The cache enforces causality; every query position is real.
       decoder_mask = None
@@ -414,7 +527,7 @@ class Transformer(nn.Module):
     encoder_decoder_mask = make_attention_mask(query_valid, encoder_valid)
     return self.decoder(encoded, decoder_input_tokens, decoder_mask, encoder_decoder_mask,
                         deterministic=not enable_dropout, decode=decode,
-                        max_decode_length=max_decode_length)
+                        max_decode_length=max_decode_length, cross_kv=cross_kv)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, enable_dropout: bool = True, decode: bool = False,

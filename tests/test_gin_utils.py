@@ -116,13 +116,13 @@ def test_write_config(tmp_path):
   assert "test_fn3.a = 4" in open(path).read()
 
 
-@pytest.mark.parametrize("name,steps", [("beauty_quick", 300), ("beauty", 200000), ("sports", 200000),
+@pytest.mark.parametrize("name,steps", [("beauty_quick", 1500), ("beauty", 200000), ("sports", 200000),
                                         ("toys", 100000)])
 def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
   gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"],
                             ['MODEL_DIR = "/tmp/m"'])
   assert gin.query_parameter("%TRAIN_STEPS") == steps
-  assert gin.query_parameter("%BATCH_SIZE") == (32 if name == "beauty_quick" else 256)
+  assert gin.query_parameter("%BATCH_SIZE") == (64 if name == "beauty_quick" else 256)
   from tiger_jax import train  # pylint: disable=g-import-not-at-top
   assert gin.get_configurable(train.train) is not None
   gin.clear_config(clear_constants=True)

@@ -116,7 +116,7 @@ def test_write_config(tmp_path):
   assert "test_fn3.a = 4" in open(path).read()
 
 
-@pytest.mark.parametrize("name,steps", [("beauty_quick", 1500), ("beauty", 200000), ("sports", 200000),
+@pytest.mark.parametrize("name,steps", [("beauty_quick", 1000), ("beauty", 200000), ("sports", 200000),
                                         ("toys", 100000)])
 def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
   gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"],

@@ -247,19 +247,11 @@ class TrainState:
 
 def validate_embeddings(x: np.ndarray, codebook_size: int, name: str = "embeddings") -> np.ndarray:
   """Rejects what would silently train garbage: wrong rank, non-finite rows, too few items."""
-  x = np.asarray(x)
-  if x.ndim != 2:
-    raise ValueError(f"{name}: expected a 2-D [num_items, dim] array, got shape {x.shape}")
-  if not np.issubdtype(x.dtype, np.floating):
-    raise ValueError(f"{name}: expected floating values, got dtype {x.dtype}")
-  bad = ~np.isfinite(x).all(axis=1)
-  if bad.any():
-    raise ValueError(f"{name}: {int(bad.sum())} rows contain NaN or infinite values "
-                     f"(first: row {int(np.argmax(bad))})")
+  x = sid_lib.check_embeddings(x, name)
   if x.shape[0] < codebook_size:
     raise ValueError(f"{name}: {x.shape[0]} items are fewer than the {codebook_size} codewords "
                      "per level; k-means initialisation needs at least one item per codeword")
-  return x.astype(np.float32)
+  return x
 
 
 class Trainer:

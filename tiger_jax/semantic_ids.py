@@ -269,10 +269,14 @@ def random_semantic_ids(asins: Sequence[str], seed: int, num_codes: int = NUM_LE
   return SemanticIds(asins, codes4, "random", stats, codebook_size)
 
 
-def _check_embeddings(embeddings: np.ndarray, num_items: int, name: str) -> np.ndarray:
+def check_embeddings(embeddings: np.ndarray, name: str, num_items: Optional[int] = None) -> np.ndarray:
+  """Float32 [num_items, d] embeddings, or a ValueError naming `name`: wrong rank or row count, non-float
+  values, non-finite rows (any of which would silently produce meaningless IDs)."""
   x = np.asarray(embeddings)
-  if x.ndim != 2 or x.shape[0] != num_items:
+  if num_items is not None and (x.ndim != 2 or x.shape[0] != num_items):
     raise ValueError(f"{name}: expected shape [{num_items}, d], got {x.shape}")
+  if x.ndim != 2:
+    raise ValueError(f"{name}: expected a 2-D [num_items, dim] array, got shape {x.shape}")
   if not np.issubdtype(x.dtype, np.floating):
     raise ValueError(f"{name}: expected floating embeddings, got dtype {x.dtype}")
   bad = ~np.isfinite(x).all(axis=1)
@@ -343,7 +347,7 @@ def lsh_semantic_ids(embeddings: np.ndarray, asins: Sequence[str], seed: int, nu
   * num_codes == 3: three LSH codes plus a collision token, exactly like RQ-VAE IDs.
   """
   asins = _check_asins(asins, "lsh_semantic_ids(asins)")
-  x = _check_embeddings(embeddings, asins.size, "lsh_semantic_ids(embeddings)")
+  x = check_embeddings(embeddings, "lsh_semantic_ids(embeddings)", asins.size)
   codebook_size = 1 << num_bits
   if num_codes == NUM_LEVELS:
     raw = lsh_codes(x, seed, num_bits, num_codes)

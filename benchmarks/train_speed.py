@@ -117,50 +117,18 @@ def length_stats(lengths: np.ndarray, buckets) -> dict:
 # Model.
 
 
-def one_hot_lookups(enable: bool) -> None:
-  """Experiment: token embeddings and relative-position biases by one-hot matmuls instead of gathers.
+def make_model(model_gin: str, dtype: str, dropout: float, one_hot: bool = False, bindings=()):
+  """The model of gin/models/tiger_t5.gin with the given activation dtype (and extra gin bindings).
 
-  The gathers' gradients are scatter-adds with heavy index collisions (20k tokens into ~3k rows; 6 x 81 x 81
-  offsets into 6 x 32 buckets), which GPUs serialise through atomics; a one-hot matmul (what t5x does for
-  the relative-position bias) has no collisions. Same parameters, so losses match up to matmul precision.
-  Patches tiger_jax.network's module names; call before building the model.
+  `one_hot` selects t5x's one-hot lookups (T5Config.one_hot_lookups): embedding and relative-bias
+  gradients become matmuls instead of scatter-adds with heavily colliding indices.
   """
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from tiger_jax import network  # pylint: disable=g-import-not-at-top
-  if not hasattr(one_hot_lookups, "originals"):
-    one_hot_lookups.originals = (network.Embed, network.RelativePositionBiases)
-  embed_cls, relpos_cls = one_hot_lookups.originals
-  if not enable:
-    network.Embed, network.RelativePositionBiases = embed_cls, relpos_cls
-    return
-
-  class OneHotEmbed(embed_cls):
-    def __call__(self, ids):
-      one_hot = jax.nn.one_hot(ids, self.num_embeddings, dtype=self.dtype)
-      return jnp.dot(one_hot, jnp.asarray(self.embedding, self.dtype))
-
-  class OneHotRelativePositionBiases(relpos_cls):
-    @nn.compact
-    def __call__(self, query_length, key_length, bidirectional):
-      table = self.param("rel_embedding", nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-                         (self.num_heads, self.num_buckets), jnp.float32)
-      relative = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
-      buckets = network.relative_position_bucket(relative, bidirectional, self.num_buckets, self.max_distance)
-      one_hot = jnp.asarray(np.eye(self.num_buckets, dtype=np.float32)[buckets], self.dtype)
-      return jnp.einsum("hn,qkn->hqk", jnp.asarray(table, self.dtype), one_hot)[None]
-
-  OneHotEmbed.__name__, OneHotRelativePositionBiases.__name__ = "Embed", "RelativePositionBiases"
-  network.Embed, network.RelativePositionBiases = OneHotEmbed, OneHotRelativePositionBiases
-
-
-def make_model(model_gin: str, dtype: str, dropout: float, one_hot: bool = False):
-  """The model of gin/models/tiger_t5.gin with the given activation dtype."""
   import gin  # pylint: disable=g-import-not-at-top
   from tiger_jax import models  # pylint: disable=g-import-not-at-top
-  one_hot_lookups(one_hot)
   gin.clear_config(clear_constants=True)
   gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [model_gin],
-                            [f"ACTIVATION_DTYPE = '{dtype}'", f"DROPOUT_RATE = {dropout}"],
+                            [f"ACTIVATION_DTYPE = '{dtype}'", f"DROPOUT_RATE = {dropout}",
+                             f"network.T5Config.one_hot_lookups = {one_hot}", *bindings],
                             finalize_config=False)
   model = gin.get_configurable(models.EncoderDecoderModel)()
   gin.clear_config(clear_constants=True)

@@ -14,6 +14,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from tiger_jax import checkpoints
@@ -96,7 +97,7 @@ def test_learning_rate_is_t5x_rsqrt_decay():
 
 
 def test_adafactor_has_t5x_settings():
-  tx = utils.adafactor(0.01)
+  tx = utils.adafactor(0.01, group_same_shapes=False)
   params = {"w": jnp.ones((256, 128)), "b": jnp.ones((7,))}
   state = tx.init(params)
   factored = [s for s in jax.tree_util.tree_leaves(state, is_leaf=lambda x: hasattr(x, "v_row"))
@@ -107,6 +108,28 @@ def test_adafactor_has_t5x_settings():
   updates, _ = tx.update({"w": jnp.full((256, 128), 1e6), "b": jnp.ones((7,))}, state, params)
   # Update clipping at RMS 1.0 and parameter scaling keep the step bounded by lr * rms(param).
   assert float(jnp.sqrt(jnp.mean(updates["w"] ** 2))) <= 0.01 * 1.0001
+
+
+def test_adafactor_grouped_by_shape_equals_per_tensor():
+  # Same-shaped leaves share one vmapped update; every statistic must stay per tensor.
+  rng = np.random.default_rng(0)
+  shapes = {"a": (256, 128), "b": (256, 128), "c": (7,), "d": (128, 6, 8), "e": (7,), "f": (256, 128)}
+  params = {k: jnp.asarray(rng.normal(size=s) * (1 + i), jnp.float32) for i, (k, s) in enumerate(shapes.items())}
+  lr = utils.create_learning_rate_scheduler()
+  plain, grouped = utils.adafactor(lr, group_same_shapes=False), utils.adafactor(lr)
+  state_p, state_g = plain.init(params), grouped.init(params)
+  assert len(state_g) == 3  # (256, 128) x 3, (7,) x 2, (128, 6, 8)
+  p_p = p_g = params
+  for step in range(4):
+    grads = {k: jnp.asarray(rng.normal(size=s) * 10 ** (i - 2), jnp.float32)
+             for i, (k, s) in enumerate(shapes.items())}
+    u_p, state_p = plain.update(grads, state_p, p_p)
+    u_g, state_g = grouped.update(grads, state_g, p_g)
+    for k in shapes:
+      np.testing.assert_allclose(u_g[k], u_p[k], rtol=2e-5, atol=1e-9, err_msg=f"{k} step {step}")
+    p_p, p_g = optax.apply_updates(p_p, u_p), optax.apply_updates(p_g, u_g)
+  with pytest.raises(ValueError, match="groups"):
+    grouped.update(grads, state_g[:2], p_g)
 
 
 def test_schedule_is_a_pure_function_of_seed_and_step():

@@ -68,6 +68,9 @@ class T5Config:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
+  # t5x's `one_hot` lookups: embeddings and relative-position biases as one-hot matmuls, so their
+  # gradients are matmuls rather than scatter-adds whose colliding indices GPUs serialise.
+  one_hot_lookups: bool = False
 
   def __post_init__(self):
     # Gin hands over lists; flax modules need hashable attributes.
@@ -135,6 +138,7 @@ class RelativePositionBiases(nn.Module):
   max_distance: int
   num_heads: int
   dtype: DType = jnp.float32
+  one_hot: bool = False
 
   @nn.compact
   def __call__(self, query_length: int, key_length: int, bidirectional: bool) -> Array:
@@ -143,7 +147,13 @@ class RelativePositionBiases(nn.Module):
                        (self.num_heads, self.num_buckets), jnp.float32)
     relative = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
     buckets = relative_position_bucket(relative, bidirectional, self.num_buckets, self.max_distance)
-    values = jnp.take(jnp.asarray(table, self.dtype), jnp.asarray(buckets), axis=1)
+    table = jnp.asarray(table, self.dtype)
+    if self.one_hot:
+      one_hot = np.eye(self.num_buckets, dtype=np.float32)[buckets]
+      values = jnp.einsum('hn,qkn->hqk', table, jnp.asarray(one_hot, self.dtype),
+                          precision=jax.lax.Precision.HIGHEST)
+    else:
+      values = jnp.take(table, jnp.asarray(buckets), axis=1)
     return values[None]
 
 
@@ -168,13 +178,18 @@ class Embed(nn.Module):
   num_embeddings: int
   features: int
   dtype: DType = jnp.float32
+  one_hot: bool = False
 
   def setup(self):
     self.embedding = self.param('embedding', nn.initializers.normal(stddev=1.0),
                                 (self.num_embeddings, self.features), jnp.float32)
 
   def __call__(self, ids: Array) -> Array:
-    return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+    table = jnp.asarray(self.embedding, self.dtype)
+    if self.one_hot:  # HIGHEST keeps float32 rows exact where matmuls would round them to tf32
+      return jnp.dot(jax.nn.one_hot(ids, self.num_embeddings, dtype=self.dtype), table,
+                     precision=jax.lax.Precision.HIGHEST)
+    return jnp.take(table, ids, axis=0)
 
   def attend(self, x: Array) -> Array:
     """Logits in float32: the vocabulary projection is cheap here and the loss wants precision."""
@@ -422,7 +437,8 @@ class Encoder(nn.Module):
     length = tokens.shape[-1]
     bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                   cfg.relative_attention_max_distance, cfg.num_heads,
-                                  dtype=cfg.dtype, name='relpos_bias')(length, length, True)
+                                  dtype=cfg.dtype, one_hot=cfg.one_hot_lookups,
+                                  name='relpos_bias')(length, length, True)
     x = self.shared_embedding(tokens.astype(jnp.int32))
     x = _dropout(cfg)(x, deterministic=deterministic)
     for i in range(cfg.num_encoder_layers):
@@ -450,7 +466,8 @@ class Decoder(nn.Module):
     length = max_decode_length if (decode and max_decode_length) else tokens.shape[-1]
     bias = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                   cfg.relative_attention_max_distance, cfg.num_heads,
-                                  dtype=cfg.dtype, name='relpos_bias')(length, length, False)
+                                  dtype=cfg.dtype, one_hot=cfg.one_hot_lookups,
+                                  name='relpos_bias')(length, length, False)
     y = self.shared_embedding(tokens.astype(jnp.int32))
     y = _dropout(cfg)(y, deterministic=deterministic)
     for i in range(cfg.num_decoder_layers):
@@ -473,7 +490,7 @@ class Transformer(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype)
+    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype, one_hot=cfg.one_hot_lookups)
     self.encoder = Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 

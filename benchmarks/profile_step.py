@@ -1,0 +1,180 @@
+"""Where a training step's accelerator time goes: per-kernel breakdown of the trainer's K-step loop.
+
+Runs the exact compiled loop of tiger_jax.train.StepRunner (resident data, K steps per dispatch) for
+each variant and encoder length, times it, then traces one dispatch with jax.profiler and sums the
+device kernels by name. Needs jax, flax, optax, numpy and gin-config only (runs on the GPU box):
+
+  PYTHONPATH=. python benchmarks/profile_step.py --out_dir "$OUT" \
+      --variants bf16,bf16_onehot,bf16_onehot_rbg --lengths 81,17
+
+Prints, per variant and length: ms/step, device-busy ms/step (the rest is launch gaps and host
+work), kernels per step and the top kernels; writes profile_step[_TAG].json under --out_dir.
+Set XLA_FLAGS before starting (and --tag) to compare compiler options.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import glob
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import train_speed  # noqa: E402  (benchmarks/train_speed.py: data and model builders)
+from tiger_jax import partitioning  # noqa: E402
+from tiger_jax import train as train_lib  # noqa: E402
+from tiger_jax import utils  # noqa: E402
+
+# name -> (activation dtype, one-hot lookups, PRNG implementation for dropout, dropout rate)
+VARIANTS = {
+    "fp32": ("float32", False, "threefry2x32", 0.1),
+    "bf16": ("bfloat16", False, "threefry2x32", 0.1),
+    "bf16_onehot": ("bfloat16", True, "threefry2x32", 0.1),
+    "bf16_onehot_rbg": ("bfloat16", True, "unsafe_rbg", 0.1),
+    "bf16_onehot_nodropout": ("bfloat16", True, "threefry2x32", 0.0),
+}
+
+
+def device_kernels(trace_dir: str) -> dict[str, list[float]]:
+  """Kernel name -> durations (us) of the device-stream events in a perfetto trace written by jax."""
+  paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  if not paths:
+    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
+  with gzip.open(paths[0], "rt") as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  processes, threads = {}, {}
+  for e in events:
+    if e.get("ph") == "M" and e.get("name") == "process_name":
+      processes[e["pid"]] = e["args"]["name"]
+    elif e.get("ph") == "M" and e.get("name") == "thread_name":
+      threads[(e["pid"], e["tid"])] = e["args"]["name"]
+  device_pids = {pid for pid, name in processes.items() if "GPU" in name or "TPU" in name}
+  kernels = collections.defaultdict(list)
+  for e in events:
+    if e.get("ph") != "X" or e.get("pid") not in device_pids:
+      continue
+    if "Stream" not in threads.get((e["pid"], e.get("tid")), ""):
+      continue  # module/op summary rows repeat the kernels' time
+    kernels[e["name"]].append(float(e.get("dur", 0.0)))
+  return kernels
+
+
+def summarise(kernels: dict, steps: int, top: int) -> dict:
+  total = {name: sum(d) for name, d in kernels.items()}
+  busy_us = sum(total.values())
+  rows = sorted(total.items(), key=lambda kv: -kv[1])[:top]
+  return {
+      "device_busy_ms_per_step": busy_us / 1000 / steps,
+      "kernels_per_step": sum(len(d) for d in kernels.values()) / steps,
+      "distinct_kernels": len(kernels),
+      "top": [{"name": name[:160], "ms_per_step": us / 1000 / steps,
+               "calls_per_step": len(kernels[name]) / steps, "share": us / busy_us if busy_us else 0.0}
+              for name, us in rows],
+  }
+
+
+def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
+                    hlo_dir: str | None) -> dict:
+  dtype, one_hot, prng_impl, dropout = VARIANTS[name]
+  jax.config.update("jax_default_prng_impl", prng_impl)
+  model = train_speed.make_model(model_gin, dtype, dropout, one_hot)
+  partitioner = partitioning.PjitPartitioner()
+  lr_fn = utils.create_learning_rate_scheduler()
+  tx = utils.adafactor(lr_fn)
+  feats = {f: arrays[f] for f in utils.MODEL_FEATURES}
+  data = partitioner.replicate(feats)
+  shapes = {f: (1, feats[f].shape[1]) for f in utils.MODEL_FEATURES}
+  params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
+  state = partitioner.replicate({"step": np.zeros((), np.int32), "params": jax.device_get(params),
+                                 "opt_state": jax.device_get(tx.init(params))})
+  rng = partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
+  runner = train_lib.StepRunner(model, tx, lr_fn, partitioner, k, resident=True)
+  nonpad = utils.nonpad_lengths(feats[utils.ENCODER_INPUT])
+  order = np.random.default_rng(0).permutation(len(nonpad))
+  n = partitioner.replicate(np.asarray(k, np.int32))
+  out = {}
+  for length in lengths:
+    pool = order[nonpad[order] <= length]
+    idx = partitioner.replicate(np.resize(pool, k * 256).reshape(k, 256).astype(np.int32))
+    start = time.perf_counter()
+    fn = runner.get(length, state, data, idx, n, rng)
+    compile_s = time.perf_counter() - start
+    if hlo_dir:
+      with gzip.open(os.path.join(hlo_dir, f"hlo_{name}_{length}.txt.gz"), "wt") as f:
+        f.write(fn.as_text())
+    state, outs = fn(state, data, idx, n, rng)  # warm-up
+    jax.block_until_ready(outs)
+    start = time.perf_counter()
+    for _ in range(reps):
+      state, outs = fn(state, data, idx, n, rng)
+    jax.block_until_ready(outs)
+    ms = 1000 * (time.perf_counter() - start) / (reps * k)
+    trace_dir = tempfile.mkdtemp(prefix="profile_step_")
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      state, outs = fn(state, data, idx, n, rng)
+      jax.block_until_ready(outs)
+    entry = {"ms_per_step": ms, "examples_per_s": 256 / ms * 1000, "compile_s": compile_s,
+             "loss_last": float(np.asarray(outs["loss"])[-1])}
+    try:
+      entry.update(summarise(device_kernels(trace_dir), k, top))
+    except (FileNotFoundError, KeyError, ValueError) as e:
+      entry["trace_error"] = repr(e)
+    out[int(length)] = entry
+    print(f"\n== {name} L={length}: {ms:.3f} ms/step, compile {compile_s:.1f} s, "
+          f"device busy {entry.get('device_busy_ms_per_step', float('nan')):.3f} ms/step, "
+          f"{entry.get('kernels_per_step', float('nan')):.0f} kernels/step", flush=True)
+    for row in entry.get("top", [])[:top]:
+      print(f"  {row['ms_per_step']:8.4f} ms {row['calls_per_step']:6.1f}x {100 * row['share']:5.1f}%  "
+            f"{row['name'][:110]}", flush=True)
+  jax.config.update("jax_default_prng_impl", "threefry2x32")
+  return out
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out_dir", required=True)
+  p.add_argument("--data_dir", default=os.path.join(train_speed.REPO, "data", "beauty"))
+  p.add_argument("--model_gin", default="gin/models/tiger_t5.gin")
+  p.add_argument("--variants", default="bf16,bf16_onehot,bf16_onehot_rbg")
+  p.add_argument("--lengths", default="81,17")
+  p.add_argument("--steps_per_dispatch", type=int, default=50)
+  p.add_argument("--reps", type=int, default=4)
+  p.add_argument("--top", type=int, default=25)
+  p.add_argument("--tag", default="")
+  p.add_argument("--dump_hlo", action="store_true", help="write each compiled loop's HLO (gzip)")
+  args = p.parse_args()
+  os.makedirs(args.out_dir, exist_ok=True)
+  arrays = train_speed.build_examples_in_memory(args.data_dir)["train"]
+  lengths = [int(x) for x in args.lengths.split(",")]
+  try:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=train_speed.REPO).stdout.strip()
+  except OSError:
+    rev = None
+  report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "git_revision": rev,
+            "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "args": vars(args), "variants": {}}
+  path = os.path.join(args.out_dir, f"profile_step{'_' + args.tag if args.tag else ''}.json")
+  for name in filter(None, args.variants.split(",")):
+    report["variants"][name] = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps,
+                                               args.top, args.model_gin,
+                                               args.out_dir if args.dump_hlo else None)
+    with open(path, "w") as f:  # after every variant, so a cut-off run keeps what it measured
+      json.dump(report, f, indent=1)
+  print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+  main()

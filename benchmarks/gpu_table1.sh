@@ -7,7 +7,7 @@
 # TRAIN_SECONDS, checkpoints on SIGTERM, and once training has finished evaluates the best-on-validation
 # checkpoint on the validation and test splits. Back in $OUT: run_$DATASET.log, model.tgz.* (latest + best
 # checkpoint, metrics.jsonl, config.gin, events), jaxcache.tgz (compiled programs), eval_$DATASET.tgz.
-#   DATASET=beauty TRAIN_SECONDS=540 bash benchmarks/gpu_table1.sh
+#   DATASET=beauty TRAIN_SECONDS=540 [EVAL_SPLITS=test] [SHIP=best] bash benchmarks/gpu_table1.sh
 set -uo pipefail
 D=${DATASET:-beauty}
 RUN=.devcarry/$D
@@ -24,13 +24,17 @@ timeout --preserve-status -s TERM "${TRAIN_SECONDS:-540}" python3 -m tiger_jax.t
     --gin.CHECKPOINTS_TO_KEEP=1 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
 echo "train exit $rc at $(date -u)" | tee -a "$LOG"
-if [ "$rc" = 0 ]; then
-  for split in validation test; do
+# The best-on-validation checkpoint is evaluated whenever training stopped cleanly (finished: 0; SIGTERM:
+# 143), so a last call whose time runs out still reports the best checkpoint so far.
+if [ "$rc" = 0 ] || [ "$rc" = 143 ]; then
+  for split in ${EVAL_SPLITS:-validation test}; do
     python3 -m tiger_jax.eval "${GIN[@]}" --gin_file=gin/runs/eval.gin --gin.EVAL_SPLIT="'$split'" 2>&1 \
         | tee -a "$LOG"
   done
-  tar czf "$OUT/eval_$D.tgz" -C "$MODEL_DIR" eval_validation eval_test
+  (cd "$MODEL_DIR" && tar czf "$OUT/eval_$D.tgz" eval_* metrics.jsonl config.gin)
 fi
-tar czf - -C /tmp "model_$D" | split -b 15M - "$OUT/model.tgz."
+# SHIP=all: the model dir for the next call to resume; best: only the best checkpoint (final call).
+[ "${SHIP:-all}" = best ] && EXCLUDE=--exclude=model_$D/checkpoints || EXCLUDE=
+tar czf - -C /tmp $EXCLUDE "model_$D" | split -b 15M - "$OUT/model.tgz."
 tar czf "$OUT/jaxcache.tgz" -C /tmp/jaxcache .
 ls -la "$OUT" | tee -a "$LOG"

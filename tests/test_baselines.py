@@ -22,6 +22,7 @@ from tiger_jax.baselines import popularity
 from tiger_jax.baselines import sasrec
 from tiger_jax.baselines import sequences
 from tiger_jax.baselines.sasrec_model import SASRec, SASRecConfig, next_item_loss
+from tiger_jax import metrics
 from tiger_jax.data import splits
 from tiger_jax.data.types import Sessions
 
@@ -123,6 +124,26 @@ def test_loss_weights_only_target_positions_and_bf16_agrees():
   assert abs(float(loss16) - float(loss)) < 0.05 * float(loss)
   dropped, _ = next_item_loss(module, params, ids, targets, jax.random.PRNGKey(3))
   assert np.isfinite(float(dropped)) and float(dropped) != pytest.approx(float(loss))
+
+
+def test_device_ranks_follow_the_metrics_code_ties_included():
+  module, params = _init()
+  table = params["item_embedding"]["embedding"]
+  # Items 3, 4 and 5 (ids 4, 5, 6) share one embedding: they always tie, and a tie counts against the target.
+  params = dict(params, item_embedding={"embedding": table.at[5].set(table[4]).at[6].set(table[4])})
+  rng = np.random.default_rng(0)
+  inputs = rng.integers(1, 31, (37, 8)).astype(np.int32)
+  inputs[::3, :4] = 0  # some left padding
+  target = np.where(np.arange(37) % 2 == 0, rng.integers(3, 6, 37), rng.integers(0, 30, 37)).astype(np.int32)
+  eval_inputs = sequences.EvalInputs(inputs=inputs, target=target, user_index=np.arange(37))
+  scorer = sasrec.Scorer(30, SMALL, batch_size=16)  # three batches, the last one padded
+  host_ranks, top_items, _ = scorer.rank(params, eval_inputs)
+  np.testing.assert_array_equal(scorer.device_ranks(params, eval_inputs), host_ranks)
+  scores = np.asarray(jax.jit(lambda p, x: module.apply({"params": p}, x, method=SASRec.next_item_scores))(
+      params, inputs))
+  np.testing.assert_array_equal(host_ranks, metrics.ranks_from_scores(scores, target))
+  assert (scores[:, 3] == scores[:, 5]).all()
+  np.testing.assert_array_equal(top_items[:, 0], scores.argmax(axis=1))
 
 
 def test_bad_settings_name_the_field(tmp_path):
@@ -271,12 +292,7 @@ def test_cli_writes_metrics_resumes_and_does_not_retrain(beauty_slice, tmp_path)
   args = ["--gin_file=gin/baselines/sasrec_beauty_quick.gin", f"--gin.DATA_DIR='{beauty_slice}'",
           f"--gin.MODEL_DIR='{model_dir}'", "--gin.BATCH_SIZE=64", "--gin.EVAL_EVERY_EPOCHS=1",
           "--gin.sasrec_model.SASRecConfig.emb_dim=16", "--gin.sasrec_model.SASRecConfig.mlp_dim=16"]
-  cwd = os.getcwd()
-  os.chdir(REPO)
-  try:
-    sasrec.console_main(args + ["--gin.NUM_EPOCHS=1"])
-  finally:
-    os.chdir(cwd)
+  sasrec.console_main(args + ["--gin.NUM_EPOCHS=1"])  # gin files resolve from any directory
   first = _read_metrics(model_dir)
   assert set(METRIC_KEYS) <= set(first) and first["num_users"] == 200
   assert first["epochs_this_run"] == 1 and first["resumed_from_epoch"] is None
@@ -294,20 +310,16 @@ def test_cli_writes_metrics_resumes_and_does_not_retrain(beauty_slice, tmp_path)
   assert second["resumed_from_epoch"] == 1 and second["epochs_this_run"] == 1
   assert second["epochs_trained"] == 2 and second["train_seconds"] > first["train_seconds"]
 
-  os.chdir(REPO)
-  try:
-    gin.clear_config()
-    sasrec.console_main(args + ["--gin.NUM_EPOCHS=2"])
-    third = _read_metrics(model_dir)
-    assert third["epochs_this_run"] == 0 and third["resumed_from_epoch"] == 2
-    assert {k: third[k] for k in METRIC_KEYS} == {k: second[k] for k in METRIC_KEYS}
+  gin.clear_config()
+  sasrec.console_main(args + ["--gin.NUM_EPOCHS=2"])
+  third = _read_metrics(model_dir)
+  assert third["epochs_this_run"] == 0 and third["resumed_from_epoch"] == 2
+  assert {k: third[k] for k in METRIC_KEYS} == {k: second[k] for k in METRIC_KEYS}
 
-    gin.clear_config()
-    report = _load_benchmark().main([f"--data_dir={beauty_slice}", f"--out_dir={tmp_path / 'bench'}",
-                         f"--model_dir={model_dir}", *[a for a in args if "DIR=" not in a],
-                         "--gin.NUM_EPOCHS=2"])
-  finally:
-    os.chdir(cwd)
+  gin.clear_config()
+  report = _load_benchmark().main([f"--data_dir={beauty_slice}", f"--out_dir={tmp_path / 'bench'}",
+                                   f"--model_dir={model_dir}", *[a for a in args if "DIR=" not in a],
+                                   "--gin.NUM_EPOCHS=2"])
   assert report["sasrec"]["test"]["epochs_this_run"] == 0
   with open(tmp_path / "bench" / f"baselines_{report['dataset']['dataset']}.json") as f:
     written = json.load(f)

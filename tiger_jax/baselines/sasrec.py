@@ -92,7 +92,12 @@ def make_epoch_fn(module: SASRec, tx: optax.GradientTransformation) -> Callable:
 
 
 class Scorer:
-  """Full-catalogue next-item scores on the device (float32, batches of `batch_size` users), ranks on host."""
+  """Full-catalogue next-item scores on the device (float32, batches of `batch_size` users).
+
+  `rank` hands the scores to tiger_jax.metrics.ranks_from_scores on the host (the reported numbers);
+  `device_ranks` applies the same rule on the device and returns only the ranks, which keeps the periodic
+  validation of a GPU run from copying a [users, items] score matrix to the host every time.
+  """
 
   def __init__(self, num_items: int, config: SASRecConfig, batch_size: int = 1024):
     module = SASRec(num_items, dataclasses.replace(config, dtype="float32"))
@@ -104,12 +109,27 @@ class Scorer:
       top_scores, top_items = jax.lax.top_k(scores, k)
       return scores, top_items, top_scores
 
+    def rank(params, ids, target):
+      scores = module.apply({"params": params}, ids, method=SASRec.next_item_scores)
+      target_score = jnp.take_along_axis(scores, target[:, None], axis=1)
+      return (scores > target_score).sum(axis=1) + (scores == target_score).sum(axis=1) - 1
+
     self._score = jax.jit(score)
+    self._rank = jax.jit(rank)
+
+  def _batches(self, inputs: sequences.EvalInputs):
+    """(start, stop, ids [batch_size, max_len], targets [batch_size]) with the last batch padded."""
+    for start in range(0, len(inputs), self.batch_size):
+      stop = min(start + self.batch_size, len(inputs))
+      ids = np.zeros([self.batch_size, inputs.inputs.shape[1]], np.int32)
+      ids[:stop - start] = inputs.inputs[start:stop]
+      target = np.zeros([self.batch_size], np.int32)
+      target[:stop - start] = inputs.target[start:stop]
+      yield start, stop, ids, target
 
   def rank(self, params, inputs: sequences.EvalInputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(target ranks [U], top items [U, 20], their scores); the next batch is queued before one is read."""
-    n = len(inputs)
-    ranks = np.zeros([n], np.int64)
+    ranks = np.zeros([len(inputs)], np.int64)
     top_items, top_scores = [], []
     pending = None
 
@@ -120,17 +140,22 @@ class Scorer:
       top_items.append(items[:stop - start])
       top_scores.append(item_scores[:stop - start])
 
-    for start in range(0, n, self.batch_size):
-      stop = min(start + self.batch_size, n)
-      batch = np.zeros([self.batch_size, inputs.inputs.shape[1]], np.int32)
-      batch[:stop - start] = inputs.inputs[start:stop]
-      out = self._score(params, batch)
+    for start, stop, ids, _ in self._batches(inputs):
+      out = self._score(params, ids)
       if pending is not None:
         collect(pending)
       pending = (start, stop, out)
     if pending is not None:
       collect(pending)
     return ranks, np.concatenate(top_items), np.concatenate(top_scores)
+
+  def device_ranks(self, params, inputs: sequences.EvalInputs) -> np.ndarray:
+    """Target ranks [U] by metrics.ranks_from_scores's rule (ties count against the target), on device."""
+    outs = [(start, stop, self._rank(params, ids, target)) for start, stop, ids, target in self._batches(inputs)]
+    ranks = np.zeros([len(inputs)], np.int64)
+    for start, stop, out in outs:
+      ranks[start:stop] = np.asarray(jax.device_get(out))[:stop - start]
+    return ranks
 
 
 @dataclasses.dataclass
@@ -251,7 +276,7 @@ def train_and_evaluate(*,
   def validate(state_now, at_epoch: int) -> None:
     nonlocal best
     start = time.time()
-    ranks, _, _ = scorer.rank(state_now["params"], eval_sets["validation"])
+    ranks = scorer.device_ranks(state_now["params"], eval_sets["validation"])
     found = {f"validation/{k}": v for k, v in metrics_lib.ranking_metrics(ranks, ks).items()}
     clocks.eval_seconds += time.time() - start
     value = found[best_key]

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import logging
 import os
 import platform
 import subprocess
@@ -59,6 +57,7 @@ def extra_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--model_dir", default=None, help="SASRec MODEL_DIR (default OUT/sasrec_<dataset>).")
   parser.add_argument("--skip_sasrec", action="store_true", help="Popularity only.")
   parser.add_argument("--json_name", default=None, help="Report file name (default baselines_<dataset>.json).")
+  parser.add_argument("--note", default=None, help="A label stored in the report (e.g. 'not converged').")
 
 
 def run_sasrec(flags, name: str) -> dict:
@@ -87,7 +86,7 @@ def main(argv=None) -> dict:
   os.makedirs(flags.out_dir, exist_ok=True)
   dataset = sequences.load_dataset(flags.data_dir)
   name = dataset.name
-  report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), **git_revision(),
+  report = {"note": flags.note, "date": datetime.datetime.now().isoformat(timespec="seconds"), **git_revision(),
             "host": platform.node(), "device_kind": jax.devices()[0].device_kind,
             "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
             "command": " ".join([os.path.basename(sys.executable), "benchmarks/baselines.py"]

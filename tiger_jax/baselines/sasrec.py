@@ -6,8 +6,9 @@ r"""SASRec baseline: train on TIGER's training pairs, keep the best validation N
 Data: the category directory (numpy readers only, no seqio), split by tiger_jax/data/splits.py
 (sequences.py says how rows map to TIGER's examples). Speed: the training rows live on the device, one
 jitted call runs a whole epoch (`lax.fori_loop` over its batches, each gathered on device by index), and
-evaluation scores the full catalogue in batches on the device; ranks and metrics are then computed by
-tiger_jax/metrics.py. An epoch's batches are a pure function of (seed, epoch), and the train state is
+evaluation scores the full catalogue in batches on the device. The reported validation and test numbers
+rank those scores with tiger_jax/metrics.py on the host; the periodic validation that picks the best epoch
+applies the same tie rule on the device (Scorer.device_ranks, tested against it). An epoch's batches are a pure function of (seed, epoch), and the train state is
 checkpointed at every evaluation and every `checkpoint_every_epochs`, so rerunning the same command after
 a crash or SIGTERM resumes from the last checkpoint; a finished run only re-evaluates.
 

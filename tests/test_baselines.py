@@ -1,0 +1,328 @@
+"""Baselines: popularity by hand, SASRec's causality and padding, its training pairs against TIGER's, a
+learnable pattern, and the CLI run, resumed and re-run (one run in a subprocess without TensorFlow/seqio)."""
+import dataclasses
+import gzip
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import write_processed
+from tiger_jax.baselines import popularity
+from tiger_jax.baselines import sasrec
+from tiger_jax.baselines import sequences
+from tiger_jax.baselines.sasrec_model import SASRec, SASRecConfig, next_item_loss
+from tiger_jax import metrics
+from tiger_jax.data import splits
+from tiger_jax.data.types import Sessions
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRIC_KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Popularity.
+
+
+def test_popularity_ranks_by_hand_and_counts_no_held_out_item(tmp_path):
+  items = [{"asin": a, "title": a} for a in "ABCDEF"]  # catalogue indices A0 B1 C2 D3 E4 F5
+  data_dir = write_processed(tmp_path / "pop", {
+      "u0": list("ABACD"),  # training prefix A B A; validation C, test D
+      "u1": list("BAEF"),   # prefix B A; validation E, test F
+      "u2": list("ACBE"),   # prefix A C; validation B, test E
+  }, items)
+  dataset = sequences.load_dataset(data_dir)
+  counts = sequences.training_counts(dataset.sessions, len(dataset.catalog))
+  # E is a validation and a test target twice over, D and F test targets: none of them may be counted.
+  assert counts.tolist() == [4, 2, 1, 0, 0, 0]
+  # Scores 4 2 1 0 0 0: A rank 0, B 1, C 2; D, E, F tie at 0 and a tie counts against the target: rank 5.
+  val_target = splits.leave_one_out(dataset.sessions, "validation").target
+  assert popularity.popularity_ranks(counts, val_target).tolist() == [2, 5, 1]
+  results = popularity.evaluate(dataset, ks=(2, 5))
+  assert results["validation"]["recall@2"] == pytest.approx(1 / 3)
+  assert results["validation"]["recall@5"] == pytest.approx(2 / 3)
+  assert results["validation"]["ndcg@5"] == pytest.approx((1 / math.log2(4) + 1 / math.log2(3)) / 3)
+  assert results["test"]["recall@5"] == 0.0 and results["test"]["median_rank"] == 5
+
+  popularity.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}"])
+  with open(tmp_path / "out" / "eval_test" / "metrics.json") as f:
+    written = json.load(f)
+  assert set(METRIC_KEYS) <= set(written) and written["num_users"] == 3 and written["model"] == "popularity"
+  with pytest.raises(FileNotFoundError, match="data_dir='/no/such/dir'"):
+    popularity.run("/no/such/dir")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model.
+
+SMALL = SASRecConfig(max_len=8, emb_dim=16, num_layers=2, num_heads=2, mlp_dim=32, dropout_rate=0.3)
+
+
+def _init(config=SMALL, num_items=30, seed=0):
+  module = SASRec(num_items, config)
+  params = module.init(jax.random.PRNGKey(seed), jnp.zeros([1, config.max_len], jnp.int32))["params"]
+  return module, params
+
+
+def apply(module, params, ids):
+  return jax.jit(lambda p, x: module.apply({"params": p}, x))(params, ids)
+
+
+def test_sasrec_is_causal_and_padding_never_reaches_real_positions():
+  module, params = _init()
+  ids = jnp.array([[0, 0, 0, 4, 9, 2, 7, 1],
+                   [3, 5, 8, 13, 21, 2, 6, 11]])
+  scores = apply(module, params, ids)
+  assert scores.shape == (2, 8, 30)
+  changed = apply(module, params, ids.at[:, 5].set(17))
+  np.testing.assert_allclose(changed[:, :5], scores[:, :5], atol=1e-6)  # earlier positions: untouched
+  assert float(jnp.abs(changed[:, 5:] - scores[:, 5:]).max()) > 1e-3  # later ones do see the change
+
+  # Padding changes nothing at real positions: the left-padded row scores as the same items do in a model
+  # that reads exactly those positions (same weights, the position table's last rows) with no padding.
+  unpadded = SASRec(30, dataclasses.replace(SMALL, max_len=5))
+  short_params = dict(params, position_embedding={"embedding": params["position_embedding"]["embedding"][3:]})
+  short_scores = apply(unpadded, short_params, ids[:1, 3:])
+  np.testing.assert_allclose(scores[0, 3:], short_scores[0], atol=1e-5)
+  # ... and whatever the padding row's embedding holds (the output layer reads item rows 1..N only).
+  noisy = dict(params, item_embedding={"embedding": params["item_embedding"]["embedding"].at[0].set(50.0)})
+  np.testing.assert_allclose(apply(module, noisy, ids)[0, 3:], scores[0, 3:], atol=1e-5)
+
+  # next_item_scores is the last position of the full pass.
+  last = jax.jit(lambda p, x: module.apply({"params": p}, x, method=SASRec.next_item_scores))(params, ids)
+  np.testing.assert_allclose(last, scores[:, -1], atol=1e-6)
+
+
+def test_loss_weights_only_target_positions_and_bf16_agrees():
+  module, params = _init()
+  ids = jnp.array([[0, 0, 0, 4, 9, 2, 7, 1]])
+  targets = jnp.array([[0, 0, 0, 9, 2, 7, 1, 0]])  # the last position has no target
+  loss, count = next_item_loss(module, params, ids, targets, None)
+  scores = module.apply({"params": params}, ids)
+  logp = jax.nn.log_softmax(scores, axis=-1)
+  expected = -np.mean([logp[0, j, targets[0, j] - 1] for j in (3, 4, 5, 6)])
+  assert int(count) == 4 and float(loss) == pytest.approx(expected, rel=1e-5)
+  bf16 = SASRec(30, SASRecConfig(**{**SMALL.__dict__, "dtype": "bfloat16"}))
+  loss16, _ = next_item_loss(bf16, params, ids, targets, None)
+  assert abs(float(loss16) - float(loss)) < 0.05 * float(loss)
+  dropped, _ = next_item_loss(module, params, ids, targets, jax.random.PRNGKey(3))
+  assert np.isfinite(float(dropped)) and float(dropped) != pytest.approx(float(loss))
+
+
+def test_device_ranks_follow_the_metrics_code_ties_included():
+  module, params = _init()
+  table = params["item_embedding"]["embedding"]
+  # Items 3, 4 and 5 (ids 4, 5, 6) share one embedding: they always tie, and a tie counts against the target.
+  params = dict(params, item_embedding={"embedding": table.at[5].set(table[4]).at[6].set(table[4])})
+  rng = np.random.default_rng(0)
+  inputs = rng.integers(1, 31, (37, 8)).astype(np.int32)
+  inputs[::3, :4] = 0  # some left padding
+  target = np.where(np.arange(37) % 2 == 0, rng.integers(3, 6, 37), rng.integers(0, 30, 37)).astype(np.int32)
+  eval_inputs = sequences.EvalInputs(inputs=inputs, target=target, user_index=np.arange(37))
+  scorer = sasrec.Scorer(30, SMALL, batch_size=16)  # three batches, the last one padded
+  host_ranks, top_items, _ = scorer.rank(params, eval_inputs)
+  np.testing.assert_array_equal(scorer.device_ranks(params, eval_inputs), host_ranks)
+  scores = np.asarray(jax.jit(lambda p, x: module.apply({"params": p}, x, method=SASRec.next_item_scores))(
+      params, inputs))
+  np.testing.assert_array_equal(host_ranks, metrics.ranks_from_scores(scores, target))
+  assert (scores[:, 3] == scores[:, 5]).all()
+  np.testing.assert_array_equal(top_items[:, 0], scores.argmax(axis=1))
+
+
+def test_bad_settings_name_the_field(tmp_path):
+  with pytest.raises(ValueError, match="max_len must be >= 1"):
+    SASRecConfig(max_len=0).validate()
+  with pytest.raises(ValueError, match="num_heads"):
+    SASRecConfig(emb_dim=64, num_heads=3).validate()
+  with pytest.raises(ValueError, match="dtype"):
+    SASRecConfig(dtype="float16").validate()
+  with pytest.raises(ValueError, match="window_stride"):
+    sequences.training_rows(Sessions(["u"], [[1, 2, 3]]), max_len=4, window_stride=5)
+  with pytest.raises(FileNotFoundError, match="data_dir='/no/such/dir'"):
+    sasrec.train_and_evaluate(data_dir="/no/such/dir", model_dir=str(tmp_path / "m"))
+  with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    sasrec.train_and_evaluate(data_dir="data/beauty", model_dir=str(tmp_path / "m"), batch_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training pairs: the same (history, target) pairs as TIGER's training examples.
+
+
+def _tiger_pairs(sessions, max_history):
+  ex = splits.leave_one_out(sessions, "train", max_history=max_history)
+  return sorted((int(u), tuple(h.tolist()), int(t)) for u, h, t in zip(ex.user_index, ex.history, ex.target))
+
+
+def _random_sessions(seed=0, users=60, items=60):
+  """Distinct items within a user, so that (user, target) names one training example."""
+  rng = np.random.default_rng(seed)
+  return Sessions([f"u{i}" for i in range(users)],
+                  [rng.permutation(items)[:int(rng.integers(3, 40))].tolist() for _ in range(users)])
+
+
+def test_training_rows_cover_tigers_training_pairs(tiny_dataset_dir):
+  sessions = sequences.load_dataset(tiny_dataset_dir).sessions  # u4 has 25 items: a prefix of 23
+  # Every prefix fits 50 positions: exactly TIGER's pairs (histories up to 50 items).
+  assert sorted(sequences.row_pairs(sequences.training_rows(sessions, 50))) == _tiger_pairs(sessions, 50)
+  # With TIGER's cap of 20, users whose prefix fits get TIGER's pairs exactly; truncation keeps u4's 20
+  # most recent targets, with histories starting at the row's start.
+  truncated = sorted(sequences.row_pairs(sequences.training_rows(sessions, 20)))
+  short = [p for p in _tiger_pairs(sessions, 20) if p[0] != 4]
+  assert [p for p in truncated if p[0] != 4] == short
+  u4_targets = [t for u, _, t in _tiger_pairs(sessions, 20) if u == 4]
+  assert [t for u, _, t in truncated if u == 4] == u4_targets[2:]
+
+  for seed in range(3):
+    sessions = _random_sessions(seed)
+    for max_len, stride in ((7, 1), (7, 3), (7, 7), (50, None)):
+      rows = sequences.training_rows(sessions, max_len, stride)
+      pairs = sorted(sequences.row_pairs(rows))
+      tiger = _tiger_pairs(sessions, max_len)
+      if stride == 1 or max_len == 50:
+        assert pairs == tiger  # one row per late target: leave_one_out's pairs exactly
+        continue
+      # Each TIGER target exactly once; the history is the tail of TIGER's, at least max_len - S + 1 long.
+      assert sorted((u, t) for u, _, t in pairs) == sorted((u, t) for u, _, t in tiger)
+      full = {(u, t): h for u, h, t in tiger}
+      for u, h, t in pairs:
+        assert full[(u, t)][len(full[(u, t)]) - len(h):] == h
+        assert len(h) >= min(max_len - stride + 1, len(full[(u, t)]))
+      assert rows.inputs.shape[1] == max_len and (rows.inputs[:, -1] > 0).all()  # left-padded
+
+
+def test_eval_inputs_are_leave_one_out_histories(tiny_dataset_dir):
+  sessions = sequences.load_dataset(tiny_dataset_dir).sessions
+  for split in ("validation", "test"):
+    got = sequences.eval_inputs(sessions, split, max_len=20)
+    ex = splits.leave_one_out(sessions, split, max_history=20)
+    np.testing.assert_array_equal(got.target, ex.target)
+    np.testing.assert_array_equal(got.user_index, ex.user_index)
+    for row, history in zip(got.inputs, ex.history):
+      assert (row[row > 0] - 1).tolist() == history.tolist() and row[-1] > 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A learnable pattern: each user's next item is the previous one + 1 (mod N).
+
+
+def _successor_dataset(path, users=240, items=40, seed=0):
+  rng = np.random.default_rng(seed)
+  sequences_ = {}
+  for u in range(users):
+    first, n = int(rng.integers(items)), int(rng.integers(4, 12))
+    sequences_[f"user{u}"] = [f"I{(first + j) % items:02d}" for j in range(n)]
+  return write_processed(path, sequences_, [{"asin": f"I{i:02d}", "title": f"item {i}"} for i in range(items)])
+
+
+def test_sasrec_learns_successor_pattern_popularity_cannot(tmp_path):
+  data_dir = _successor_dataset(tmp_path / "succ")
+  config = SASRecConfig(max_len=10, emb_dim=32, num_layers=1, num_heads=1, mlp_dim=32, dropout_rate=0.1)
+  result = sasrec.train_and_evaluate(
+      data_dir=data_dir, model_dir=str(tmp_path / "model"), model_config=config, num_epochs=30,
+      batch_size=32, eval_every_epochs=10, checkpoint_every_epochs=30,
+      optimizer_fn=lambda: sasrec.make_optimizer(learning_rate=0.01))
+  assert result["test"]["steps_per_epoch"] == 8 and result["test"]["epochs_trained"] == 30  # 240 steps
+  assert result["test"]["recall@10"] > 0.9 and result["validation"]["recall@10"] > 0.9
+  pop = popularity.evaluate(sequences.load_dataset(data_dir))
+  assert pop["test"]["recall@10"] < 0.5
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The CLI: a slice of Beauty, one epoch in-process, resumed for a second in a subprocess that cannot import
+# TensorFlow, seqio or torch, then re-run (nothing to train), then the benchmark script over the same run.
+
+NO_TF_RUNNER = textwrap.dedent("""\
+    import importlib.machinery, runpy, sys
+    BLOCKED = ('tensorflow', 'tensorflow_text', 'seqio', 'torch')
+    class HideBlocked:  # the path finder, blind to the blocked packages: as on the GPU machine
+      def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+          return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+    sys.meta_path = [HideBlocked() if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+    runpy.run_path('benchmarks/baselines.py', run_name='imported_only')
+    runpy.run_module('tiger_jax.baselines.sasrec', run_name='__main__', alter_sys=True)
+    assert not [m for m in sys.modules if m.split('.')[0] in BLOCKED]
+    """)
+
+
+@pytest.fixture(scope="module")
+def beauty_slice(tmp_path_factory):
+  root = tmp_path_factory.mktemp("slice")
+  with gzip.open(os.path.join(REPO, "data", "beauty", "sequences.txt.gz"), "rt") as f:
+    lines = [next(f) for _ in range(200)]
+  with gzip.open(root / "sequences.txt.gz", "wt") as f:
+    f.writelines(lines)
+  shutil.copy(os.path.join(REPO, "data", "beauty", "items.jsonl.gz"), root / "items.jsonl.gz")
+  return str(root)
+
+
+def _load_benchmark():
+  spec = importlib.util.spec_from_file_location("baselines_benchmark", os.path.join(REPO, "benchmarks",
+                                                                                     "baselines.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _read_metrics(model_dir, split="test"):
+  with open(os.path.join(model_dir, f"eval_{split}", "metrics.json")) as f:
+    return json.load(f)
+
+
+def test_cli_writes_metrics_resumes_and_does_not_retrain(beauty_slice, tmp_path):
+  model_dir = str(tmp_path / "sasrec")
+  args = ["--gin_file=gin/baselines/sasrec_beauty_quick.gin", f"--gin.DATA_DIR='{beauty_slice}'",
+          f"--gin.MODEL_DIR='{model_dir}'", "--gin.BATCH_SIZE=64", "--gin.EVAL_EVERY_EPOCHS=1",
+          "--gin.sasrec_model.SASRecConfig.emb_dim=16", "--gin.sasrec_model.SASRecConfig.mlp_dim=16"]
+  sasrec.console_main(args + ["--gin.NUM_EPOCHS=1"])  # gin files resolve from any directory
+  first = _read_metrics(model_dir)
+  assert set(METRIC_KEYS) <= set(first) and first["num_users"] == 200
+  assert first["epochs_this_run"] == 1 and first["resumed_from_epoch"] is None
+  assert first["num_params"] > 0 and first["train_seconds"] > 0 and first["device"] == "cpu"
+  assert os.path.exists(os.path.join(model_dir, "config.gin"))
+  with open(os.path.join(model_dir, "eval_test", "predictions.jsonl")) as f:
+    row = json.loads(f.readline())
+  assert len(row["topk"]) == 20 and row["user"] and row["target"]
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  proc = subprocess.run([sys.executable, "-c", NO_TF_RUNNER, *args, "--gin.NUM_EPOCHS=2"], cwd=REPO, env=env,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  second = _read_metrics(model_dir)
+  assert second["resumed_from_epoch"] == 1 and second["epochs_this_run"] == 1
+  assert second["epochs_trained"] == 2 and second["train_seconds"] > first["train_seconds"]
+
+  gin.clear_config()
+  sasrec.console_main(args + ["--gin.NUM_EPOCHS=2"])
+  third = _read_metrics(model_dir)
+  assert third["epochs_this_run"] == 0 and third["resumed_from_epoch"] == 2
+  assert {k: third[k] for k in METRIC_KEYS} == {k: second[k] for k in METRIC_KEYS}
+
+  gin.clear_config()
+  report = _load_benchmark().main([f"--data_dir={beauty_slice}", f"--out_dir={tmp_path / 'bench'}",
+                                   f"--model_dir={model_dir}", *[a for a in args if "DIR=" not in a],
+                                   "--gin.NUM_EPOCHS=2"])
+  assert report["sasrec"]["test"]["epochs_this_run"] == 0
+  with open(tmp_path / "bench" / f"baselines_{report['dataset']['dataset']}.json") as f:
+    written = json.load(f)
+  assert written["device_kind"] == "cpu" and written["git_revision"]
+  for model in ("popularity", "sasrec"):
+    assert set(METRIC_KEYS) <= set(written[model]["test"]) | set(written[model]["validation"])

@@ -1,0 +1,82 @@
+"""Full-catalogue ranking for score-based baselines, through the project's metrics code.
+
+Ranks come from `tiger_jax.metrics.ranks_from_scores` (ties count against the target) and metrics from
+`ranking_metrics`, the function TIGER's eval reports with, so the numbers differ only by the model. Results
+go to `<dir>/eval_<split>/metrics.json` with TIGER's keys (`recall@5`, `ndcg@5`, `recall@10`, ...).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from tiger_jax import metrics as metrics_lib
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+def ranks_in_chunks(score_chunk: Callable[[int, int], np.ndarray], target: np.ndarray,
+                    chunk_size: int = 1024) -> np.ndarray:
+  """Ranks of `target` [U] where `score_chunk(start, stop)` gives the scores [stop - start, num_items].
+
+  Chunked so that a full [users, items] score matrix (1 GB for Beauty in float32) never exists at once.
+  """
+  target = np.asarray(target)
+  ranks = np.zeros([len(target)], np.int64)
+  for start in range(0, len(target), chunk_size):
+    stop = min(start + chunk_size, len(target))
+    ranks[start:stop] = metrics_lib.ranks_from_scores(score_chunk(start, stop), target[start:stop])
+  return ranks
+
+
+def split_result(ranks: np.ndarray, split: str, ks: Sequence[int] = metrics_lib.DEFAULT_KS) -> dict[str, Any]:
+  """TIGER's metric keys plus the split and user count; the median rank helps when every hit rate is ~0."""
+  out: dict[str, Any] = metrics_lib.ranking_metrics(ranks, ks)
+  out["num_users"] = int(len(ranks))
+  out["split"] = split
+  out["median_rank"] = float(np.median(ranks)) if len(ranks) else None
+  return out
+
+
+def eval_dir(root: str, split: str) -> str:
+  """`root/eval_<split>`, where TIGER's eval writes by default too."""
+  return os.path.join(root, f"eval_{split}")
+
+
+def write_json(path: str, value: Any) -> str:
+  """Writes through a temporary file, so a reader never sees half a file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def write_metrics(root: str, split: str, result: dict[str, Any]) -> str:
+  return write_json(os.path.join(eval_dir(root, split), METRICS_FILE), result)
+
+
+def write_predictions(path: str, users: Sequence[str], asins: Sequence[str], user_index: np.ndarray,
+                      target: np.ndarray, topk_items: np.ndarray, topk_scores: np.ndarray) -> None:
+  """predictions.jsonl as TIGER's eval writes it (DESIGN.md): reviewerID, target asin, ranked asins."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for u, t, items, scores in zip(user_index, target, topk_items, topk_scores):
+      f.write(json.dumps({"user": str(users[u]), "target": str(asins[t]),
+                          "topk": [str(asins[i]) for i in items.tolist()],
+                          "scores": [round(float(s), 5) for s in scores.tolist()]}) + "\n")
+  os.replace(tmp, path)
+
+
+def format_table(rows: Iterable[tuple[str, dict[str, Any]]], keys: Sequence[str] = (
+    "recall@5", "ndcg@5", "recall@10", "ndcg@10")) -> str:
+  """A plain-text table of `keys` per named result (e.g. 'sasrec test')."""
+  rows = list(rows)
+  width = max([len(name) for name, _ in rows] + [10])
+  lines = [f"{'':{width}}  " + "  ".join(f"{k:>9}" for k in keys)]
+  for name, result in rows:
+    lines.append(f"{name:{width}}  " + "  ".join(f"{result.get(k, float('nan')):9.4f}" for k in keys))
+  return "\n".join(lines)

@@ -53,7 +53,7 @@ def leave_one_out(sessions: Sessions, split: str, max_history: int = MAX_HISTORY
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
   if max_history < 1:
     raise ValueError(f"max_history must be >= 1, got {max_history}")
-  excluded = np.asarray(sorted(exclude_items or ()), dtype=np.int64)
+  excluded = np.unique(np.asarray(list(exclude_items) if exclude_items is not None else [], dtype=np.int64))
   pairs = []
   for u, seq in enumerate(sessions.sequences):
     n = len(seq)

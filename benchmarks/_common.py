@@ -68,3 +68,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
   return lines
+
+
+def try_plot(plot_fn, result: dict, path: str, logger) -> bool:
+  """Draws the PNG if matplotlib is installed; otherwise make_report.py draws it later from the JSON."""
+  try:
+    import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    logger.warning("matplotlib is not installed: %s not drawn (benchmarks/make_report.py draws it from the "
+                   "JSON)", path)
+    return False
+  plot_fn(result, path)
+  return True

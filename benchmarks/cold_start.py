@@ -288,7 +288,7 @@ def write_outputs(result: dict, out_dir: str, name: str) -> dict:
   with open(base + ".md", "w") as f:
     f.write("\n".join(markdown(result, f"Cold-start retrieval ({name})") +
                       ["```", _json_dumps(result["meta"]), "```", ""]))
-  plot(result, base + ".png")
+  _common.try_plot(plot, result, base + ".png", log)
   _common.write_json(base + ".json", result)
   return result
 

@@ -194,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     import json  # pylint: disable=g-import-not-at-top
     f.write("\n".join(markdown(result, f"Diversity by temperature ({args.name})") +
                       ["```", json.dumps(result["meta"], indent=1), "```", ""]))
-  plot(result, base + ".png")
+  _common.try_plot(plot, result, base + ".png", log)
   _common.write_json(base + ".json", result)
   for r in result["rows"]:
     log.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})

@@ -7,7 +7,8 @@ Result files are the JSON written by the experiment scripts, recognised by their
 and, as hooks for the ablations still to run, a JSON with "experiment" in ABLATIONS and a list of "rows"
 (dicts; the keys become the columns) plus "meta". Figure 6 (invalid IDs) is read from any result that
 holds an "invalid_fraction_at_k" (eval's metrics.json layout), at the top level or one level down.
-Each section links the experiment's own markdown table and PNG; every other stored file is listed at the end.
+Each section links the experiment's own markdown table and PNG (drawn here from the JSON when the run's machine
+had no matplotlib); every other stored file is listed at the end.
 The paper's numbers (PAPER below) are constants, attributed to Rajput et al., "Recommender Systems with
 Generative Retrieval", NeurIPS 2023; only values checked against the paper are filled in, the rest are None.
 """
@@ -69,9 +70,12 @@ def load_results(results_dir: str) -> list[dict]:
 
 def _provenance(result: dict) -> list[str]:
   meta = result.get("meta", {})
-  card = meta.get("device_kind") or meta.get("machine") or "unknown"
-  lines = [f"- results: [`{result['_file']}`]({result['_file']}); card: {card}"
-           f" ({meta.get('backend', '?')}); date {meta.get('date', '?')}; revision {meta.get('git_revision', '?')}"]
+  card = meta.get("device_kind") or "unknown"
+  if meta.get("device_count", 1) > 1:
+    card = f"{meta['device_count']} x {card}"
+  lines = [f"- results: [`{result['_file']}`]({result['_file']}); card: {card} ({meta.get('backend', '?')} "
+           f"backend; host {meta.get('machine', '?')}); date {meta.get('date', '?')}; "
+           f"revision {meta.get('git_revision', '?')}"]
   if meta.get("command"):
     lines.append(f"- command: `{meta['command']}`")
   files = result.get("files", {})
@@ -81,14 +85,24 @@ def _provenance(result: dict) -> list[str]:
   return lines
 
 
-def _image(result: dict, referenced: set) -> list[str]:
+PLOTTERS = {"cold_start": "cold_start", "diversity": "diversity"}  # experiment -> benchmarks/ module with plot()
+
+
+def _image(result: dict, referenced: set, results_dir: str = "") -> list[str]:
+  """The result's PNG, drawn here from the JSON when the run had no matplotlib (e.g. on the GPU machine)."""
   for name in result.get("files", {}).values():
     referenced.add(name)
   plot = result.get("files", {}).get("plot")
-  return ["", f"![{result['_file']}]({plot})"] if plot else []
+  if not plot:
+    return []
+  path = os.path.join(results_dir, plot)
+  if results_dir and not os.path.exists(path) and result.get("experiment") in PLOTTERS:
+    import importlib  # pylint: disable=g-import-not-at-top
+    importlib.import_module(PLOTTERS[result["experiment"]]).plot(result, path)
+  return ["", f"![{result['_file'][:-5]}]({plot})"]
 
 
-def cold_start_section(results: list[dict], referenced: set) -> list[str]:
+def cold_start_section(results: list[dict], referenced: set, results_dir: str = "") -> list[str]:
   lines = ["## Cold-start retrieval (paper Sec. 4.3, Figure 5)", ""]
   if not results:
     return lines + ["No result yet (`benchmarks/cold_start.py`).", ""]
@@ -109,11 +123,11 @@ def cold_start_section(results: list[dict], referenced: set) -> list[str]:
     rows = [[f"{m} / {s}"] + [res["recall_vs_epsilon"][m][s][f"{e:g}"] for e in c["epsilons"]]
             for s in subsets for m in res["recall_vs_epsilon"]]
     lines += [f"Recall@{k} against epsilon:", ""] + _common.markdown_table(header, rows)
-    lines += _image(r, referenced) + [""]
+    lines += _image(r, referenced, results_dir) + [""]
   return lines
 
 
-def diversity_section(results: list[dict], referenced: set) -> list[str]:
+def diversity_section(results: list[dict], referenced: set, results_dir: str = "") -> list[str]:
   lines = ["## Diversity by temperature (paper Sec. 4.3, Tables 3-4)", ""]
   if not results:
     return lines + ["No result yet (`benchmarks/diversity.py`).", ""]
@@ -138,7 +152,7 @@ def diversity_section(results: list[dict], referenced: set) -> list[str]:
       lines += _common.markdown_table(["target category", "users", "predicted categories (share)"], [
           [v["target_category"], v["users"], ", ".join(f"{x['category']} ({x['share']:.2f})" for x in v["top"])]
           for v in view])
-    lines += _image(r, referenced) + [""]
+    lines += _image(r, referenced, results_dir) + [""]
   return lines
 
 
@@ -160,7 +174,7 @@ def ablation_section(kind: str, title: str, results: list[dict], referenced: set
     lines += [f"No result of ours yet (a JSON with `\"experiment\": \"{kind}\"` and `rows`).", ""]
   for r in results:
     referenced.add(r["_file"])
-    lines += _provenance(r) + [""] + _rows_table(r.get("rows", [])) + _image(r, referenced) + [""]
+    lines += _provenance(r) + [""] + _rows_table(r.get("rows", [])) + _image(r, referenced, "") + [""]
   return lines
 
 
@@ -212,8 +226,8 @@ def make_report(results_dir: str, out: Optional[str] = None) -> str:
            f"the paper's numbers are constants in `benchmarks/make_report.py`, from {CITATION}.", ""]
   lines += ["## Paper reference: TIGER, Table 1", ""] + _rows_table(PAPER["table1"]["rows"]) + [
       "", f"Source: {PAPER['table1']['source']}.", ""]
-  lines += cold_start_section(by_kind.get("cold_start", []), referenced)
-  lines += diversity_section(by_kind.get("diversity", []), referenced)
+  lines += cold_start_section(by_kind.get("cold_start", []), referenced, results_dir)
+  lines += diversity_section(by_kind.get("diversity", []), referenced, results_dir)
   lines += ["## Ablations", ""]
   for kind, title in ABLATIONS.items():
     lines += ablation_section(kind, title, by_kind.get(kind, []), referenced)

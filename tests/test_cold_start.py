@@ -46,6 +46,10 @@ def test_split_is_a_seeded_function_of_the_test_targets(tmp_path):
     split_lib.ColdStartSplit.load(path)
   with pytest.raises(ValueError, match="not in the catalogue"):
     dataclasses.replace(a, unseen_asins=("NOPE",)).unseen_mask(ds.catalog.asins)
+  # The command line writes the same split.
+  split_lib.main([f"--data_dir={tmp_path / 'data'}", f"--out={tmp_path / 'cli.json'}", "--fraction=0.2",
+                  "--seed=3"])
+  assert split_lib.ColdStartSplit.load(str(tmp_path / "cli.json")).unseen_asins == a.unseen_asins
 
 
 def test_excluded_items_leave_train_and_validation_by_hand():

@@ -169,3 +169,8 @@ def test_report_links_every_produced_table_and_plot(experiment):
   assert f"{recall:.4f}" in text  # the number comes from the JSON
   assert "Table 2: Semantic ID types" in text and "0.0648" in text  # the paper's constants, attributed
   assert "Entropy@5" in text and ("rises" in text or "does not rise" in text)
+  # A run on a machine without matplotlib leaves the PNG to the report, which draws it from the JSON.
+  png = experiment["out"] / "cold_start_tiny.png"
+  png.unlink()
+  make_report.make_report(str(experiment["out"]))
+  assert png.stat().st_size > 1000

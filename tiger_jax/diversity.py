@@ -2,7 +2,7 @@
 
 Category of an item: its second-level category, the path element at index 1 of its first category path that
 starts with the catalogue's most common root (Beauty: ["Beauty", "Makeup", ...] -> "Makeup"), "(none)" when
-the path is shorter; the same rule as benchmarks/semantic_id_purity.py, which uses `category_labels`.
+the path is shorter; the rule benchmarks/semantic_id_purity.py uses for its first-code purity.
 
 Entropy@K: for each user, the ground-truth categories of the top-K predicted items (distinct valid items,
 best first) form a distribution p; its entropy -sum p log p in nats is averaged over users with at least one

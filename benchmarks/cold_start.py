@@ -1,11 +1,11 @@
 """Cold-start experiment (paper Sec. 4.3, Figure 5): TIGER against Semantic_KNN on unseen items.
 
 Stages (each skipped when its artifact is current; pick with --stages):
-  split  choose the unseen 5% of the test items            -> WORK/cold_start_split.json      (numpy, anywhere)
-  ids    RQ-VAE on seen items, IDs for all items          -> WORK/semantic_ids.npz            (jax; GPU for paper.gin)
-  cache  task cache without unseen items in train/val     -> CACHE/<task>/                    (needs TensorFlow+seqio)
-  train  the sequence model on that cache                 -> MODEL_DIR                        (jax; GPU)
-  eval   beam search over seen IDs + unseen buckets, KNN  -> OUT_DIR/NAME.{json,md,png}       (jax+gin; GPU)
+  split  choose the unseen 5% of the test items           -> WORK/cold_start_split.json   (numpy; anywhere)
+  ids    RQ-VAE on seen items, IDs for all items         -> WORK/semantic_ids.npz         (jax; GPU for paper.gin)
+  cache  task cache without unseen items in train/val    -> CACHE/<task>/                 (TensorFlow + seqio)
+  train  the sequence model on that cache                -> MODEL_DIR                     (jax; GPU)
+  eval   beam search over seen IDs + unseen buckets, KNN -> OUT_DIR/NAME.{json,md,png}    (jax + gin; GPU)
 
 The ids/cache/train stages call the existing entry points (python -m tiger_jax.rqvae, tasks.cache_tasks,
 tiger_jax.train) in subprocesses with the experiment's gin files, as run.sh does. WORK must hold
@@ -135,7 +135,8 @@ def stage_ids(args) -> None:
     src, dst = os.path.join(args.embeddings_dir, name), os.path.join(args.work_dir, name)
     if _abs(src) != _abs(dst) and not os.path.exists(dst):
       shutil.copyfile(src, dst)
-  cmd = [sys.executable, "-m", "tiger_jax.rqvae", f"--gin_file={args.rqvae_gin}", f"--work_dir={_abs(args.work_dir)}",
+  cmd = [sys.executable, "-m", "tiger_jax.rqvae", f"--gin_file={args.rqvae_gin}",
+         f"--work_dir={_abs(args.work_dir)}",
          f"--gin.make_semantic_ids.cold_start_split='{_abs(split_path(args))}'"]
   _run(cmd + (["--force"] if args.force else []))
 

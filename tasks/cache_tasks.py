@@ -8,7 +8,8 @@ For each task it writes `<output_cache_dir>/<task>/{train,validation,test}.npz` 
 their Semantic-ID tokens, titles, reviewerIDs: what evaluation needs to map beams back to items without TensorFlow),
 and `info.json`. A task whose info.json already records the same inputs (data files, ID table, feature lengths,
 cold-start split) is skipped. A cold-start task (`tiger_<dataset>_coldstart`, or any task given a split) also
-gets a copy of its `cold_start_split.json`, so evaluation finds the unseen items in the cache alone. The trainer reads the cache with numpy alone (tiger_jax.utils).
+gets a copy of its `cold_start_split.json`, so evaluation finds the unseen items in the cache alone. The trainer
+reads the cache with numpy alone (tiger_jax.utils).
 """
 from __future__ import annotations
 
@@ -91,10 +92,10 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
   split_info = None
   if cold_start_split:
     from tiger_jax.data import cold_start  # pylint: disable=g-import-not-at-top
-    split = cold_start.ColdStartSplit.load(cold_start_split)
-    split.unseen_mask(dataset.catalog.asins)  # fails early when the split is for other data
-    split_info = {"content_hash": split.content_hash(), "num_unseen": len(split.unseen_asins),
-                  "fraction": split.fraction, "seed": split.seed}
+    held_out = cold_start.ColdStartSplit.load(cold_start_split)
+    held_out.unseen_mask(dataset.catalog.asins)  # fails early when the split is for other data
+    split_info = {"content_hash": held_out.content_hash(), "num_unseen": len(held_out.unseen_asins),
+                  "fraction": held_out.fraction, "seed": held_out.seed}
   key = {
       "cache_version": CACHE_VERSION,
       "task": task_name,
@@ -124,7 +125,7 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
                                          cold_start_split_path=cold_start_split)
   os.makedirs(task_dir, exist_ok=True)
   if cold_start_split:
-    split.save(os.path.join(task_dir, cold_start.FILENAME))
+    held_out.save(os.path.join(task_dir, cold_start.FILENAME))
   counts = {}
   for split in splits_lib.SPLITS:
     arrays = converted_split(task, split, feature_lengths)

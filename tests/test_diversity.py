@@ -26,7 +26,8 @@ def test_entropy_at_k_by_hand():
                      [-1, -1, -1, -1]])  # no prediction: not counted
   h = -(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))
   assert diversity.entropy_at_k(ranked, category, 4) == pytest.approx((h + 0.0) / 2)
-  assert diversity.entropy_at_k(ranked[:1], category, 3) == pytest.approx(-(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3)))
+  h3 = -(2 / 3 * np.log(2 / 3) + 1 / 3 * np.log(1 / 3))  # top 3: categories 0 0 1
+  assert diversity.entropy_at_k(ranked[:1], category, 3) == pytest.approx(h3)
   assert diversity.mean_distinct(ranked, 4) == pytest.approx((4 + 2 + 0) / 3)
   assert diversity.recall_at_k(ranked, np.array([3, 1, 0]), 2) == pytest.approx(1 / 3)
 

@@ -82,6 +82,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--epsilon_for_k", type=float, default=0.1)
   p.add_argument("--k_for_epsilon", type=int, default=10)
   p.add_argument("--rounding", default="floor", choices=cold_start.ROUNDINGS)
+  p.add_argument("--prefix_levels", type=int, default=cold_start.PREFIX_LEVELS,
+                 help="Codes an unseen item must share with a beam to become a candidate (paper: 3).")
   p.add_argument("--out_dir", default="benchmarks/results")
   p.add_argument("--name", default="cold_start_beauty")
   p.add_argument("--force", action="store_true", help="Redo the split/ids/cache stages even if current.")
@@ -202,7 +204,8 @@ def evaluate(args) -> dict:
   decode_seconds = time.time() - t0
   live = beam_items >= 0
   beam_codes = codes[seen_rows[np.maximum(beam_items, 0)]]
-  tiger = cold_start.tiger_candidates(beam_codes, live & np.isfinite(beam_scores), codes, unseen_mask)
+  tiger = cold_start.tiger_candidates(beam_codes, live & np.isfinite(beam_scores), codes, unseen_mask,
+                                     args.prefix_levels)
 
   full_trie = decoding.SemanticIdTrie.from_codes(codes, layout.codebook_size)
   query = cold_start.last_history_items(arrays[utils.ENCODER_INPUT], full_trie, layout.codeword_offset,
@@ -214,11 +217,12 @@ def evaluate(args) -> dict:
                                      args.epsilon_for_k, args.k_for_epsilon, args.rounding)
   unseen_target = unseen_mask[target]
   in_candidates = (tiger == target[:, None]).any(axis=1)
-  seen_prefixes = {tuple(r) for r in codes[~unseen_mask, :3].tolist()}
+  seen_prefixes = {tuple(r) for r in codes[~unseen_mask, :args.prefix_levels].tolist()}
   diagnostics = {
       "unseen_items": int(unseen_mask.sum()), "seen_items": int((~unseen_mask).sum()),
+      # Only these can ever be TIGER candidates: the others' prefix is no seen item's, so no beam reaches it.
       "unseen_items_sharing_a_seen_prefix": int(sum(tuple(r) in seen_prefixes
-                                                    for r in codes[unseen_mask, :3].tolist())),
+                                                    for r in codes[unseen_mask, :args.prefix_levels].tolist())),
       "unseen_target_among_tiger_candidates": float(in_candidates[unseen_target].mean())
       if unseen_target.any() else None,
       "mean_tiger_candidates": float((tiger >= 0).sum(axis=1).mean()),
@@ -228,6 +232,7 @@ def evaluate(args) -> dict:
             "checkpoint": args.checkpoint, "num_beams": args.num_beams, "constrained_to_seen_ids": True,
             "ks": ks, "epsilons": epsilons, "epsilon_for_k": args.epsilon_for_k,
             "k_for_epsilon": args.k_for_epsilon, "rounding": args.rounding, "max_users": args.max_users,
+            "prefix_levels": args.prefix_levels,
             "split": {k: v for k, v in split.to_json().items() if k != "unseen_asins"},
             "knn": "cosine to the most recent test-history item over all items (seen and unseen), itself excluded",
             "subsets": SUBSETS}

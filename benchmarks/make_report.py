@@ -113,7 +113,14 @@ def cold_start_section(results: list[dict], referenced: set, results_dir: str = 
     lines += [f"### {r['_file'][:-5]}", ""] + _provenance(r) + [
         f"- {c.get('split', {}).get('num_unseen', '?')} unseen items "
         f"({c.get('split', {}).get('fraction', '?')} of the test items, seed {c.get('split', {}).get('seed', '?')}); "
-        f"K * epsilon rounded by {c['rounding']}; step {c.get('step')}", ""]
+        f"K * epsilon rounded by {c['rounding']}; step {c.get('step')}"]
+    diag = r.get("diagnostics", {})
+    if "unseen_items_sharing_a_seen_prefix" in diag:
+      lines.append(f"- unseen items whose first {c.get('prefix_levels', 3)} codes are some seen item's (the only "
+                   f"ones TIGER can retrieve): {diag['unseen_items_sharing_a_seen_prefix']} of "
+                   f"{diag['unseen_items']}; unseen targets among TIGER's candidates: "
+                   f"{diag.get('unseen_target_among_tiger_candidates')}")
+    lines.append("")
     k = str(c["k_for_epsilon"])
     header = ["method"] + [f"{s} ({res['num_users'][s]} users): Recall@{k}, epsilon {c['epsilon_for_k']:g}"
                            for s in subsets]

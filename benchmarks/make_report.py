@@ -119,7 +119,7 @@ def cold_start_section(results: list[dict], referenced: set, results_dir: str = 
       lines.append(f"- unseen items whose first {c.get('prefix_levels', 3)} codes are some seen item's (the only "
                    f"ones TIGER can retrieve): {diag['unseen_items_sharing_a_seen_prefix']} of "
                    f"{diag['unseen_items']}; unseen targets among TIGER's candidates: "
-                   f"{diag.get('unseen_target_among_tiger_candidates')}")
+                   f"{_common.markdown_table(['x'], [[diag.get('unseen_target_among_tiger_candidates')]])[2][2:-2]}")
     lines.append("")
     k = str(c["k_for_epsilon"])
     header = ["method"] + [f"{s} ({res['num_users'][s]} users): Recall@{k}, epsilon {c['epsilon_for_k']:g}"
@@ -185,26 +185,28 @@ def ablation_section(kind: str, title: str, results: list[dict], referenced: set
   return lines
 
 
-def _invalid_fractions(result: dict) -> list[tuple[str, dict]]:
+def _invalid_fractions(result: dict) -> list[tuple[str, Any, dict]]:
+  """(key, constrained flag or None, fractions) of every `invalid_fraction_at_k` in a result."""
   found = []
-  if isinstance(result.get("invalid_fraction_at_k"), dict):
-    found.append(("", result["invalid_fraction_at_k"]))
-  for key, value in result.items():
+  for key, value in [("", result)] + list(result.items()):
     if isinstance(value, dict) and isinstance(value.get("invalid_fraction_at_k"), dict):
-      found.append((key, value["invalid_fraction_at_k"]))
-  return [(k, v) for k, v in found if v]
+      found.append((key, value.get("constrained"), value["invalid_fraction_at_k"]))
+  return [x for x in found if x[2]]
 
 
 def invalid_ids_section(results: list[dict], referenced: set, ks: Sequence[int] = (1, 5, 10, 20)) -> list[str]:
   lines = ["### Figure 6: invalid IDs", "", f"Paper: {PAPER['invalid_ids']['source']}; numbers not transcribed "
-           "here. Ours, from every stored result with `invalid_fraction_at_k` (unconstrained decoding):", ""]
+           "here. Ours, from every stored result with `invalid_fraction_at_k` (constrained decoding has none by "
+           "construction):", ""]
   rows = []
   for r in results:
-    for key, fractions in _invalid_fractions(r):
+    for key, constrained, fractions in _invalid_fractions(r):
       referenced.add(r["_file"])
-      rows.append([f"[{r['_file']}]({r['_file']}) {key}".strip()] + [fractions.get(str(k)) for k in ks])
+      mode = {True: "constrained", False: "unconstrained"}.get(constrained, "unconstrained" if "unconstrained"
+                                                                in key else "-")
+      rows.append([f"[{r['_file']}]({r['_file']}) {key}".strip(), mode] + [fractions.get(str(k)) for k in ks])
   if rows:
-    lines += _common.markdown_table(["result"] + [f"invalid in top-{k}" for k in ks], rows)
+    lines += _common.markdown_table(["result", "decoding"] + [f"invalid in top-{k}" for k in ks], rows)
   else:
     lines.append("No result with invalid-ID fractions yet.")
   return lines + [""]

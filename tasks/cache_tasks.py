@@ -1,13 +1,15 @@
 """Stage 4: caches TIGER tasks to numpy, the way `seqio_cache_tasks` caches tasks offline.
 
   python -m tasks.cache_tasks --tasks=tiger_beauty --output_cache_dir=/tmp/cache \
-      [--semantic_ids=WORK/semantic_ids.npz] [--data_dir=DIR]
+      [--semantic_ids=WORK/semantic_ids.npz] [--data_dir=DIR] [--cold_start_split=WORK/cold_start_split.json]
 
 For each task it writes `<output_cache_dir>/<task>/{train,validation,test}.npz` with the features exactly as
 `seqio.EncDecFeatureConverter` produces them (plus `user_index`, `target_item`), `items.npz` (catalogue asins,
 their Semantic-ID tokens, titles, reviewerIDs: what evaluation needs to map beams back to items without TensorFlow),
-and `info.json`. A task whose info.json already records the same inputs (data files, ID table, feature lengths)
-is skipped. The trainer reads the cache with numpy alone (tiger_jax.utils).
+and `info.json`. A task whose info.json already records the same inputs (data files, ID table, feature lengths,
+cold-start split) is skipped. A cold-start task (`tiger_<dataset>_coldstart`, or any task given a split) also
+gets a copy of its `cold_start_split.json`, so evaluation finds the unseen items in the cache alone. The trainer
+reads the cache with numpy alone (tiger_jax.utils).
 """
 from __future__ import annotations
 
@@ -77,14 +79,23 @@ def _atomic_savez(path: str, **arrays):
 
 def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = None,
                semantic_ids_path: Optional[str] = None, use_user_token: bool = True,
-               feature_lengths: Optional[Mapping[str, int]] = None, force: bool = False) -> dict:
+               feature_lengths: Optional[Mapping[str, int]] = None, force: bool = False,
+               cold_start_split: Optional[str] = None) -> dict:
   """Caches one TIGER task (re-registering it with the given data and ID table); returns its info."""
   import seqio  # pylint: disable=g-import-not-at-top
   _hide_gpus_from_tensorflow()
   feature_lengths = dict(feature_lengths or tiger_tasks.TASK_FEATURE_LENGTHS)
-  data_dir = data_dir or os.path.join(tiger_tasks.data_root(), task_name.removeprefix("tiger_"))
+  data_dir = data_dir or tiger_tasks.default_data_dir(task_name)
   dataset = tiger_tasks._load(os.path.abspath(data_dir))  # pylint: disable=protected-access
   table = tiger_tasks.resolve_semantic_ids(dataset, semantic_ids_path)
+  cold_start_split = tiger_tasks.resolve_cold_start_split(task_name, cold_start_split)
+  split_info = None
+  if cold_start_split:
+    from tiger_jax.data import cold_start  # pylint: disable=g-import-not-at-top
+    held_out = cold_start.ColdStartSplit.load(cold_start_split)
+    held_out.unseen_mask(dataset.catalog.asins)  # fails early when the split is for other data
+    split_info = {"content_hash": held_out.content_hash(), "num_unseen": len(held_out.unseen_asins),
+                  "fraction": held_out.fraction, "seed": held_out.seed}
   key = {
       "cache_version": CACHE_VERSION,
       "task": task_name,
@@ -95,6 +106,7 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
       "use_user_token": use_user_token,
       "max_history": splits_lib.MAX_HISTORY,
       "layout": vars(vocab_lib.DEFAULT_LAYOUT),
+      "cold_start_split": split_info,
   }
   task_dir = os.path.join(output_cache_dir, task_name)
   info_path = os.path.join(task_dir, "info.json")
@@ -109,8 +121,11 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
   if semantic_ids_path is None and table.method == "random":
     logger.warning("%s: no Semantic-ID table given; using a seeded random table", task_name)
   task = tiger_tasks.register_tiger_task(task_name, data_dir=os.path.abspath(data_dir),
-                                         semantic_ids_path=semantic_ids_path, use_user_token=use_user_token)
+                                         semantic_ids_path=semantic_ids_path, use_user_token=use_user_token,
+                                         cold_start_split_path=cold_start_split)
   os.makedirs(task_dir, exist_ok=True)
+  if cold_start_split:
+    held_out.save(os.path.join(task_dir, cold_start.FILENAME))
   counts = {}
   for split in splits_lib.SPLITS:
     arrays = converted_split(task, split, feature_lengths)
@@ -141,6 +156,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--semantic_ids", default=None, help="semantic_ids.npz (default: $TIGER_SEMANTIC_IDS "
                       "or a seeded random table).")
   parser.add_argument("--no_user_token", action="store_true", help="Leave the user token out (Table 8).")
+  parser.add_argument("--cold_start_split", default=None, help="cold_start_split.json: train/validation leave "
+                      "its unseen items out (default for *_coldstart tasks: $TIGER_COLD_START_SPLIT).")
   parser.add_argument("--force", action="store_true", help="Rebuild even if the cache is current.")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s")
@@ -148,7 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     importlib.import_module(module)
   for name in args.tasks.split(","):
     info = cache_task(name.strip(), args.output_cache_dir, args.data_dir, args.semantic_ids,
-                      use_user_token=not args.no_user_token, force=args.force)
+                      use_user_token=not args.no_user_token, force=args.force,
+                      cold_start_split=args.cold_start_split)
     print(json.dumps({"task": info["task"], "counts": info["counts"], "dataset": info["dataset"],
                       "semantic_ids": info["semantic_ids_method"]}, indent=1))
 

@@ -12,6 +12,10 @@ the task cache (tasks/cache_tasks.py) already plays the role of seqio's offline 
 
 The Semantic-ID table is resolved when the dataset is built, not at import: an explicit `semantic_ids_path`,
 else `$TIGER_SEMANTIC_IDS` (path to a semantic_ids.npz), else a seeded random table of the same shape.
+
+Cold start (paper Sec. 4.3): `tiger_<dataset>_coldstart` tasks read the same data, but their train and
+validation splits leave out the unseen items of a `cold_start_split.json` (tiger_jax.data.cold_start;
+`cold_start_split_path`, else `$TIGER_COLD_START_SPLIT`); the test split and the catalogue are unchanged.
 """
 from __future__ import annotations
 
@@ -30,11 +34,36 @@ MAX_HISTORY = splits_lib.MAX_HISTORY
 NUM_SID_TOKENS = vocab_lib.DEFAULT_LAYOUT.num_levels
 TASK_FEATURE_LENGTHS = {"inputs": 1 + MAX_HISTORY * NUM_SID_TOKENS, "targets": NUM_SID_TOKENS + 1}
 BUILTIN_DATASETS = {"tiger_beauty": "beauty", "tiger_sports": "sports", "tiger_toys": "toys"}
+COLD_START_SUFFIX = "_coldstart"
 
 
 def data_root() -> str:
   """Where `beauty/`, `sports/`, `toys/` live: `$TIGER_DATA_DIR`, else the project's bundled data/."""
   return os.environ.get("TIGER_DATA_DIR", data_lib.BUNDLED_DATA_DIR)
+
+
+def default_data_dir(task_name: str) -> str:
+  """`<data_root()>/<dataset>` for `tiger_<dataset>` and its cold-start variant `tiger_<dataset>_coldstart`."""
+  return os.path.join(data_root(), task_name.removeprefix("tiger_").removesuffix(COLD_START_SUFFIX))
+
+
+def resolve_cold_start_split(task_name: str, cold_start_split_path: Optional[str]) -> Optional[str]:
+  """The split file of a cold-start task (explicit, else $TIGER_COLD_START_SPLIT); None for other tasks."""
+  path = cold_start_split_path
+  if path is None and task_name.endswith(COLD_START_SUFFIX):
+    path = os.environ.get("TIGER_COLD_START_SPLIT")
+    if not path:
+      raise ValueError(f"{task_name}: a cold-start task needs its split (cold_start_split_path or "
+                       "$TIGER_COLD_START_SPLIT; python -m tiger_jax.data.cold_start writes one)")
+  return path
+
+
+def excluded_items(dataset: data_lib.Dataset, cold_start_split_path: Optional[str]) -> Optional[np.ndarray]:
+  """Catalogue indices of the split's unseen items (None without a split)."""
+  if not cold_start_split_path:
+    return None
+  from tiger_jax.data import cold_start  # pylint: disable=g-import-not-at-top
+  return cold_start.ColdStartSplit.load(cold_start_split_path).unseen_indices(dataset.catalog.asins)
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,9 +94,13 @@ def item_tokens(dataset: data_lib.Dataset, table: sid_lib.SemanticIds,
 
 def build_examples(dataset: data_lib.Dataset, table: sid_lib.SemanticIds, split: str,
                    use_user_token: bool = True, max_history: int = MAX_HISTORY,
-                   layout: vocab_lib.TokenLayout = vocab_lib.DEFAULT_LAYOUT) -> dict[str, object]:
-  """Token streams of one split: ragged `inputs` as (values, row_lengths), dense `targets` and extras."""
-  examples = splits_lib.leave_one_out(dataset.sessions, split, max_history)
+                   layout: vocab_lib.TokenLayout = vocab_lib.DEFAULT_LAYOUT,
+                   exclude_items: Optional[np.ndarray] = None) -> dict[str, object]:
+  """Token streams of one split: ragged `inputs` as (values, row_lengths), dense `targets` and extras.
+
+  `exclude_items` (cold start) keeps those catalogue items out of train and validation.
+  """
+  examples = splits_lib.leave_one_out(dataset.sessions, split, max_history, exclude_items)
   tokens = item_tokens(dataset, table, layout)
   users = np.array([layout.user_token(u) for u in dataset.sessions.users], dtype=np.int32)
   inputs = []
@@ -82,12 +115,14 @@ def build_examples(dataset: data_lib.Dataset, table: sid_lib.SemanticIds, split:
   }
 
 
-def _dataset_fn(split, shuffle_files, seed=None, *, data_dir, semantic_ids_path, use_user_token):
+def _dataset_fn(split, shuffle_files, seed=None, *, data_dir, semantic_ids_path, use_user_token,
+                cold_start_split_path=None):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   del shuffle_files, seed  # one in-memory source; seqio shuffles examples downstream when asked
   dataset = _load(data_dir)
   table = resolve_semantic_ids(dataset, semantic_ids_path)
-  ex = build_examples(dataset, table, split, use_user_token=use_user_token)
+  ex = build_examples(dataset, table, split, use_user_token=use_user_token,
+                      exclude_items=excluded_items(dataset, cold_start_split_path))
   lengths = np.array([len(x) for x in ex["inputs"]], dtype=np.int64)
   values = np.concatenate(ex["inputs"]) if ex["inputs"] else np.zeros([0], np.int32)
   return tf.data.Dataset.from_tensor_slices({
@@ -99,15 +134,18 @@ def _dataset_fn(split, shuffle_files, seed=None, *, data_dir, semantic_ids_path,
 
 
 def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_path: Optional[str] = None,
-                        use_user_token: bool = True, overwrite: bool = True):
+                        use_user_token: bool = True, overwrite: bool = True,
+                        cold_start_split_path: Optional[str] = None):
   """Registers (or replaces) a TIGER task over any dataset directory, raw Amazon 2014 or processed format.
 
   Args:
     name: task name, e.g. "tiger_garden".
-    data_dir: the category directory; default `<data_root()>/<name minus "tiger_">`, resolved lazily.
+    data_dir: the category directory; default `default_data_dir(name)`, resolved lazily.
     semantic_ids_path: a `semantic_ids.npz`; default `$TIGER_SEMANTIC_IDS`, else a seeded random table.
     use_user_token: prepend the hashed user token to the inputs (the paper's default; Table 8 ablates it).
     overwrite: replace an existing task of that name.
+    cold_start_split_path: a cold_start_split.json whose unseen items train/validation leave out; default
+      for `*_coldstart` names: `$TIGER_COLD_START_SPLIT` (resolved lazily, an error if unset).
   """
   import seqio  # pylint: disable=g-import-not-at-top
   if overwrite and name in seqio.TaskRegistry.names():
@@ -115,9 +153,10 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
   vocabulary = vocab_lib.seqio_vocabulary()
 
   def dataset_fn(split, shuffle_files, seed=None):
-    directory = data_dir or os.path.join(data_root(), name.removeprefix("tiger_"))
+    directory = data_dir or default_data_dir(name)
     return _dataset_fn(split, shuffle_files, seed, data_dir=directory,
-                       semantic_ids_path=semantic_ids_path, use_user_token=use_user_token)
+                       semantic_ids_path=semantic_ids_path, use_user_token=use_user_token,
+                       cold_start_split_path=resolve_cold_start_split(name, cold_start_split_path))
 
   return seqio.TaskRegistry.add(
       name,
@@ -132,3 +171,4 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
 
 for _task_name in BUILTIN_DATASETS:
   register_tiger_task(_task_name)
+  register_tiger_task(_task_name + COLD_START_SUFFIX)

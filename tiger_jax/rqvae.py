@@ -442,25 +442,65 @@ def train_rqvae(embeddings: np.ndarray, cfg: Optional[RQVAEConfig] = None,
           "stats": stats, "history": info["history"]}
 
 
+def assign_codes(params: PyTree, embeddings: np.ndarray, cfg: RQVAEConfig,
+                 batch_size: int = 8192) -> np.ndarray:
+  """Codes [N, num_levels] of any items under trained params: encoder, then greedy residual quantisation.
+
+  This is how items the RQ-VAE was not fit on (cold start) get their codes.
+  """
+  x = sid_lib.check_embeddings(embeddings, "assign_codes(embeddings)")
+  model = make_model(x.shape[1], cfg)
+  encode = jax.jit(lambda p, xb: model.apply(p, xb)["codes"])
+  return np.concatenate([np.asarray(encode(params, x[i:i + batch_size]))
+                         for i in range(0, len(x), batch_size)]).astype(np.int32)
+
+
 def rqvae_semantic_ids(embeddings: np.ndarray, asins: Sequence[str],
                        cfg: Optional[RQVAEConfig] = None,
-                       log_fn: Optional[Callable[[str], None]] = None
+                       log_fn: Optional[Callable[[str], None]] = None,
+                       unseen_mask: Optional[np.ndarray] = None
                        ) -> tuple[sid_lib.SemanticIds, dict]:
   """Trains the RQ-VAE and turns its codes into unique 4-code Semantic IDs.
 
   The 4th code is the collision token: the item's index among items with the same 3 codes, in
   catalogue order (`semantic_ids.add_collision_token`). Returns (ids, the train_rqvae result).
+
+  Cold start: with `unseen_mask` [N] the RQ-VAE is fit on the other (seen) items only, the unseen items
+  get codes from the trained encoder and codebooks (`assign_codes`), and collision tokens number seen
+  items first (`semantic_ids.seen_first_order`), so an unseen item never takes a seen item's ID.
   """
   cfg = cfg or RQVAEConfig()
   asins = np.asarray(list(asins), dtype=str)
   x = np.asarray(embeddings)
   if x.ndim >= 1 and x.shape[0] != asins.shape[0]:
     raise ValueError(f"rqvae_semantic_ids: {x.shape[0]} embedding rows but {asins.shape[0]} asins")
-  result = train_rqvae(x, cfg, log_fn)
-  codes4 = sid_lib.add_collision_token(result["codes3"], cfg.codebook_size)
+  if unseen_mask is None:
+    result = train_rqvae(x, cfg, log_fn)
+    codes4 = sid_lib.add_collision_token(result["codes3"], cfg.codebook_size)
+  else:
+    unseen_mask = np.asarray(unseen_mask, bool)
+    if unseen_mask.shape != asins.shape:
+      raise ValueError(f"rqvae_semantic_ids: unseen_mask has shape {unseen_mask.shape}, expected "
+                       f"{asins.shape}")
+    result = train_rqvae(x[~unseen_mask], cfg, log_fn)
+    codes3 = assign_codes(result["params"], x, cfg)
+    codes4 = sid_lib.add_collision_token(codes3, cfg.codebook_size,
+                                         order=sid_lib.seen_first_order(unseen_mask))
   stats = sid_lib.code_stats(codes4, cfg.codebook_size)
   stats.update(result["stats"])
+  if unseen_mask is not None:
+    stats["rqvae_fit_items"], stats["num_items"] = stats["num_items"], int(len(codes4))
+    stats["cold_start"] = cold_start_id_stats(codes4, unseen_mask)
   return sid_lib.SemanticIds(asins, codes4, "rqvae", stats, cfg.codebook_size), result
+
+
+def cold_start_id_stats(codes4: np.ndarray, unseen_mask: np.ndarray) -> dict:
+  """How unseen items landed: how many share a 3-code prefix with some seen item (retrievable by TIGER)."""
+  seen_prefixes = {tuple(r) for r in codes4[~unseen_mask, :3].tolist()}
+  shared = sum(tuple(r) in seen_prefixes for r in codes4[unseen_mask, :3].tolist())
+  return {"num_seen": int((~unseen_mask).sum()), "num_unseen": int(unseen_mask.sum()),
+          "unseen_sharing_a_seen_prefix": int(shared),
+          "collision_rule": "seen items first within a 3-code bucket, then unseen (catalogue order)"}
 
 
 # ----------------------------------------------------------------------------- artifact stage
@@ -511,19 +551,32 @@ def input_hash(x: np.ndarray, asins: np.ndarray, method: str, cfg: dict) -> str:
 def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", seed: int = 0,
                       output_file: str = sid_lib.FILENAME, embeddings_file: str = EMBEDDINGS_FILE,
                       asins_file: Optional[str] = None, lsh_bits: int = 8, lsh_codes: int = 4,
+                      cold_start_split: Optional[str] = None,
                       force: bool = False, log_fn: Callable[[str], None] = print
                       ) -> sid_lib.SemanticIds:
   """Stage 3 of the pipeline: `method` in {rqvae, lsh, random}; skipped when up to date.
 
-  The RQ-VAE settings come from `RQVAEConfig` (gin); `seed` replaces its seed.
+  The RQ-VAE settings come from `RQVAEConfig` (gin); `seed` replaces its seed. `cold_start_split` (a
+  `cold_start_split.json` of tiger_jax.data.cold_start) fits the RQ-VAE on the seen items only and gives the
+  unseen items IDs from the trained model (`rqvae_semantic_ids`); only the RQ-VAE is fit on data, so
+  the other methods reject it.
   """
   if not work_dir:
     raise ValueError("make_semantic_ids: no work dir (pass --work_dir or bind "
                      "make_semantic_ids.work_dir)")
   x, asins = load_embeddings(work_dir, embeddings_file, asins_file)
+  unseen_mask = None
+  if cold_start_split:
+    if method != "rqvae":
+      raise ValueError(f"make_semantic_ids: cold_start_split applies to method 'rqvae', not {method!r}")
+    from tiger_jax.data import cold_start  # pylint: disable=g-import-not-at-top
+    split = cold_start.ColdStartSplit.load(cold_start_split)
+    unseen_mask = split.unseen_mask(asins.tolist())
   if method == "rqvae":
     cfg = dataclasses.replace(RQVAEConfig(), seed=seed)
     cfg_dict = cfg.to_dict()
+    if unseen_mask is not None:
+      cfg_dict["cold_start_split"] = split.content_hash()
   elif method == "lsh":
     cfg, cfg_dict = None, {"seed": seed, "num_bits": lsh_bits, "num_codes": lsh_codes}
   elif method == "random":
@@ -539,7 +592,7 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
       return old
   t0 = time.time()
   if method == "rqvae":
-    ids, result = rqvae_semantic_ids(x, asins, cfg, log_fn)
+    ids, result = rqvae_semantic_ids(x, asins, cfg, log_fn, unseen_mask)
     np.save(os.path.join(os.path.dirname(out), "rqvae_history.npy"), result["history"])
   elif method == "lsh":
     ids = sid_lib.lsh_semantic_ids(x, asins, seed, lsh_bits, lsh_codes)

@@ -219,6 +219,17 @@ def add_collision_token(codes3: np.ndarray, codebook_size: int = CODEBOOK_SIZE,
   return np.concatenate([codes3, token[:, None]], axis=1).astype(np.int32)
 
 
+def seen_first_order(unseen_mask: np.ndarray) -> np.ndarray:
+  """Row order for `add_collision_token` that numbers seen items before unseen ones (cold start).
+
+  Within a 3-code bucket the seen items take tokens 0, 1, ... in catalogue order, exactly as if the unseen
+  items did not exist, and the unseen items take the next free tokens, in catalogue order. So no unseen
+  item's ID equals a seen item's, and the seen items' IDs do not depend on which items are held out.
+  """
+  unseen_mask = np.asarray(unseen_mask, bool)
+  return np.concatenate([np.flatnonzero(~unseen_mask), np.flatnonzero(unseen_mask)])
+
+
 def code_stats(codes: np.ndarray, codebook_size: int = CODEBOOK_SIZE,
                prefix_levels: int = NUM_LEVELS - 1) -> dict:
   """Per-level codebook usage and prefix-collision statistics, for the artifact and reports."""

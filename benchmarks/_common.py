@@ -1,0 +1,82 @@
+"""What every experiment script stores beside its numbers: the command, date, revision and card.
+
+Imported by benchmarks/cold_start.py, diversity.py and make_report.py (they put benchmarks/ on sys.path).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from typing import Any, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_revision() -> str:
+  """Short HEAD, with "+dirty" when tracked files differ from it (the numbers then need the diff too)."""
+  try:
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                         check=False).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True, check=False).stdout.strip()
+  except OSError:
+    return "unknown"
+  return (rev or "unknown") + ("+dirty" if dirty else "")
+
+
+def device_info() -> dict:
+  """The accelerator the numbers came from (imports jax only when the caller already did)."""
+  info = {"host": platform.node(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+          "python": platform.python_version()}
+  jax = sys.modules.get("jax")
+  if jax is not None:
+    devices = jax.devices()
+    info.update({"jax": jax.__version__, "backend": jax.default_backend(),
+                 "device_kind": devices[0].device_kind, "device_count": len(devices)})
+  return info
+
+
+def run_metadata(argv: Optional[Sequence[str]] = None, **extra: Any) -> dict:
+  argv = sys.argv if argv is None else argv
+  meta = {"command": " ".join(shlex.quote(a) for a in ["python"] + list(argv)),
+          "date": datetime.datetime.now().isoformat(timespec="seconds"), "git_revision": git_revision()}
+  meta.update(device_info())
+  meta.update(extra)
+  return meta
+
+
+def write_json(path: str, obj: Any) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> list[str]:
+  """Lines of a GitHub markdown table; floats printed with `digits` decimals, None as a dash."""
+  def cell(v):
+    if v is None:
+      return "-"
+    if isinstance(v, float):
+      return f"{v:.{digits}f}"
+    return str(v)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+  return lines
+
+
+def try_plot(plot_fn, result: dict, path: str, logger) -> bool:
+  """Draws the PNG if matplotlib is installed; otherwise make_report.py draws it later from the JSON."""
+  try:
+    import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    logger.warning("matplotlib is not installed: %s not drawn (benchmarks/make_report.py draws it from the "
+                   "JSON)", path)
+    return False
+  plot_fn(result, path)
+  return True

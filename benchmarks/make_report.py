@@ -1,0 +1,260 @@
+"""Writes benchmarks/results/REPORT.md from the stored result files: every number is read, none typed.
+
+  python benchmarks/make_report.py [--results_dir=benchmarks/results] [--out=benchmarks/results/REPORT.md]
+
+Result files are the JSON written by the experiment scripts, recognised by their "experiment" field:
+  cold_start  benchmarks/cold_start.py (Figure 5)      diversity  benchmarks/diversity.py (Tables 3-4)
+and, as hooks for the ablations still to run, a JSON with "experiment" in ABLATIONS and a list of "rows"
+(dicts; the keys become the columns) plus "meta". Figure 6 (invalid IDs) is read from any result that
+holds an "invalid_fraction_at_k" (eval's metrics.json layout), at the top level or one level down.
+Each section links the experiment's own markdown table and PNG (drawn here from the JSON when the run's machine
+had no matplotlib); every other stored file is listed at the end.
+The paper's numbers (PAPER below) are constants, attributed to Rajput et al., "Recommender Systems with
+Generative Retrieval", NeurIPS 2023; only values checked against the paper are filled in, the rest are None.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common  # noqa: E402
+
+CITATION = "Rajput et al., Recommender Systems with Generative Retrieval, NeurIPS 2023"
+METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+# TIGER's own results (Table 1); Table 2's RQ-VAE row repeats them.
+_TIGER_TABLE1 = {
+    "Sports": {"recall@5": 0.0264, "ndcg@5": 0.0181, "recall@10": 0.0400, "ndcg@10": 0.0225},
+    "Beauty": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384},
+    "Toys": {"recall@5": 0.0521, "ndcg@5": 0.0371, "recall@10": 0.0712, "ndcg@10": 0.0432},
+}
+PAPER: dict[str, dict[str, Any]] = {
+    "table1": {"source": f"{CITATION}, Table 1 (TIGER row)", "rows": [
+        dict(setting="TIGER", dataset=d, **m) for d, m in _TIGER_TABLE1.items()]},
+    "ablation_id_types": {"source": f"{CITATION}, Table 2 (ID generation: Random ID, LSH SID, RQ-VAE SID)",
+                          "rows": [dict(setting="RQ-VAE SID", dataset=d, **m) for d, m in _TIGER_TABLE1.items()] +
+                          [dict(setting=s, dataset=d, **{k: None for k in METRICS})
+                           for s in ("LSH SID", "Random ID") for d in _TIGER_TABLE1]},
+    "ablation_layers": {"source": f"{CITATION}, Table 5 (number of transformer layers)", "rows": []},
+    "ablation_user_token": {"source": f"{CITATION}, Table 8 (with and without the user token)", "rows": []},
+    "combined_catalogue": {"source": f"{CITATION}, Table 10 (one model over the combined catalogue)", "rows": []},
+    "invalid_ids": {"source": f"{CITATION}, Figure 6 (fraction of invalid IDs in the top-K)", "rows": []},
+}
+ABLATIONS = {
+    "ablation_id_types": "Table 2: Semantic ID types",
+    "ablation_layers": "Table 5: number of layers",
+    "ablation_user_token": "Table 8: user token",
+    "combined_catalogue": "Table 10: combined catalogue",
+}
+
+
+def load_results(results_dir: str) -> list[dict]:
+  """Every JSON object in results_dir, with its file name under "_file" (unreadable files are skipped)."""
+  out = []
+  for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+    try:
+      with open(path) as f:
+        obj = json.load(f)
+    except (OSError, json.JSONDecodeError):
+      continue
+    if isinstance(obj, dict):
+      obj["_file"] = os.path.basename(path)
+      out.append(obj)
+  return out
+
+
+def _provenance(result: dict) -> list[str]:
+  meta = result.get("meta", {})
+  card = meta.get("device_kind") or "unknown"
+  if meta.get("device_count", 1) > 1:
+    card = f"{meta['device_count']} x {card}"
+  lines = [f"- results: [`{result['_file']}`]({result['_file']}); card: {card} ({meta.get('backend', '?')} "
+           f"backend; host {meta.get('machine', '?')}); date {meta.get('date', '?')}; "
+           f"revision {meta.get('git_revision', '?')}"]
+  if meta.get("command"):
+    lines.append(f"- command: `{meta['command']}`")
+  files = result.get("files", {})
+  links = [f"[{kind}]({name})" for kind, name in files.items() if name]
+  if links:
+    lines.append("- files: " + ", ".join(links))
+  return lines
+
+
+PLOTTERS = {"cold_start": "cold_start", "diversity": "diversity"}  # experiment -> benchmarks/ module with plot()
+
+
+def _image(result: dict, referenced: set, results_dir: str = "") -> list[str]:
+  """The result's PNG, drawn here from the JSON when the run had no matplotlib (e.g. on the GPU machine)."""
+  for name in result.get("files", {}).values():
+    referenced.add(name)
+  plot = result.get("files", {}).get("plot")
+  if not plot:
+    return []
+  path = os.path.join(results_dir, plot)
+  if results_dir and not os.path.exists(path) and result.get("experiment") in PLOTTERS:
+    import importlib  # pylint: disable=g-import-not-at-top
+    importlib.import_module(PLOTTERS[result["experiment"]]).plot(result, path)
+  return ["", f"![{result['_file'][:-5]}]({plot})"]
+
+
+def cold_start_section(results: list[dict], referenced: set, results_dir: str = "") -> list[str]:
+  lines = ["## Cold-start retrieval (paper Sec. 4.3, Figure 5)", ""]
+  if not results:
+    return lines + ["No result yet (`benchmarks/cold_start.py`).", ""]
+  for r in results:
+    referenced.add(r["_file"])
+    c, res = r["config"], r["results"]
+    subsets = list(res["num_users"])
+    lines += [f"### {r['_file'][:-5]}", ""] + _provenance(r) + [
+        f"- {c.get('split', {}).get('num_unseen', '?')} unseen items "
+        f"({c.get('split', {}).get('fraction', '?')} of the test items, seed {c.get('split', {}).get('seed', '?')}); "
+        f"K * epsilon rounded by {c['rounding']}; step {c.get('step')}"]
+    diag = r.get("diagnostics", {})
+    if "unseen_items_sharing_a_seen_prefix" in diag:
+      lines.append(f"- unseen items whose first {c.get('prefix_levels', 3)} codes are some seen item's (the only "
+                   f"ones TIGER can retrieve): {diag['unseen_items_sharing_a_seen_prefix']} of "
+                   f"{diag['unseen_items']}; unseen targets among TIGER's candidates: "
+                   f"{_common.markdown_table(['x'], [[diag.get('unseen_target_among_tiger_candidates')]])[2][2:-2]}")
+    lines.append("")
+    k = str(c["k_for_epsilon"])
+    header = ["method"] + [f"{s} ({res['num_users'][s]} users): Recall@{k}, epsilon {c['epsilon_for_k']:g}"
+                           for s in subsets]
+    rows = [[m] + [res["recall_at_k"][m][s].get(k) for s in subsets] for m in res["recall_at_k"]]
+    lines += _common.markdown_table(header, rows) + [""]
+    header = ["method / subset"] + [f"eps {e:g}" for e in c["epsilons"]]
+    rows = [[f"{m} / {s}"] + [res["recall_vs_epsilon"][m][s][f"{e:g}"] for e in c["epsilons"]]
+            for s in subsets for m in res["recall_vs_epsilon"]]
+    lines += [f"Recall@{k} against epsilon:", ""] + _common.markdown_table(header, rows)
+    lines += _image(r, referenced, results_dir) + [""]
+  return lines
+
+
+def diversity_section(results: list[dict], referenced: set, results_dir: str = "") -> list[str]:
+  lines = ["## Diversity by temperature (paper Sec. 4.3, Tables 3-4)", ""]
+  if not results:
+    return lines + ["No result yet (`benchmarks/diversity.py`).", ""]
+  for r in results:
+    referenced.add(r["_file"])
+    c = r["config"]
+    ks = c["ks"]
+    lines += [f"### {r['_file'][:-5]}", ""] + _provenance(r) + [
+        f"- {c['num_users']} test users; entropy in {c['entropy_units']} of the {c['category']}", ""]
+    header = ["decoder", "sample levels", "T"] + [f"Entropy@{k}" for k in ks] + [f"Recall@{c['recall_k']}"]
+    rows = [[x["decoder"], x["sample_levels"], "-" if x["temperature"] is None else f"{x['temperature']:g}"] +
+            [x.get(f"entropy@{k}") for k in ks] + [x.get(f"recall@{c['recall_k']}")] for x in r["rows"]]
+    lines += _common.markdown_table(header, rows, digits=3) + [""]
+    for setting in c["sample_levels"]:
+      pts = sorted((x["temperature"], x.get(f"entropy@{ks[0]}")) for x in r["rows"]
+                   if x["decoder"] == "sample" and x["sample_levels"] == setting)
+      rising = all(b[1] >= a[1] for a, b in zip(pts, pts[1:]))
+      lines.append(f"- sample levels {setting}: Entropy@{ks[0]} {'rises' if rising else 'does not rise'} "
+                   f"with temperature ({', '.join(f'T={t:g}: {e:.3f}' for t, e in pts)})")
+    for t, view in r.get("top_categories", {}).items():
+      lines += ["", f"Most common categories of the top {c['recall_k']} per target category, T = {t}:", ""]
+      lines += _common.markdown_table(["target category", "users", "predicted categories (share)"], [
+          [v["target_category"], v["users"], ", ".join(f"{x['category']} ({x['share']:.2f})" for x in v["top"])]
+          for v in view])
+    lines += _image(r, referenced, results_dir) + [""]
+  return lines
+
+
+def _rows_table(rows: list[dict], digits: int = 4) -> list[str]:
+  keys: list[str] = []
+  for row in rows:
+    keys += [k for k in row if k not in keys]
+  return _common.markdown_table(keys, [[row.get(k) for k in keys] for row in rows], digits)
+
+
+def ablation_section(kind: str, title: str, results: list[dict], referenced: set) -> list[str]:
+  paper = PAPER.get(kind, {})
+  lines = [f"### {title}", ""]
+  if paper.get("rows"):
+    lines += [f"Paper ({paper['source']}); None = not transcribed:", ""] + _rows_table(paper["rows"]) + [""]
+  else:
+    lines += [f"Paper: {paper.get('source', CITATION)}; numbers not transcribed here.", ""]
+  if not results:
+    lines += [f"No result of ours yet (a JSON with `\"experiment\": \"{kind}\"` and `rows`).", ""]
+  for r in results:
+    referenced.add(r["_file"])
+    lines += _provenance(r) + [""] + _rows_table(r.get("rows", [])) + _image(r, referenced, "") + [""]
+  return lines
+
+
+def _invalid_fractions(result: dict) -> list[tuple[str, Any, dict]]:
+  """(key, constrained flag or None, fractions) of every `invalid_fraction_at_k` in a result."""
+  found = []
+  for key, value in [("", result)] + list(result.items()):
+    if isinstance(value, dict) and isinstance(value.get("invalid_fraction_at_k"), dict):
+      found.append((key, value.get("constrained"), value["invalid_fraction_at_k"]))
+  return [x for x in found if x[2]]
+
+
+def invalid_ids_section(results: list[dict], referenced: set, ks: Sequence[int] = (1, 5, 10, 20)) -> list[str]:
+  lines = ["### Figure 6: invalid IDs", "", f"Paper: {PAPER['invalid_ids']['source']}; numbers not transcribed "
+           "here. Ours, from every stored result with `invalid_fraction_at_k` (constrained decoding has none by "
+           "construction):", ""]
+  rows = []
+  for r in results:
+    for key, constrained, fractions in _invalid_fractions(r):
+      referenced.add(r["_file"])
+      mode = {True: "constrained", False: "unconstrained"}.get(constrained, "unconstrained" if "unconstrained"
+                                                                in key else "-")
+      rows.append([f"[{r['_file']}]({r['_file']}) {key}".strip(), mode] + [fractions.get(str(k)) for k in ks])
+  if rows:
+    lines += _common.markdown_table(["result", "decoding"] + [f"invalid in top-{k}" for k in ks], rows)
+  else:
+    lines.append("No result with invalid-ID fractions yet.")
+  return lines + [""]
+
+
+def other_files(results_dir: str, referenced: set, out_name: str) -> list[str]:
+  names = sorted(n for n in os.listdir(results_dir)
+                 if n not in referenced and n != out_name and not n.startswith(".") and
+                 os.path.isfile(os.path.join(results_dir, n)))
+  lines = ["## Other stored results", ""]
+  lines += [f"- [{n}]({n})" for n in names] or ["(none)"]
+  return lines + [""]
+
+
+def make_report(results_dir: str, out: Optional[str] = None) -> str:
+  out = out or os.path.join(results_dir, "REPORT.md")
+  results = load_results(results_dir)
+  by_kind: dict[str, list[dict]] = {}
+  for r in results:
+    by_kind.setdefault(r.get("experiment", ""), []).append(r)
+  referenced: set = set()
+  meta = _common.run_metadata(["benchmarks/make_report.py", f"--results_dir={results_dir}"])
+  lines = ["# Results report", "",
+           f"Generated by `{meta['command']}` on {meta['date']} at revision {meta['git_revision']} from "
+           f"{len(results)} JSON files in this directory. Every number is read from the file linked beside it; "
+           f"the paper's numbers are constants in `benchmarks/make_report.py`, from {CITATION}.", ""]
+  lines += ["## Paper reference: TIGER, Table 1", ""] + _rows_table(PAPER["table1"]["rows"]) + [
+      "", f"Source: {PAPER['table1']['source']}.", ""]
+  lines += cold_start_section(by_kind.get("cold_start", []), referenced, results_dir)
+  lines += diversity_section(by_kind.get("diversity", []), referenced, results_dir)
+  lines += ["## Ablations", ""]
+  for kind, title in ABLATIONS.items():
+    lines += ablation_section(kind, title, by_kind.get(kind, []), referenced)
+  lines += invalid_ids_section(results, referenced)
+  lines += other_files(results_dir, referenced, os.path.basename(out))
+  with open(out + ".tmp", "w") as f:
+    f.write("\n".join(lines))
+  os.replace(out + ".tmp", out)
+  return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--results_dir", default=os.path.join(_common.REPO, "benchmarks", "results"))
+  p.add_argument("--out", default=None, help="Default: RESULTS_DIR/REPORT.md")
+  args = p.parse_args(argv)
+  print(make_report(args.results_dir, args.out))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,176 @@
+"""The issue-7 experiments end to end at CPU size: cold start (all five stages), diversity, and the report.
+
+One tiny dataset (60 items in 3 categories, 80 users), clustered embeddings written by the test, an RQ-VAE of
+32 codes per level, a 1+1-layer T5 trained for 24 steps; then benchmarks/diversity.py on that model and
+benchmarks/make_report.py over the produced files.
+"""
+import json
+import os
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("seqio")
+pytest.importorskip("matplotlib")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import cold_start as cold_start_script  # noqa: E402
+import diversity as diversity_script  # noqa: E402
+import make_report  # noqa: E402
+from conftest import write_processed  # noqa: E402
+from tiger_jax.data import cold_start as split_lib  # noqa: E402
+from tiger_jax.data import load_dataset  # noqa: E402
+
+TASK = "tiger_e2e_coldstart"
+NUM_ITEMS, NUM_USERS = 60, 80
+SMALL = dict(emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, head_dim=16, mlp_dim=64)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("experiments")
+  rng = np.random.default_rng(0)
+  items = [{"asin": f"P{i:02d}", "title": f"product {i}", "categories": [["Beauty", f"Cat{i % 3}"]]}
+           for i in range(NUM_ITEMS)]
+  # Users mostly stay in one category: item i is followed by i + 3 (same category) or a random item.
+  sequences = {}
+  for u in range(NUM_USERS):
+    seq = [int(rng.integers(NUM_ITEMS))]
+    for _ in range(3 + u % 6):
+      seq.append((seq[-1] + 3) % NUM_ITEMS if rng.random() < 0.8 else int(rng.integers(NUM_ITEMS)))
+    sequences[f"user{u:02d}"] = [f"P{i:02d}" for i in seq]
+  data_dir = write_processed(tmp / "data", sequences, items)
+  work = tmp / "work"
+  work.mkdir()
+  centres = rng.standard_normal((3, 16)) * 2
+  emb = centres[np.arange(NUM_ITEMS) % 3] + rng.standard_normal((NUM_ITEMS, 16))
+  np.save(work / "embeddings.npy", emb.astype(np.float32))
+  (work / "embeddings.json").write_text(json.dumps({"asins": [it["asin"] for it in items]}))
+  rqvae_gin = tmp / "rqvae_tiny.gin"
+  rqvae_gin.write_text(textwrap.dedent("""\
+      include 'gin/rqvae/paper.gin'
+      RQVAEConfig.hidden_dims = (16,)
+      RQVAEConfig.latent_dim = 4
+      RQVAEConfig.codebook_size = 32
+      RQVAEConfig.batch_size = 64
+      RQVAEConfig.learning_rate = 0.01
+      RQVAEConfig.num_epochs = 4
+      RQVAEConfig.epochs_per_dispatch = 4
+      RQVAEConfig.dead_code_reset_every = 0
+      RQVAEConfig.kmeans_iters = 5
+      """))
+  train_gin = tmp / "small.gin"
+  train_gin.write_text(textwrap.dedent("""\
+      from __gin__ import dynamic_registration
+      from tiger_jax import network
+      include 'gin/runs/train.gin'
+      include 'gin/runs/retrieval_validation.gin'
+      include 'gin/models/tiger_t5.gin'
+      ACTIVATION_DTYPE = 'float32'
+      TRAIN_STEPS = 24
+      BATCH_SIZE = 16
+      EVAL_BATCH_SIZE = 16
+      EVAL_PERIOD = 24
+      STATS_PERIOD = 12
+      STEPS_PER_DISPATCH = 12
+      LENGTH_BUCKETS = [81]
+      network.T5Config:
+      """) + "".join(f"  {k} = {v}\n" for k, v in SMALL.items()))
+  out_dir = tmp / "results"
+  common = [f"--data_dir={data_dir}", f"--work_dir={work}", f"--task={TASK}", "--fraction=0.2", "--seed=1",
+            f"--out_dir={out_dir}", "--name=cold_start_tiny", "--length_buckets=", "--batch_size=32"]
+  cold = cold_start_script.main(common + [f"--rqvae_gin={rqvae_gin}", f"--gin_file={train_gin}"])
+  div = diversity_script.main([
+      f"--model_dir={work / 'model'}", f"--cache_dir={work / 'cache'}", f"--task={TASK}", f"--data_dir={data_dir}",
+      "--temperatures=1,2", "--sample_levels=all;0", "--ks=5,10", "--recall_k=10", "--num_beams=10",
+      "--category_temperatures=1,2", "--num_target_categories=2", "--length_buckets=", "--batch_size=32",
+      f"--out_dir={out_dir}", "--name=diversity_tiny"])
+  report = make_report.make_report(str(out_dir))
+  return {"cold": cold, "div": div, "report": report, "out": out_dir, "work": work, "data_dir": data_dir,
+          "common": common}
+
+
+@pytest.mark.slow
+def test_cold_start_run_writes_figure5_tables_without_leaking_unseen_items(experiment):
+  work, out = experiment["work"], experiment["out"]
+  split = split_lib.ColdStartSplit.load(str(work / split_lib.FILENAME))
+  assert split == split_lib.choose_unseen_items(load_dataset(experiment["data_dir"]), 0.2, seed=1)
+  cache = work / "cache" / TASK
+  items = np.load(cache / "items.npz")
+  unseen = set(split.unseen_indices(items["asins"].tolist()).tolist())
+  tokens = items["item_tokens"]
+  # No unseen item in any training or validation example: neither as target nor in the history tokens.
+  for name in ("train", "validation"):
+    arrays = np.load(cache / f"{name}.npz")
+    assert not unseen & set(arrays["target_item"].tolist())
+    history = {tuple(row[1 + 4 * j:5 + 4 * j]) for row in arrays["encoder_input_tokens"].tolist()
+               for j in range(20)}
+    assert not history & {tuple(tokens[i].tolist()) for i in unseen}
+  test = np.load(cache / "test.npz")
+  assert unseen & set(test["target_item"].tolist()) and len(test["target_item"]) == NUM_USERS
+  assert len({tuple(r) for r in tokens.tolist()}) == NUM_ITEMS  # unseen items have IDs, all distinct
+
+  result = experiment["cold"]
+  saved = json.loads((out / "cold_start_tiny.json").read_text())
+  assert saved["experiment"] == "cold_start" and (out / "cold_start_tiny.png").stat().st_size > 1000
+  assert "| K |" in (out / "cold_start_tiny.md").read_text()
+  res = saved["results"]
+  assert res["num_users"] == {"unseen_targets": int(np.isin(test["target_item"], list(unseen)).sum()),
+                              "all": NUM_USERS}
+  for method in ("TIGER", "Semantic_KNN"):
+    for subset in ("unseen_targets", "all"):
+      curve = [res["recall_at_k"][method][subset][str(k)] for k in range(1, 21)]
+      assert curve == sorted(curve) and all(0.0 <= v <= 1.0 for v in curve)  # Recall@K grows with K
+    # With epsilon = 0 no unseen item is ever shown, so no unseen target is found.
+    assert res["recall_vs_epsilon"][method]["unseen_targets"]["0"] == 0.0
+  # epsilon = 0.1 rounds down to no unseen item below K = 10 (floor), so TIGER cannot hit unseen targets there.
+  assert res["recall_at_k"]["TIGER"]["unseen_targets"]["9"] == 0.0
+  assert saved["meta"]["git_revision"] and saved["meta"]["command"].startswith("python benchmarks/cold_start.py")
+  assert set(saved["meta"]["stage_seconds"]) == {"split", "ids", "cache", "train", "eval"}
+  assert result["diagnostics"]["unseen_items"] == len(unseen)
+
+
+@pytest.mark.slow
+def test_cold_start_stages_are_skipped_or_refused_when_the_split_changes(experiment):
+  common = [a for a in experiment["common"] if not a.startswith("--seed")]
+  cold_start_script.main(common + ["--stages=split", "--seed=1"])  # same split: kept
+  with pytest.raises(SystemExit, match="another split"):
+    cold_start_script.main(common + ["--stages=split", "--seed=2"])
+
+
+@pytest.mark.slow
+def test_diversity_run_reports_entropy_recall_and_categories(experiment):
+  out = experiment["out"]
+  saved = json.loads((out / "diversity_tiny.json").read_text())
+  rows = {(r["decoder"], r["sample_levels"], r["temperature"]): r for r in saved["rows"]}
+  assert set(rows) == {("beam", "-", None), ("sample", "all", 1.0), ("sample", "all", 2.0),
+                       ("sample", "0", 1.0), ("sample", "0", 2.0)}
+  for row in rows.values():
+    assert 0.0 <= row["entropy@5"] <= np.log(3) + 1e-9  # three categories in the catalogue
+    assert 0.0 <= row["recall@10"] <= 1.0 and 1.0 <= row["distinct@10"] <= 10.0
+  assert set(saved["top_categories"]) == {"1", "2"}
+  assert {v["target_category"] for v in saved["top_categories"]["1"]} <= {"Cat0", "Cat1", "Cat2"}
+  assert (out / "diversity_tiny.png").stat().st_size > 1000
+  assert "Entropy@5" in (out / "diversity_tiny.md").read_text()
+
+
+@pytest.mark.slow
+def test_report_links_every_produced_table_and_plot(experiment):
+  text = open(experiment["report"]).read()
+  for name in ("cold_start_tiny.json", "cold_start_tiny.md", "cold_start_tiny.png", "diversity_tiny.json",
+               "diversity_tiny.md", "diversity_tiny.png"):
+    assert f"]({name})" in text, name
+  cold = experiment["cold"]["results"]
+  recall = cold["recall_at_k"]["TIGER"]["all"]["10"]
+  assert f"{recall:.4f}" in text  # the number comes from the JSON
+  assert "Table 2: Semantic ID types" in text and "0.0648" in text  # the paper's constants, attributed
+  assert "Entropy@5" in text and ("rises" in text or "does not rise" in text)
+  # A run on a machine without matplotlib leaves the PNG to the report, which draws it from the JSON.
+  png = experiment["out"] / "cold_start_tiny.png"
+  png.unlink()
+  make_report.make_report(str(experiment["out"]))
+  assert png.stat().st_size > 1000

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import glob
 import gzip
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import _common  # noqa: E402  (benchmarks/_common.py: command, date, revision, card)
 import train_speed  # noqa: E402  (benchmarks/train_speed.py: data and model builders)
 from tiger_jax import partitioning  # noqa: E402
 from tiger_jax import train as train_lib  # noqa: E402
@@ -158,14 +157,8 @@ def main() -> None:
   os.makedirs(args.out_dir, exist_ok=True)
   arrays = train_speed.build_examples_in_memory(args.data_dir)["train"]
   lengths = [int(x) for x in args.lengths.split(",")]
-  try:
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=train_speed.REPO).stdout.strip()
-  except OSError:
-    rev = None
-  report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "git_revision": rev,
-            "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""), "args": vars(args), "variants": {}}
+  report = {**_common.run_metadata(xla_flags=os.environ.get("XLA_FLAGS", "")), "args": vars(args),
+            "variants": {}}
   path = os.path.join(args.out_dir, f"profile_step{'_' + args.tag if args.tag else ''}.json")
   for name in filter(None, args.variants.split(",")):
     report["variants"][name] = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps,

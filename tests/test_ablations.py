@@ -82,11 +82,23 @@ def ablations(tmp_path_factory):
       network.T5Config:
       """) + "".join(f"  {k} = {v}\n" for k, v in SMALL.items()))
   out_dir = tmp / "results"
+  # The stages run in subprocesses; settings of one depth compile the same programs, so share them on disk.
+  env = {"JAX_COMPILATION_CACHE_DIR": str(tmp / "jax_cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  saved_env = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
   common = [f"--data_dir={data_dir}", f"--work_dir={tmp / 'work'}", f"--embeddings_dir={tmp / 'emb'}",
             f"--task={TASK}", f"--rqvae_gin={rqvae_gin}", f"--gin_file={train_gin}", "--base_layers=1",
             f"--out_dir={out_dir}", "--dataset=Tiny"]
-  results = {a: script.main(common + [f"--ablation={a}"] + extra)
-             for a, extra in (("id_types", []), ("user_token", []), ("layers", ["--layers=1,2"]))}
+  try:
+    results = {a: script.main(common + [f"--ablation={a}"] + extra)
+               for a, extra in (("id_types", []), ("user_token", []), ("layers", ["--layers=1,2"]))}
+  finally:
+    for k, v in saved_env.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
   report = make_report.make_report(str(out_dir))
   return {"script": script, "results": results, "work": tmp / "work", "out": out_dir, "report": report,
           "common": common}
@@ -189,3 +201,24 @@ def test_combined_catalogue_fits_the_rqvae_on_both_catalogues(tmp_path, monkeypa
   with pytest.raises(ValueError, match="extra_embedding_dirs apply to method 'rqvae'"):
     rqvae.make_semantic_ids(work_dir=str(tmp_path / "beauty"), method="lsh",
                             extra_embedding_dirs=[str(tmp_path / "sports")])
+
+
+def test_nouser_tasks_are_registered_without_the_user_token():
+  seqio = pytest.importorskip("seqio")
+  from tasks import tiger_tasks  # pylint: disable=g-import-not-at-top
+  assert "tiger_beauty_nouser" in seqio.TaskRegistry.names()
+  assert tiger_tasks.default_data_dir("tiger_beauty_nouser") == tiger_tasks.default_data_dir("tiger_beauty")
+  assert not tiger_tasks.use_user_token_for("tiger_beauty_nouser") and tiger_tasks.use_user_token_for("tiger_beauty")
+
+
+def test_combined_catalogue_settings_and_flags():
+  import ablations as script  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    script.parse_args(["--ablation=combined_catalogue", "--stages=ids"])  # no --extra_embeddings_dir
+  args = script.parse_args(["--ablation=combined_catalogue", "--extra_embeddings_dir=work/sports"])
+  settings = script.settings_for(args)
+  assert [(s.key, s.ids, s.layers, s.user_token) for s in settings] == [("single", "rqvae", 4, True),
+                                                                        ("combined", "combined", 4, True)]
+  assert args.name == "ablation_combined_catalogue_beauty" and args.run == "beauty"
+  with pytest.raises(SystemExit, match="unknown"):
+    script.settings_for(script.parse_args(["--ablation=layers", "--settings=7"]))

@@ -201,7 +201,10 @@ def _train_key(args, s: Setting) -> str:
   for g in args.gin_file:
     with open(os.path.join(_common.REPO, g) if not os.path.isabs(g) else g, "rb") as f:
       h.update(f.read())
-  with open(os.path.join(cache_dir(args, s.ids), task_name(args, s), "info.json")) as f:
+  info = os.path.join(cache_dir(args, s.ids), task_name(args, s), "info.json")
+  if not os.path.exists(info):
+    raise SystemExit(f"{info}: no task cache for setting {s.label!r}; run the cache stage first (CPU side)")
+  with open(info) as f:
     h.update(json.dumps({k: v for k, v in json.load(f).items()
                          if k in ("semantic_ids_hash", "data_fingerprint", "use_user_token")}, sort_keys=True).encode())
   return h.hexdigest()

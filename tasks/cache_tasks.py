@@ -78,11 +78,16 @@ def _atomic_savez(path: str, **arrays):
 
 
 def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = None,
-               semantic_ids_path: Optional[str] = None, use_user_token: bool = True,
+               semantic_ids_path: Optional[str] = None, use_user_token: Optional[bool] = None,
                feature_lengths: Optional[Mapping[str, int]] = None, force: bool = False,
                cold_start_split: Optional[str] = None) -> dict:
-  """Caches one TIGER task (re-registering it with the given data and ID table); returns its info."""
+  """Caches one TIGER task (re-registering it with the given data and ID table); returns its info.
+
+  use_user_token None: the task name's default (`tiger_tasks.use_user_token_for`: off for `*_nouser`).
+  """
   import seqio  # pylint: disable=g-import-not-at-top
+  if use_user_token is None:
+    use_user_token = tiger_tasks.use_user_token_for(task_name)
   _hide_gpus_from_tensorflow()
   feature_lengths = dict(feature_lengths or tiger_tasks.TASK_FEATURE_LENGTHS)
   data_dir = data_dir or tiger_tasks.default_data_dir(task_name)
@@ -155,7 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--data_dir", default=None, help="Dataset directory (default: <data root>/<name>).")
   parser.add_argument("--semantic_ids", default=None, help="semantic_ids.npz (default: $TIGER_SEMANTIC_IDS "
                       "or a seeded random table).")
-  parser.add_argument("--no_user_token", action="store_true", help="Leave the user token out (Table 8).")
+  parser.add_argument("--no_user_token", action="store_true", help="Leave the user token out (Table 8; the "
+                      "default for *_nouser tasks).")
   parser.add_argument("--cold_start_split", default=None, help="cold_start_split.json: train/validation leave "
                       "its unseen items out (default for *_coldstart tasks: $TIGER_COLD_START_SPLIT).")
   parser.add_argument("--force", action="store_true", help="Rebuild even if the cache is current.")
@@ -165,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     importlib.import_module(module)
   for name in args.tasks.split(","):
     info = cache_task(name.strip(), args.output_cache_dir, args.data_dir, args.semantic_ids,
-                      use_user_token=not args.no_user_token, force=args.force,
+                      use_user_token=False if args.no_user_token else None, force=args.force,
                       cold_start_split=args.cold_start_split)
     print(json.dumps({"task": info["task"], "counts": info["counts"], "dataset": info["dataset"],
                       "semantic_ids": info["semantic_ids_method"]}, indent=1))

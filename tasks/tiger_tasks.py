@@ -16,6 +16,9 @@ else `$TIGER_SEMANTIC_IDS` (path to a semantic_ids.npz), else a seeded random ta
 Cold start (paper Sec. 4.3): `tiger_<dataset>_coldstart` tasks read the same data, but their train and
 validation splits leave out the unseen items of a `cold_start_split.json` (tiger_jax.data.cold_start;
 `cold_start_split_path`, else `$TIGER_COLD_START_SPLIT`); the test split and the catalogue are unchanged.
+
+User-token ablation (paper Table 8): `tiger_<dataset>_nouser` tasks are the same examples without the hashed
+user token in front of the inputs (`use_user_token_for(name)` gives a task name's default).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ NUM_SID_TOKENS = vocab_lib.DEFAULT_LAYOUT.num_levels
 TASK_FEATURE_LENGTHS = {"inputs": 1 + MAX_HISTORY * NUM_SID_TOKENS, "targets": NUM_SID_TOKENS + 1}
 BUILTIN_DATASETS = {"tiger_beauty": "beauty", "tiger_sports": "sports", "tiger_toys": "toys"}
 COLD_START_SUFFIX = "_coldstart"
+NO_USER_SUFFIX = "_nouser"
 
 
 def data_root() -> str:
@@ -43,8 +47,14 @@ def data_root() -> str:
 
 
 def default_data_dir(task_name: str) -> str:
-  """`<data_root()>/<dataset>` for `tiger_<dataset>` and its cold-start variant `tiger_<dataset>_coldstart`."""
-  return os.path.join(data_root(), task_name.removeprefix("tiger_").removesuffix(COLD_START_SUFFIX))
+  """`<data_root()>/<dataset>` for `tiger_<dataset>` and its variants `tiger_<dataset>_{coldstart,nouser}`."""
+  name = task_name.removeprefix("tiger_").removesuffix(NO_USER_SUFFIX).removesuffix(COLD_START_SUFFIX)
+  return os.path.join(data_root(), name)
+
+
+def use_user_token_for(task_name: str) -> bool:
+  """A task's default for the user token: off for the `*_nouser` variants (Table 8), on otherwise."""
+  return not task_name.endswith(NO_USER_SUFFIX)
 
 
 def resolve_cold_start_split(task_name: str, cold_start_split_path: Optional[str]) -> Optional[str]:
@@ -134,7 +144,7 @@ def _dataset_fn(split, shuffle_files, seed=None, *, data_dir, semantic_ids_path,
 
 
 def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_path: Optional[str] = None,
-                        use_user_token: bool = True, overwrite: bool = True,
+                        use_user_token: Optional[bool] = None, overwrite: bool = True,
                         cold_start_split_path: Optional[str] = None):
   """Registers (or replaces) a TIGER task over any dataset directory, raw Amazon 2014 or processed format.
 
@@ -142,12 +152,15 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
     name: task name, e.g. "tiger_garden".
     data_dir: the category directory; default `default_data_dir(name)`, resolved lazily.
     semantic_ids_path: a `semantic_ids.npz`; default `$TIGER_SEMANTIC_IDS`, else a seeded random table.
-    use_user_token: prepend the hashed user token to the inputs (the paper's default; Table 8 ablates it).
+    use_user_token: prepend the hashed user token to the inputs (the paper's default; Table 8 ablates it);
+      None: `use_user_token_for(name)` (off for `*_nouser` names).
     overwrite: replace an existing task of that name.
     cold_start_split_path: a cold_start_split.json whose unseen items train/validation leave out; default
       for `*_coldstart` names: `$TIGER_COLD_START_SPLIT` (resolved lazily, an error if unset).
   """
   import seqio  # pylint: disable=g-import-not-at-top
+  if use_user_token is None:
+    use_user_token = use_user_token_for(name)
   if overwrite and name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   vocabulary = vocab_lib.seqio_vocabulary()
@@ -172,3 +185,4 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
 for _task_name in BUILTIN_DATASETS:
   register_tiger_task(_task_name)
   register_tiger_task(_task_name + COLD_START_SUFFIX)
+  register_tiger_task(_task_name + NO_USER_SUFFIX)

@@ -458,7 +458,8 @@ def assign_codes(params: PyTree, embeddings: np.ndarray, cfg: RQVAEConfig,
 def rqvae_semantic_ids(embeddings: np.ndarray, asins: Sequence[str],
                        cfg: Optional[RQVAEConfig] = None,
                        log_fn: Optional[Callable[[str], None]] = None,
-                       unseen_mask: Optional[np.ndarray] = None
+                       unseen_mask: Optional[np.ndarray] = None,
+                       extra_fit_embeddings: Optional[np.ndarray] = None
                        ) -> tuple[sid_lib.SemanticIds, dict]:
   """Trains the RQ-VAE and turns its codes into unique 4-code Semantic IDs.
 
@@ -468,28 +469,43 @@ def rqvae_semantic_ids(embeddings: np.ndarray, asins: Sequence[str],
   Cold start: with `unseen_mask` [N] the RQ-VAE is fit on the other (seen) items only, the unseen items
   get codes from the trained encoder and codebooks (`assign_codes`), and collision tokens number seen
   items first (`semantic_ids.seen_first_order`), so an unseen item never takes a seen item's ID.
+
+  Combined catalogue (paper Table 10): `extra_fit_embeddings` [M, d] (another catalogue's items) are added to
+  the items the RQ-VAE is fit on; only `asins` get IDs (the encoder and codebooks code them, `assign_codes`),
+  and the collision token numbers them among themselves, since only they share a vocabulary with the model.
   """
   cfg = cfg or RQVAEConfig()
   asins = np.asarray(list(asins), dtype=str)
   x = np.asarray(embeddings)
   if x.ndim >= 1 and x.shape[0] != asins.shape[0]:
     raise ValueError(f"rqvae_semantic_ids: {x.shape[0]} embedding rows but {asins.shape[0]} asins")
-  if unseen_mask is None:
+  extra = None
+  if extra_fit_embeddings is not None:
+    extra = sid_lib.check_embeddings(extra_fit_embeddings, "rqvae_semantic_ids(extra_fit_embeddings)")
+    if extra.shape[1] != x.shape[1]:
+      raise ValueError(f"rqvae_semantic_ids: extra_fit_embeddings have dimension {extra.shape[1]}, the "
+                       f"catalogue's {x.shape[1]} (embed both with the same model)")
+  if unseen_mask is None and extra is None:
     result = train_rqvae(x, cfg, log_fn)
     codes4 = sid_lib.add_collision_token(result["codes3"], cfg.codebook_size)
   else:
-    unseen_mask = np.asarray(unseen_mask, bool)
-    if unseen_mask.shape != asins.shape:
-      raise ValueError(f"rqvae_semantic_ids: unseen_mask has shape {unseen_mask.shape}, expected "
-                       f"{asins.shape}")
-    result = train_rqvae(x[~unseen_mask], cfg, log_fn)
+    if unseen_mask is not None:
+      unseen_mask = np.asarray(unseen_mask, bool)
+      if unseen_mask.shape != asins.shape:
+        raise ValueError(f"rqvae_semantic_ids: unseen_mask has shape {unseen_mask.shape}, expected "
+                         f"{asins.shape}")
+    fit = x if unseen_mask is None else x[~unseen_mask]
+    result = train_rqvae(fit if extra is None else np.concatenate([fit, extra]), cfg, log_fn)
     codes3 = assign_codes(result["params"], x, cfg)
-    codes4 = sid_lib.add_collision_token(codes3, cfg.codebook_size,
-                                         order=sid_lib.seen_first_order(unseen_mask))
+    order = None if unseen_mask is None else sid_lib.seen_first_order(unseen_mask)
+    codes4 = sid_lib.add_collision_token(codes3, cfg.codebook_size, order=order)
   stats = sid_lib.code_stats(codes4, cfg.codebook_size)
+  fit_items = stats.get("num_items")
   stats.update(result["stats"])
+  stats["rqvae_fit_items"], stats["num_items"] = stats["num_items"], fit_items
+  if extra is not None:
+    stats["extra_fit_items"] = int(len(extra))
   if unseen_mask is not None:
-    stats["rqvae_fit_items"], stats["num_items"] = stats["num_items"], int(len(codes4))
     stats["cold_start"] = cold_start_id_stats(codes4, unseen_mask)
   return sid_lib.SemanticIds(asins, codes4, "rqvae", stats, cfg.codebook_size), result
 
@@ -547,11 +563,25 @@ def input_hash(x: np.ndarray, asins: np.ndarray, method: str, cfg: dict) -> str:
   return h.hexdigest()
 
 
+def _extra_fit_embeddings(dirs: Sequence[str], asins: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+  """Rows of other catalogues' embeddings to fit the RQ-VAE on, minus items `asins` already holds."""
+  own, rows, sources = set(asins.tolist()), [], []
+  for d in dirs:
+    x, extra_asins = load_embeddings(d)
+    keep = np.array([a not in own for a in extra_asins.tolist()], bool)
+    rows.append(np.asarray(x)[keep])
+    own.update(extra_asins[keep].tolist())
+    sources.append({"dir": os.path.abspath(d), "items": int(keep.sum()), "shared_asins_skipped": int((~keep).sum()),
+                    "hash": input_hash(np.asarray(x), extra_asins, "extra", {})})
+  return np.concatenate(rows).astype(np.float32), sources
+
+
 @configurable
 def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", seed: int = 0,
                       output_file: str = sid_lib.FILENAME, embeddings_file: str = EMBEDDINGS_FILE,
                       asins_file: Optional[str] = None, lsh_bits: int = 8, lsh_codes: int = 4,
                       cold_start_split: Optional[str] = None,
+                      extra_embedding_dirs: Sequence[str] = (),
                       force: bool = False, log_fn: Callable[[str], None] = print
                       ) -> sid_lib.SemanticIds:
   """Stage 3 of the pipeline: `method` in {rqvae, lsh, random}; skipped when up to date.
@@ -559,7 +589,9 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
   The RQ-VAE settings come from `RQVAEConfig` (gin); `seed` replaces its seed. `cold_start_split` (a
   `cold_start_split.json` of tiger_jax.data.cold_start) fits the RQ-VAE on the seen items only and gives the
   unseen items IDs from the trained model (`rqvae_semantic_ids`); only the RQ-VAE is fit on data, so
-  the other methods reject it.
+  the other methods reject it. `extra_embedding_dirs` (each with embeddings.npy + asin order of another
+  catalogue, e.g. Sports for the paper's Table 10) are added to the RQ-VAE's training items; only this work
+  dir's items get IDs. Items of an extra catalogue that this one also holds (same asin) are fit once.
   """
   if not work_dir:
     raise ValueError("make_semantic_ids: no work dir (pass --work_dir or bind "
@@ -572,11 +604,18 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
     from tiger_jax.data import cold_start  # pylint: disable=g-import-not-at-top
     split = cold_start.ColdStartSplit.load(cold_start_split)
     unseen_mask = split.unseen_mask(asins.tolist())
+  extra = None
+  if extra_embedding_dirs:
+    if method != "rqvae":
+      raise ValueError(f"make_semantic_ids: extra_embedding_dirs apply to method 'rqvae', not {method!r}")
+    extra, extra_sources = _extra_fit_embeddings(extra_embedding_dirs, asins)
   if method == "rqvae":
     cfg = dataclasses.replace(RQVAEConfig(), seed=seed)
     cfg_dict = cfg.to_dict()
     if unseen_mask is not None:
       cfg_dict["cold_start_split"] = split.content_hash()
+    if extra is not None:
+      cfg_dict["extra_fit_embeddings"] = [{k: v for k, v in e.items() if k != "dir"} for e in extra_sources]
   elif method == "lsh":
     cfg, cfg_dict = None, {"seed": seed, "num_bits": lsh_bits, "num_codes": lsh_codes}
   elif method == "random":
@@ -592,7 +631,9 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
       return old
   t0 = time.time()
   if method == "rqvae":
-    ids, result = rqvae_semantic_ids(x, asins, cfg, log_fn, unseen_mask)
+    ids, result = rqvae_semantic_ids(x, asins, cfg, log_fn, unseen_mask, extra)
+    if extra is not None:
+      ids.stats["extra_embedding_dirs"] = extra_sources
     np.save(os.path.join(os.path.dirname(out), "rqvae_history.npy"), result["history"])
   elif method == "lsh":
     ids = sid_lib.lsh_semantic_ids(x, asins, seed, lsh_bits, lsh_codes)

@@ -10,6 +10,10 @@ and `info.json`. A task whose info.json already records the same inputs (data fi
 cold-start split) is skipped. A cold-start task (`tiger_<dataset>_coldstart`, or any task given a split) also
 gets a copy of its `cold_start_split.json`, so evaluation finds the unseen items in the cache alone. The trainer
 reads the cache with numpy alone (tiger_jax.utils).
+
+`--backend=numpy` builds the same arrays without TensorFlow or seqio (`numpy_converted_split`, checked equal
+to the seqio path in tests/test_tasks.py), so a GPU machine without them can go from Semantic IDs to training
+in one job.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_targe
                   "decoder_loss_weights")
 EXTRA_FEATURES = ("user_index", "target_item")
 CACHE_VERSION = 1
+BACKENDS = ("seqio", "numpy")
 
 
 def _hide_gpus_from_tensorflow():
@@ -71,6 +76,33 @@ def converted_split(task, split: str, feature_lengths: Mapping[str, int]) -> dic
   return {k: np.concatenate(v).astype(np.int32) for k, v in columns.items()}
 
 
+def numpy_converted_split(examples: Mapping[str, object], feature_lengths: Mapping[str, int]
+                          ) -> dict[str, np.ndarray]:
+  """What `converted_split` returns, from `tiger_tasks.build_examples` output with numpy alone.
+
+  Mirrors the task and the converter: inputs get no EOS and are trimmed to their length; targets are
+  trimmed to length - 1 and get EOS (`append_eos_after_trim`); unpacked EncDecFeatureConverter pads both,
+  shifts the targets right (0 first) into the decoder inputs and weights the non-padding targets.
+  """
+  n = len(examples["inputs"])
+  input_length, target_length = feature_lengths["inputs"], feature_lengths["targets"]
+  encoder = np.zeros((n, input_length), np.int32)
+  for i, row in enumerate(examples["inputs"]):
+    row = np.asarray(row)[:input_length]
+    encoder[i, :len(row)] = row
+  targets = np.asarray(examples["targets"], np.int32).reshape(n, -1)[:, :target_length - 1]
+  decoder_targets = np.zeros((n, target_length), np.int32)
+  decoder_targets[:, :targets.shape[1]] = targets
+  decoder_targets[:, targets.shape[1]] = vocab_lib.EOS_ID
+  decoder_inputs = np.zeros_like(decoder_targets)
+  decoder_inputs[:, 1:] = decoder_targets[:, :-1]
+  return {"encoder_input_tokens": encoder, "decoder_input_tokens": decoder_inputs,
+          "decoder_target_tokens": decoder_targets,
+          "decoder_loss_weights": (decoder_targets > 0).astype(np.int32),
+          "user_index": np.asarray(examples["user_index"], np.int32),
+          "target_item": np.asarray(examples["target_item"], np.int32)}
+
+
 def _atomic_savez(path: str, **arrays):
   tmp = path + ".tmp.npz"
   np.savez_compressed(tmp, **arrays)  # token arrays are mostly padding: 50 MB -> 3 MB for Beauty
@@ -80,15 +112,18 @@ def _atomic_savez(path: str, **arrays):
 def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = None,
                semantic_ids_path: Optional[str] = None, use_user_token: Optional[bool] = None,
                feature_lengths: Optional[Mapping[str, int]] = None, force: bool = False,
-               cold_start_split: Optional[str] = None) -> dict:
+               cold_start_split: Optional[str] = None, backend: str = "seqio") -> dict:
   """Caches one TIGER task (re-registering it with the given data and ID table); returns its info.
 
   use_user_token None: the task name's default (`tiger_tasks.use_user_token_for`: off for `*_nouser`).
+  backend: 'seqio' (the task through seqio's converter) or 'numpy' (the same arrays without TensorFlow).
   """
-  import seqio  # pylint: disable=g-import-not-at-top
+  if backend not in BACKENDS:
+    raise ValueError(f"cache_task: backend must be one of {BACKENDS}, got {backend!r}")
   if use_user_token is None:
     use_user_token = tiger_tasks.use_user_token_for(task_name)
-  _hide_gpus_from_tensorflow()
+  if backend == "seqio":
+    _hide_gpus_from_tensorflow()
   feature_lengths = dict(feature_lengths or tiger_tasks.TASK_FEATURE_LENGTHS)
   data_dir = data_dir or tiger_tasks.default_data_dir(task_name)
   dataset = tiger_tasks._load(os.path.abspath(data_dir))  # pylint: disable=protected-access
@@ -125,15 +160,22 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
   start = time.time()
   if semantic_ids_path is None and table.method == "random":
     logger.warning("%s: no Semantic-ID table given; using a seeded random table", task_name)
-  task = tiger_tasks.register_tiger_task(task_name, data_dir=os.path.abspath(data_dir),
-                                         semantic_ids_path=semantic_ids_path, use_user_token=use_user_token,
-                                         cold_start_split_path=cold_start_split)
+  if backend == "seqio":
+    task = tiger_tasks.register_tiger_task(task_name, data_dir=os.path.abspath(data_dir),
+                                           semantic_ids_path=semantic_ids_path, use_user_token=use_user_token,
+                                           cold_start_split_path=cold_start_split)
+  else:
+    excluded = tiger_tasks.excluded_items(dataset, cold_start_split)
   os.makedirs(task_dir, exist_ok=True)
   if cold_start_split:
     held_out.save(os.path.join(task_dir, cold_start.FILENAME))
   counts = {}
   for split in splits_lib.SPLITS:
-    arrays = converted_split(task, split, feature_lengths)
+    if backend == "seqio":
+      arrays = converted_split(task, split, feature_lengths)
+    else:
+      arrays = numpy_converted_split(tiger_tasks.build_examples(
+          dataset, table, split, use_user_token=use_user_token, exclude_items=excluded), feature_lengths)
     counts[split] = int(len(arrays["target_item"]))
     _atomic_savez(os.path.join(task_dir, f"{split}.npz"), **arrays)
     logger.info("%s/%s: %d examples", task_name, split, counts[split])
@@ -144,11 +186,19 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
                 users=np.array(dataset.sessions.users))
   info = dict(key, vocab_size=vocab_lib.DEFAULT_LAYOUT.vocab_size, counts=counts, dataset=dataset.stats(),
               reader_report=dataset.report, seconds=round(time.time() - start, 2),
-              created=time.strftime("%Y-%m-%dT%H:%M:%S"), seqio_version=seqio.__version__)
+              created=time.strftime("%Y-%m-%dT%H:%M:%S"), backend=backend, seqio_version=_seqio_version())
   with open(info_path + ".tmp", "w") as f:
     json.dump(info, f, indent=1)
   os.replace(info_path + ".tmp", info_path)
   return info
+
+
+def _seqio_version() -> Optional[str]:
+  try:
+    import seqio  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  return seqio.__version__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -165,6 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--cold_start_split", default=None, help="cold_start_split.json: train/validation leave "
                       "its unseen items out (default for *_coldstart tasks: $TIGER_COLD_START_SPLIT).")
   parser.add_argument("--force", action="store_true", help="Rebuild even if the cache is current.")
+  parser.add_argument("--backend", choices=BACKENDS, default="seqio", help="numpy: the same arrays without "
+                      "TensorFlow or seqio (for machines that lack them).")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s")
   for module in args.module_import:
@@ -172,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   for name in args.tasks.split(","):
     info = cache_task(name.strip(), args.output_cache_dir, args.data_dir, args.semantic_ids,
                       use_user_token=False if args.no_user_token else None, force=args.force,
-                      cold_start_split=args.cold_start_split)
+                      cold_start_split=args.cold_start_split, backend=args.backend)
     print(json.dumps({"task": info["task"], "counts": info["counts"], "dataset": info["dataset"],
                       "semantic_ids": info["semantic_ids_method"]}, indent=1))
 

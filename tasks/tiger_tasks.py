@@ -182,7 +182,14 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
   )
 
 
-for _task_name in BUILTIN_DATASETS:
+def _seqio_installed() -> bool:
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  return importlib.util.find_spec("seqio") is not None
+
+
+# Without seqio (e.g. a GPU machine with jax only) the numpy builders above still serve
+# `python -m tasks.cache_tasks --backend=numpy`; only the TaskRegistry entries are missing.
+for _task_name in (BUILTIN_DATASETS if _seqio_installed() else ()):
   register_tiger_task(_task_name)
   register_tiger_task(_task_name + COLD_START_SUFFIX)
   register_tiger_task(_task_name + NO_USER_SUFFIX)

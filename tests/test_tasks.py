@@ -103,3 +103,33 @@ def test_no_user_token_and_id_table_that_misses_items(tiny_dataset_dir, tmp_path
   bad = partial.save(str(tmp_path / "partial.npz"))
   with pytest.raises(ValueError, match="no Semantic ID for 6 catalogue items"):
     cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir, semantic_ids_path=bad)
+
+
+def test_numpy_backend_equals_seqio_without_importing_tensorflow(tiny_dataset_dir, tmp_path):
+  # The numpy backend runs where TensorFlow and seqio are absent (blocked in the subprocess) and must
+  # write the very arrays the seqio backend writes, with and without the user token.
+  import subprocess
+  import sys
+  sid_path, _ = _table(tiny_dataset_dir, tmp_path)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for user_token in (True, False):
+    seqio_dir, numpy_dir = str(tmp_path / f"seqio_{user_token}"), str(tmp_path / f"numpy_{user_token}")
+    cache_tasks.cache_task("tiger_tiny", seqio_dir, data_dir=tiny_dataset_dir, semantic_ids_path=sid_path,
+                           use_user_token=user_token)
+    script = ("import sys\n"
+              "for m in ('tensorflow', 'seqio', 'tensorflow_datasets'): sys.modules[m] = None\n"
+              "from tasks import cache_tasks\n"
+              f"info = cache_tasks.cache_task('tiger_tiny', {numpy_dir!r}, data_dir={tiny_dataset_dir!r}, "
+              f"semantic_ids_path={sid_path!r}, use_user_token={user_token}, backend='numpy')\n"
+              "assert info['backend'] == 'numpy' and info['seqio_version'] is None\n")
+    subprocess.run([sys.executable, "-c", script], cwd=repo, check=True,
+                   env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"))
+    for name in ("train", "validation", "test", "items"):
+      a = np.load(os.path.join(seqio_dir, "tiger_tiny", f"{name}.npz"))
+      b = np.load(os.path.join(numpy_dir, "tiger_tiny", f"{name}.npz"))
+      assert sorted(a.files) == sorted(b.files)
+      for key in a.files:
+        assert a[key].dtype == b[key].dtype, f"{name}.{key}"
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"user_token={user_token} {name}.{key}")
+  with pytest.raises(ValueError, match="backend"):
+    cache_tasks.cache_task("tiger_tiny", str(tmp_path / "x"), data_dir=tiny_dataset_dir, backend="pandas")

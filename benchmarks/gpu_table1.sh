@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Table 1 on the GPU box, resumable across device calls (each call is limited to 10 minutes).
 #
-# Carried in: .whl (gin-config, tensorboardX wheels) and .devcarry/$DATASET/ holding cache/ (the task cache
-# made on the CPU side by tasks.cache_tasks with the paper-schedule Semantic IDs) and, when resuming, the
-# previous call's model.tgz.* and jaxcache.tgz (unpack them there from $OUT). Trains gin/$DATASET.gin until
+# Carried in: .whl (gin-config, tensorboardX wheels) and .devcarry/$DATASET/ holding either cache/ (the task
+# cache) or embeddings.{npy,json} (then this job first trains the paper-schedule RQ-VAE and builds the cache
+# with the numpy backend; DATA_DIR names the dataset, default data/$DATASET) and, when resuming, the previous
+# call's model.tgz.* and jaxcache.tgz (unpack them there from $OUT). Trains gin/$DATASET.gin until
 # TRAIN_SECONDS, checkpoints on SIGTERM, and once training has finished evaluates the best-on-validation
 # checkpoint on the validation and test splits. Back in $OUT: run_$DATASET.log, model.tgz.* (latest + best
 # checkpoint, metrics.jsonl, config.gin, events), jaxcache.tgz (compiled programs), eval_$DATASET.tgz.
 #   DATASET=beauty TRAIN_SECONDS=540 [EVAL_SPLITS=test] [SHIP=best] bash benchmarks/gpu_table1.sh
 set -uo pipefail
 D=${DATASET:-beauty}
-RUN=.devcarry/$D
+RUN=${RUN:-.devcarry/$D}
 MODEL_DIR=/tmp/model_$D
 LOG="$OUT/run_$D.log"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
@@ -19,6 +20,15 @@ export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 JAX_COMPILATION_CACHE_DIR=/tmp/
 mkdir -p /tmp/jaxcache
 [ -f "$RUN/jaxcache.tgz" ] && tar xzf "$RUN/jaxcache.tgz" -C /tmp/jaxcache
 ls "$RUN"/model.tgz.* >/dev/null 2>&1 && cat "$RUN"/model.tgz.* | tar xzf - -C /tmp
+if [ ! -d "$RUN/cache/tiger_$D" ]; then
+  start=$SECONDS
+  python3 -m tiger_jax.semantic_ids --data_dir="${DATA_DIR:-data/$D}" --work_dir="$RUN" \
+      --gin_file="${RQVAE_GIN:-gin/rqvae/paper.gin}" 2>&1 | grep -v "^epoch [0-9]*[1-9]00/" | tee -a "$LOG"
+  python3 -m tasks.cache_tasks --tasks="tiger_$D" --data_dir="${DATA_DIR:-data/$D}" --backend=numpy \
+      --output_cache_dir="$RUN/cache" --semantic_ids="$RUN/semantic_ids.npz" 2>&1 | tee -a "$LOG"
+  echo "semantic IDs + cache: $((SECONDS - start)) s" | tee -a "$LOG"
+  tar czf "$OUT/ids_cache_$D.tgz" -C "$RUN" semantic_ids.npz semantic_ids_config.gin cache
+fi
 GIN=(--gin_file="gin/$D.gin" --gin.MODEL_DIR="'$MODEL_DIR'" --gin.TASK_CACHE_DIR="'$RUN/cache'" ${GIN_EXTRA:-})
 timeout --preserve-status -s TERM "${TRAIN_SECONDS:-540}" python3 -m tiger_jax.train "${GIN[@]}" \
     --gin.CHECKPOINTS_TO_KEEP=1 2>&1 | tee -a "$LOG"

@@ -9,6 +9,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+# The paper's RQ-VAE shrunk to seconds on a CPU, for the end-to-end experiment tests.
+TINY_RQVAE_GIN = """\
+include 'gin/rqvae/paper.gin'
+RQVAEConfig.hidden_dims = (16,)
+RQVAEConfig.latent_dim = 4
+RQVAEConfig.codebook_size = 32
+RQVAEConfig.batch_size = 64
+RQVAEConfig.learning_rate = 0.01
+RQVAEConfig.num_epochs = 4
+RQVAEConfig.epochs_per_dispatch = 4
+RQVAEConfig.dead_code_reset_every = 0
+RQVAEConfig.kmeans_iters = 5
+"""
+
+
 def write_processed(directory, sequences, items):
   """sequences: {reviewerID: [asin, ...]}; items: [dict with asin, title, ...]."""
   os.makedirs(directory, exist_ok=True)

@@ -14,7 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from conftest import write_processed  # noqa: E402
+from conftest import TINY_RQVAE_GIN, write_processed  # noqa: E402
 from tiger_jax import rqvae  # noqa: E402
 from tiger_jax import semantic_ids as sid_lib  # noqa: E402
 
@@ -52,18 +52,7 @@ def ablations(tmp_path_factory):
   data_dir = write_processed(tmp / "data", sequences, items)
   _embeddings(tmp / "emb", [it["asin"] for it in items], rng)
   rqvae_gin = tmp / "rqvae_tiny.gin"
-  rqvae_gin.write_text(textwrap.dedent("""\
-      include 'gin/rqvae/paper.gin'
-      RQVAEConfig.hidden_dims = (16,)
-      RQVAEConfig.latent_dim = 4
-      RQVAEConfig.codebook_size = 32
-      RQVAEConfig.batch_size = 64
-      RQVAEConfig.learning_rate = 0.01
-      RQVAEConfig.num_epochs = 4
-      RQVAEConfig.epochs_per_dispatch = 4
-      RQVAEConfig.dead_code_reset_every = 0
-      RQVAEConfig.kmeans_iters = 5
-      """))
+  rqvae_gin.write_text(TINY_RQVAE_GIN)
   train_gin = tmp / "tiny.gin"
   train_gin.write_text(textwrap.dedent("""\
       from __gin__ import dynamic_registration

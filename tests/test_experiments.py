@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import cold_start as cold_start_script  # noqa: E402
 import diversity as diversity_script  # noqa: E402
 import make_report  # noqa: E402
-from conftest import write_processed  # noqa: E402
+from conftest import TINY_RQVAE_GIN, write_processed  # noqa: E402
 from tiger_jax.data import cold_start as split_lib  # noqa: E402
 from tiger_jax.data import load_dataset  # noqa: E402
 
@@ -51,18 +51,7 @@ def experiment(tmp_path_factory):
   np.save(work / "embeddings.npy", emb.astype(np.float32))
   (work / "embeddings.json").write_text(json.dumps({"asins": [it["asin"] for it in items]}))
   rqvae_gin = tmp / "rqvae_tiny.gin"
-  rqvae_gin.write_text(textwrap.dedent("""\
-      include 'gin/rqvae/paper.gin'
-      RQVAEConfig.hidden_dims = (16,)
-      RQVAEConfig.latent_dim = 4
-      RQVAEConfig.codebook_size = 32
-      RQVAEConfig.batch_size = 64
-      RQVAEConfig.learning_rate = 0.01
-      RQVAEConfig.num_epochs = 4
-      RQVAEConfig.epochs_per_dispatch = 4
-      RQVAEConfig.dead_code_reset_every = 0
-      RQVAEConfig.kmeans_iters = 5
-      """))
+  rqvae_gin.write_text(TINY_RQVAE_GIN)
   train_gin = tmp / "small.gin"
   train_gin.write_text(textwrap.dedent("""\
       from __gin__ import dynamic_registration

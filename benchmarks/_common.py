@@ -5,7 +5,6 @@ Imported by benchmarks/cold_start.py, diversity.py and make_report.py (they put 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -47,14 +46,6 @@ def run_metadata(argv: Optional[Sequence[str]] = None, **extra: Any) -> dict:
   meta.update(device_info())
   meta.update(extra)
   return meta
-
-
-def write_json(path: str, obj: Any) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(path + ".tmp", path)
-  return path
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> list[str]:

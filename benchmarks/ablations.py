@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _common  # noqa: E402
+from tiger_jax import utils  # noqa: E402
 
 log = logging.getLogger("ablations")
 STAGES = ("ids", "cache", "train", "eval")
@@ -252,7 +253,7 @@ def stage_train(args, settings: list[Setting]) -> None:
     stale = os.path.join(mdir, "eval_test", "metrics.json")
     if os.path.exists(stale):
       os.remove(stale)
-    _common.write_json(marker, {"key": key, "setting": s.label, "flags": _train_gin(args, s),
+    utils.write_json(marker, {"key": key, "setting": s.label, "flags": _train_gin(args, s),
                                 "date": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
@@ -325,7 +326,7 @@ def write_outputs(result: dict, out_dir: str, name: str) -> None:
   with open(base + ".md", "w") as f:
     f.write("\n".join(markdown(result, f"{result['experiment']} ({name})") +
                       ["```", json.dumps(result["meta"], indent=1), "```", ""]))
-  _common.write_json(base + ".json", result)
+  utils.write_json(base + ".json", result)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from tiger_jax import gin_utils  # noqa: E402
+from tiger_jax import utils  # noqa: E402
 from tiger_jax.baselines import evaluation  # noqa: E402
 from tiger_jax.baselines import popularity  # noqa: E402
 from tiger_jax.baselines import sasrec  # noqa: E402
@@ -98,10 +99,10 @@ def main(argv=None) -> dict:
     evaluation.write_metrics(os.path.join(flags.out_dir, f"popularity_{name}"), split, result)
   report["popularity_seconds"] = round(time.time() - start, 3)
   json_path = os.path.join(flags.out_dir, flags.json_name or f"baselines_{name}.json")
-  evaluation.write_json(json_path, report)
+  utils.write_json(json_path, report)
   if not flags.skip_sasrec:
     report["sasrec"] = run_sasrec(flags, name)
-    evaluation.write_json(json_path, report)
+    utils.write_json(json_path, report)
   print_summary(report)
   print(f"report: {json_path}")
   return report

@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import _common  # noqa: E402
 from tiger_jax import cold_start  # noqa: E402
 from tiger_jax.data import cold_start as split_lib  # noqa: E402
+from tiger_jax import utils  # noqa: E402
 
 log = logging.getLogger("cold_start")
 STAGES = ("split", "ids", "cache", "train", "eval")
@@ -295,7 +296,7 @@ def write_outputs(result: dict, out_dir: str, name: str) -> dict:
     f.write("\n".join(markdown(result, f"Cold-start retrieval ({name})") +
                       ["```", _json_dumps(result["meta"]), "```", ""]))
   _common.try_plot(plot, result, base + ".png", log)
-  _common.write_json(base + ".json", result)
+  utils.write_json(base + ".json", result)
   return result
 
 

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 import _common  # noqa: E402
 from tiger_jax import diversity  # noqa: E402
+from tiger_jax import utils  # noqa: E402
 
 log = logging.getLogger("diversity")
 
@@ -195,7 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     f.write("\n".join(markdown(result, f"Diversity by temperature ({args.name})") +
                       ["```", json.dumps(result["meta"], indent=1), "```", ""]))
   _common.try_plot(plot, result, base + ".png", log)
-  _common.write_json(base + ".json", result)
+  utils.write_json(base + ".json", result)
   for r in result["rows"]:
     log.info("%s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
   return result

@@ -31,6 +31,7 @@ import numpy as np
 from tasks import tiger_tasks
 from tasks import vocab as vocab_lib
 from tiger_jax.data import splits as splits_lib
+from tiger_jax import utils
 
 logger = logging.getLogger("tasks.cache_tasks")
 
@@ -187,9 +188,7 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
   info = dict(key, vocab_size=vocab_lib.DEFAULT_LAYOUT.vocab_size, counts=counts, dataset=dataset.stats(),
               reader_report=dataset.report, seconds=round(time.time() - start, 2),
               created=time.strftime("%Y-%m-%dT%H:%M:%S"), backend=backend, seqio_version=_seqio_version())
-  with open(info_path + ".tmp", "w") as f:
-    json.dump(info, f, indent=1)
-  os.replace(info_path + ".tmp", info_path)
+  utils.write_json(info_path, info)
   return info
 
 

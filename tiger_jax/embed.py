@@ -24,6 +24,7 @@ import gin
 import numpy as np
 
 from tiger_jax.data.types import Item, ItemCatalog
+from tiger_jax import utils
 
 logger = logging.getLogger("tiger_jax.embed")
 
@@ -111,9 +112,7 @@ def embed_items(catalog: ItemCatalog, work_dir: str, model_name: str = OFFLINE_M
   np.save(tmp, vectors)
   os.replace(tmp, emb_path)
   info = dict(key, dim=int(vectors.shape[1]), asins=catalog.asins, seconds=round(seconds, 2))
-  with open(info_path + ".tmp", "w") as f:
-    json.dump(info, f)
-  os.replace(info_path + ".tmp", info_path)
+  utils.write_json(info_path, info, indent=None)
   logger.info("embedded %d items with %s in %.1f s -> %s", len(sentences), model_name, seconds, emb_path)
   return vectors
 

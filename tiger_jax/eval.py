@@ -170,8 +170,7 @@ def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpo
   os.makedirs(output_dir, exist_ok=True)
   write_predictions(os.path.join(output_dir, "predictions.jsonl"), tables, arrays["user_index"],
                     arrays["target_item"], raw, scores)
-  with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  utils.write_json(os.path.join(output_dir, "metrics.json"), result)
   log.info("%s/%s step %d: %s", dataset_cfg.mixture_or_task_name, dataset_cfg.split, step,
            " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
   return result

@@ -128,6 +128,15 @@ def create_learning_rate_scheduler(factors: str = "constant * rsqrt_decay",
   return schedule
 
 
+def write_json(path: str, value: Any, indent: Optional[int] = 1) -> str:
+  """Writes JSON through a temporary file (a reader never sees half a file), creating the directory."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(value, f, indent=indent)
+  os.replace(path + ".tmp", path)
+  return path
+
+
 def adafactor(learning_rate, *, decay_rate: float = 0.8, clipping_threshold: Optional[float] = 1.0,
               momentum: Optional[float] = None, multiply_by_parameter_scale: bool = True,
               factored: bool = True, min_dim_size_to_factor: int = 128, epsilon1: float = 1e-30,

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from tiger_jax import metrics as metrics_lib
+from tiger_jax import utils
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -46,17 +47,8 @@ def eval_dir(root: str, split: str) -> str:
   return os.path.join(root, f"eval_{split}")
 
 
-def write_json(path: str, value: Any) -> str:
-  """Writes through a temporary file, so a reader never sees half a file."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + ".tmp", path)
-  return path
-
-
 def write_metrics(root: str, split: str, result: dict[str, Any]) -> str:
-  return write_json(os.path.join(eval_dir(root, split), METRICS_FILE), result)
+  return utils.write_json(os.path.join(eval_dir(root, split), METRICS_FILE), result)
 
 
 def write_predictions(path: str, users: Sequence[str], asins: Sequence[str], user_index: np.ndarray,

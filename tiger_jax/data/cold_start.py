@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from tiger_jax.data.types import Dataset
+from tiger_jax import utils
 
 FILENAME = "cold_start_split.json"
 FORMAT = "tiger_cold_start_split/1"
@@ -73,11 +74,7 @@ class ColdStartSplit:
     """Writes JSON atomically; a directory gets `cold_start_split.json`. Returns the file path."""
     if os.path.isdir(path):
       path = os.path.join(path, FILENAME)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(self.to_json(), f, indent=1)
-    os.replace(path + ".tmp", path)
-    return path
+    return utils.write_json(path, self.to_json())
 
   @classmethod
   def load(cls, path: str) -> "ColdStartSplit":

@@ -100,6 +100,8 @@ def main() -> None:
         if args.global_batch % k:
           continue
         rows.append(run(model, cache_root, devices[:k], args.global_batch, args.steps, args))
+      elif k == 1 and args.per_device_batch == args.global_batch and report["runs"].get("strong"):
+        rows.append(dict(report["runs"]["strong"][0]))  # the same run: one device, the same batch and steps
       else:
         rows.append(run(model, cache_root, devices[:k], args.per_device_batch * k, max(args.steps // k, 1),
                         args))
@@ -111,8 +113,7 @@ def main() -> None:
       print(f"{mode} k={rows[-1]['devices']}: " + json.dumps({k_: (round(v, 4) if isinstance(v, float) else v)
                                                             for k_, v in rows[-1].items()}), flush=True)
       report["runs"][mode] = rows
-      with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+      utils.write_json(path, report)
   print(f"wrote {path}")
 
 

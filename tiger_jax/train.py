@@ -12,6 +12,7 @@ the latest checkpoint.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -243,6 +244,18 @@ class StepRunner:
       log.info("compiled the %d-step loop for encoder length %d in %.1fs", self.k, length,
                self.compile_seconds[length])
     return self._compiled[length]
+
+  def precompile(self, lengths: Sequence[int], args_for: Callable[[int], tuple]) -> None:
+    """Compiles the loops of several encoder lengths at once: XLA compiles outside the GIL, and on a GPU
+    each length's compile (autotuning included) took about a minute when done one after another."""
+    todo = [length for length in lengths if length not in self._compiled]
+    if len(todo) < 2:
+      for length in todo:
+        self.get(length, *args_for(length))
+      return
+    with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
+      for future in [pool.submit(self.get, length, *args_for(length)) for length in todo]:
+        future.result()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -499,8 +512,8 @@ def train(*,
     # measure training only.
     if step < total_steps:
       _, upcoming = schedule.steps(step, min(total_steps - step, schedule.steps_per_epoch))
-      for length in sorted(set(upcoming.tolist())):
-        paused(runner.get, length, state, *dispatch_args(step, 1, length), dropout_base)
+      paused(runner.precompile, sorted(set(upcoming.tolist())),
+             lambda length: (state, *dispatch_args(step, 1, length), dropout_base))
     while step < total_steps:
       boundary = min(_next_multiple(step, eval_period), _next_multiple(step, save_period), total_steps)
       limit = int(min(steps_per_dispatch - step % steps_per_dispatch, boundary - step))

@@ -64,9 +64,27 @@ def run(model, cache_root: str, devices, batch_size: int, steps: int, args) -> d
           "validation_loss": result.evals[-1]["validation/loss"] if result.evals else None}
 
 
+def to_markdown(report: dict) -> str:
+  """The scaling tables, from scaling.json alone."""
+  args = report["args"]
+  lines = [f"# Data-parallel scaling: {report['device_kind']} x{report['device_count']}", "",
+           f"Command: `{report['command']}`; date {report['date']}; revision {report['git_revision']}; "
+           f"{args['dtype']}, encoder length {args['buckets'] or 81}, {args['steps']} steps at one device, "
+           f"validation loss on {args['eval_batches']} batches of {args['global_batch']}.", ""]
+  for mode, rows in report["runs"].items():
+    lines += [f"{mode} scaling:", "", "| GPUs | global batch | steps | ms/step | examples/s | speedup | "
+              "efficiency | validation loss | minus 1-GPU |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['devices']} | {r['global_batch']} | {r['steps']} | {r['ms_per_step']:.2f} | "
+              f"{r['examples_per_s']:.0f} | {r['speedup']:.2f} | {r['efficiency']:.2f} | "
+              f"{r['validation_loss']:.4f} | {r['loss_minus_base']:+.4f} |" for r in rows]
+    lines.append("")
+  return "\n".join(lines)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out_dir", required=True)
+  p.add_argument("--render", default=None, help="only write the markdown of this scaling.json into --out_dir")
   p.add_argument("--cache_dir", default=None, help="task cache root holding tiger_beauty/; default: in memory")
   p.add_argument("--data_dir", default=os.path.join(train_speed.REPO, "data", "beauty"))
   p.add_argument("--model_gin", default="gin/models/tiger_t5.gin")
@@ -83,6 +101,12 @@ def main() -> None:
   args = p.parse_args()
   args.buckets = [int(b) for b in args.buckets.split(",") if b]
   os.makedirs(args.out_dir, exist_ok=True)
+  if args.render:
+    with open(args.render) as f:
+      report = json.load(f)
+    with open(os.path.join(args.out_dir, "scaling.md"), "w") as f:
+      f.write(to_markdown(report))
+    return
 
   cache_root = args.cache_dir
   if cache_root is None:
@@ -114,7 +138,9 @@ def main() -> None:
                                                             for k_, v in rows[-1].items()}), flush=True)
       report["runs"][mode] = rows
       utils.write_json(path, report)
-  print(f"wrote {path}")
+  with open(os.path.join(args.out_dir, "scaling.md"), "w") as f:
+    f.write(to_markdown(report))
+  print(f"wrote {path} and scaling.md")
 
 
 if __name__ == "__main__":

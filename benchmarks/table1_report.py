@@ -68,6 +68,7 @@ def main() -> None:
   p.add_argument("--card", required=True)
   p.add_argument("--revision", required=True)
   p.add_argument("--embedding_model", default="offline:all-MiniLM-L6-v2 (384-d)")
+  p.add_argument("--note", default="", help="what else a reader must know (e.g. where the test split ran)")
   p.add_argument("--out", required=True, help="output path without extension")
   args = p.parse_args()
 
@@ -87,7 +88,7 @@ def main() -> None:
       "relative_to_paper": {k: test[k] / paper[k] - 1 for k in METRICS},
       "checkpoint_step": test.get("step"), "num_beams": test.get("num_beams"),
       "constrained": test.get("constrained"), "validation_curve": curve,
-      "training_segments": segments, "stage_seconds": stages,
+      "training_segments": segments, "stage_seconds": stages, "note": args.note,
   }
   with open(args.out + ".json", "w") as f:
     json.dump(report, f, indent=1)
@@ -108,6 +109,8 @@ def main() -> None:
     lines += ["", "Training calls: " + "; ".join(
         f"steps {s['from_step']}..{s['to_step']} in {s['wall_s']:.0f} s ({s['ms_per_step']} ms/step while "
         f"training, {s['compile_eval_checkpoint_s']:.0f} s compile/eval/checkpoint)" for s in segments)]
+  if args.note:
+    lines += ["", args.note]
   with open(args.out + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

@@ -1,0 +1,92 @@
+"""Side-by-side record of several training runs that differ in one setting (a sweep, a tuning attempt).
+
+For each run (LABEL=MODEL_DIR) it reads what training and evaluation left in the model directory:
+metrics.jsonl (the validation curve, whose best NDCG@10 picks the checkpoint) and eval_test/metrics.json (that
+checkpoint on the test split). No number is typed by hand:
+
+  python benchmarks/compare_runs.py --title "Beauty: dropout" --card "NVIDIA H100 80GB HBM3" \
+      --revision 6765e0b --run "dropout 0.0=work/beauty_d0" --run "dropout 0.1=work/beauty_paper/..." \
+      --out benchmarks/results/tuning_beauty_dropout_h100
+
+Writes OUT.json and OUT.md: a table of each run's best checkpoint (validation and test metrics) and a table of
+validation NDCG@10 against the step.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from table1_report import METRICS, validation_curve  # noqa: E402
+
+
+def _metrics(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def summarize(label: str, model_dir: str) -> dict:
+  curve = validation_curve(os.path.join(model_dir, "metrics.jsonl"))
+  if not curve:
+    raise ValueError(f"{model_dir}/metrics.jsonl: no validation retrieval metrics (validation/ndcg@10)")
+  best = max(curve, key=lambda r: r["ndcg@10"])
+  test = _metrics(os.path.join(model_dir, "eval_test", "metrics.json"))
+  if test and test.get("step") != best["step"]:
+    raise ValueError(f"{model_dir}/eval_test is of step {test.get('step')}, not the best step {best['step']}")
+  return {"label": label, "model_dir": model_dir, "validation_curve": curve, "last_step": curve[-1]["step"],
+          "best_step": best["step"], "validation": {k: best[k] for k in METRICS},
+          "test": {k: test[k] for k in METRICS} if test else None}
+
+
+def to_markdown(report: dict) -> str:
+  runs = report["runs"]
+  lines = [f"# {report['title']}", "", f"Card: {report['card']}; revision {report['revision']}; written "
+           f"{report['written']}.", "", "Best-on-validation checkpoint of each run (validation: the evaluation during training):", "",
+           "| run | last evaluated step | best step | " + " | ".join(f"val {k}" for k in METRICS) + " | "
+           + " | ".join(f"test {k}" for k in METRICS) + " |", "|---|---|---|" + "---|" * (2 * len(METRICS))]
+  for r in runs:
+    cells = [f"{r[s][k]:.4f}" if r[s] else "-" for s in ("validation", "test") for k in METRICS]
+    lines.append(f"| {r['label']} | {r['last_step']} | {r['best_step']} | " + " | ".join(cells) + " |")
+  steps = sorted({row["step"] for r in runs for row in r["validation_curve"]})
+  by_step = [{row["step"]: row["ndcg@10"] for row in r["validation_curve"]} for r in runs]
+  lines += ["", "Validation NDCG@10 during training (bfloat16 decoding on the training card):", "",
+            "| step | " + " | ".join(r["label"] for r in runs) + " |", "|---|" + "---|" * len(runs)]
+  lines += [f"| {s} | " + " | ".join(f"{b[s]:.4f}" if s in b else "" for b in by_step) + " |" for s in steps]
+  if report.get("note"):
+    lines += ["", report["note"]]
+  return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--run", action="append", required=True, help="LABEL=MODEL_DIR")
+  p.add_argument("--title", required=True)
+  p.add_argument("--card", required=True)
+  p.add_argument("--revision", required=True)
+  p.add_argument("--note", default="")
+  p.add_argument("--out", required=True, help="output path without extension")
+  args = p.parse_args()
+  runs = []
+  for spec in args.run:
+    label, sep, model_dir = spec.partition("=")
+    if not sep:
+      p.error(f"--run {spec!r}: expected LABEL=MODEL_DIR")
+    runs.append(summarize(label, model_dir))
+  report = {"title": args.title, "card": args.card, "revision": args.revision, "note": args.note,
+            "written": datetime.date.today().isoformat(), "command": " ".join(sys.argv), "runs": runs}
+  with open(args.out + ".json", "w") as f:
+    json.dump(report, f, indent=1)
+  text = to_markdown(report)
+  with open(args.out + ".md", "w") as f:
+    f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()

@@ -3,13 +3,16 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import compare_runs  # noqa: E402
+import embedding_knn  # noqa: E402
 import table1_report  # noqa: E402
+from tiger_jax.data import splits  # noqa: E402
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
@@ -52,3 +55,16 @@ def test_table1_report_parses_the_trainers_summary_lines(tmp_path):
   [segment] = table1_report.training_segments([str(log)])
   assert segment == {"log": "run.log", "from_step": 0, "to_step": 54600, "wall_s": 384.0, "ms_per_step": 5.36,
                      "compile_eval_checkpoint_s": 91.0}
+
+
+def test_embedding_knn_ranks_by_similarity_to_the_last_history_item():
+  # Items 0 and 1 are near-identical, 2 and 3 are near-identical, the two pairs are orthogonal.
+  x = np.array([[1, 0], [0.99, 0.1], [0, 1], [0.1, 0.99]], np.float32)
+  examples = splits.SplitExamples(user_index=np.arange(3, dtype=np.int32),
+                                  history=[np.array([2, 0]), np.array([3]), np.array([1, 2])],
+                                  target=np.array([1, 0, 3], np.int32))
+  m = embedding_knn.knn_metrics(x, examples, num_candidates=3)
+  # User 0: last item 0 -> [1, ...] hit at rank 1; user 1: last item 3 -> [2, 1, 0] target 0 at rank 3;
+  # user 2: last item 2 -> [3, ...] hit at rank 1.
+  assert m["recall@5"] == pytest.approx(1.0)
+  assert m["ndcg@5"] == pytest.approx((1 + 1 / np.log2(4) + 1) / 3)

@@ -32,11 +32,24 @@ from tiger_jax.data import load_dataset, splits  # noqa: E402
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
-def knn_metrics(embeddings: np.ndarray, examples: splits.SplitExamples, num_candidates: int = 20) -> dict:
-  """Ranks by similarity to each example's last history item; metrics of the target's rank."""
+def knn_ranked(embeddings: np.ndarray, examples: splits.SplitExamples, num_candidates: int = 20) -> np.ndarray:
+  """The catalogue ranked by similarity to each example's last history item [N, num_candidates]."""
   last = np.array([h[-1] if len(h) else -1 for h in examples.history], np.int64)
-  ranked = cold_start.knn_candidates(embeddings, last, num_candidates)
-  return metrics.ranking_metrics(metrics.target_ranks(ranked, examples.target))
+  return cold_start.knn_candidates(embeddings, last, num_candidates)
+
+
+def knn_metrics(embeddings: np.ndarray, examples: splits.SplitExamples, num_candidates: int = 20) -> dict:
+  """Ranking metrics of the target's position in `knn_ranked`."""
+  return metrics.ranking_metrics(metrics.target_ranks(knn_ranked(embeddings, examples, num_candidates),
+                                                      examples.target))
+
+
+def write_predictions(path: str, ranked: np.ndarray, examples: splits.SplitExamples, users, asins) -> None:
+  """eval's predictions.jsonl layout (user, target, topk), so other scripts read KNN like any model."""
+  with open(path, "w") as f:
+    for u, t, row in zip(examples.user_index, examples.target, ranked):
+      f.write(json.dumps({"user": users[u], "target": asins[t], "topk": [asins[i] for i in row if i >= 0]})
+              + "\n")
 
 
 def main() -> None:
@@ -44,6 +57,7 @@ def main() -> None:
   p.add_argument("--data_dir", required=True)
   p.add_argument("--embeddings", action="append", required=True, help="LABEL=WORK_DIR holding embeddings.npy")
   p.add_argument("--out", required=True, help="output path without extension")
+  p.add_argument("--predictions_dir", default=None, help="also write <label>_<split>.jsonl predictions here")
   args = p.parse_args()
   dataset = load_dataset(args.data_dir)
   asins = np.array([item.asin for item in dataset.catalog.items])
@@ -59,7 +73,12 @@ def main() -> None:
     row = {"label": label, "work_dir": work_dir, "dim": int(x.shape[1]), "model_name": info.get("model_name"),
            "encode_seconds": info.get("seconds")}
     for split, ex in examples.items():
-      row[split] = knn_metrics(x, ex)
+      ranked = knn_ranked(x, ex)
+      row[split] = metrics.ranking_metrics(metrics.target_ranks(ranked, ex.target))
+      if args.predictions_dir:
+        os.makedirs(args.predictions_dir, exist_ok=True)
+        write_predictions(os.path.join(args.predictions_dir, f"{label}_{split}.jsonl"), ranked, ex,
+                          dataset.sessions.users, asins)
     rows.append(row)
     print(label, {s: {k: round(row[s][k], 4) for k in METRICS} for s in examples}, flush=True)
   report = {**_common.run_metadata(), "dataset": dataset.name, "rows": rows}

@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import compare_runs  # noqa: E402
 import embedding_knn  # noqa: E402
 import table1_report  # noqa: E402
+import target_frequency  # noqa: E402
 from tiger_jax.data import splits  # noqa: E402
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
@@ -68,3 +69,18 @@ def test_embedding_knn_ranks_by_similarity_to_the_last_history_item():
   # user 2: last item 2 -> [3, ...] hit at rank 1.
   assert m["recall@5"] == pytest.approx(1.0)
   assert m["ndcg@5"] == pytest.approx((1 + 1 / np.log2(4) + 1) / 3)
+
+
+def test_target_frequency_recall_per_bucket_of_training_target_count(tmp_path):
+  asin_index = {"a": 0, "b": 1, "c": 2}
+  train_counts = np.array([0, 3, 50])  # a: never a training target; b: 1-4 times; c: 20+
+  rows = [("a", ["a", "b"]), ("b", ["c", "a"]), ("b", ["b"]), ("c", ["a"] * 10 + ["c"])]
+  path = tmp_path / "predictions.jsonl"
+  path.write_text("".join(json.dumps({"user": f"u{i}", "target": t, "topk": k}) + "\n"
+                          for i, (t, k) in enumerate(rows)))
+  got = target_frequency.recall_by_bucket(str(path), asin_index, train_counts, k=10)
+  assert [(r["bucket"], r["users"], r["recall@10"]) for r in got] == [
+      ("0", 1, 1.0), ("1-4", 2, 0.5), ("5-19", 0, None), ("20+", 1, 0.0)]  # c is 11th: not in the top 10
+  path.write_text(json.dumps({"user": "u", "target": "zzz", "topk": []}) + "\n")
+  with pytest.raises(ValueError, match="predictions.jsonl:1: target 'zzz'"):
+    target_frequency.recall_by_bucket(str(path), asin_index, train_counts, k=10)

@@ -48,6 +48,15 @@ def run_metadata(argv: Optional[Sequence[str]] = None, **extra: Any) -> dict:
   return meta
 
 
+def parse_stages(parser, text: str, known: Sequence[str]) -> list[str]:
+  """A --stages value (comma-separated) as a list; an unknown stage is a parser error naming the known ones."""
+  stages = [s for s in text.split(",") if s]
+  unknown = set(stages) - set(known)
+  if unknown:
+    parser.error(f"--stages: unknown {sorted(unknown)}; known: {list(known)}")
+  return stages
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> list[str]:
   """Lines of a GitHub markdown table; floats printed with `digits` decimals, None as a dash."""
   def cell(v):

@@ -121,10 +121,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--name", default=None, help="Result file name (default ablation_<ablation>_<dataset>).")
   p.add_argument("--force", action="store_true", help="Redo the ids/cache stages even if current.")
   args = p.parse_args(argv)
-  args.stages = [s for s in args.stages.split(",") if s]
-  unknown = set(args.stages) - set(STAGES)
-  if unknown:
-    p.error(f"--stages: unknown {sorted(unknown)}; known: {STAGES}")
+  args.stages = _common.parse_stages(p, args.stages, STAGES)
   args.settings = [s for s in args.settings.split(",") if s]
   args.layers = [int(x) for x in args.layers.split(",") if x]
   args.gin_file = args.gin_file or ["gin/beauty.gin"]

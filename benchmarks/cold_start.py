@@ -89,10 +89,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--name", default="cold_start_beauty")
   p.add_argument("--force", action="store_true", help="Redo the split/ids/cache stages even if current.")
   args = p.parse_args(argv)
-  args.stages = [s for s in args.stages.split(",") if s]
-  unknown = set(args.stages) - set(STAGES)
-  if unknown:
-    p.error(f"unknown stages {sorted(unknown)}; known: {STAGES}")
+  args.stages = _common.parse_stages(p, args.stages, STAGES)
   args.gin_file = args.gin_file or ["gin/beauty_coldstart.gin"]
   args.cache_dir = args.cache_dir or os.path.join(args.work_dir, "cache")
   args.model_dir = args.model_dir or os.path.join(args.work_dir, "model")

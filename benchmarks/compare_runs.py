@@ -20,8 +20,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from table1_report import METRICS, validation_curve  # noqa: E402
+from tiger_jax import utils  # noqa: E402
 
 
 def _metrics(path: str):
@@ -80,8 +82,7 @@ def main() -> None:
     runs.append(summarize(label, model_dir))
   report = {"title": args.title, "card": args.card, "revision": args.revision, "note": args.note,
             "written": datetime.date.today().isoformat(), "command": " ".join(sys.argv), "runs": runs}
-  with open(args.out + ".json", "w") as f:
-    json.dump(report, f, indent=1)
+  utils.write_json(args.out + ".json", report)
   text = to_markdown(report)
   with open(args.out + ".md", "w") as f:
     f.write(text)

@@ -38,10 +38,13 @@ def knn_ranked(embeddings: np.ndarray, examples: splits.SplitExamples, num_candi
   return cold_start.knn_candidates(embeddings, last, num_candidates)
 
 
+def ranked_metrics(ranked: np.ndarray, examples: splits.SplitExamples) -> dict:
+  """Ranking metrics of each example's target in its ranked list."""
+  return metrics.ranking_metrics(metrics.target_ranks(ranked, examples.target))
+
+
 def knn_metrics(embeddings: np.ndarray, examples: splits.SplitExamples, num_candidates: int = 20) -> dict:
-  """Ranking metrics of the target's position in `knn_ranked`."""
-  return metrics.ranking_metrics(metrics.target_ranks(knn_ranked(embeddings, examples, num_candidates),
-                                                      examples.target))
+  return ranked_metrics(knn_ranked(embeddings, examples, num_candidates), examples)
 
 
 def write_predictions(path: str, ranked: np.ndarray, examples: splits.SplitExamples, users, asins) -> None:
@@ -74,7 +77,7 @@ def main() -> None:
            "encode_seconds": info.get("seconds")}
     for split, ex in examples.items():
       ranked = knn_ranked(x, ex)
-      row[split] = metrics.ranking_metrics(metrics.target_ranks(ranked, ex.target))
+      row[split] = ranked_metrics(ranked, ex)
       if args.predictions_dir:
         os.makedirs(args.predictions_dir, exist_ok=True)
         write_predictions(os.path.join(args.predictions_dir, f"{label}_{split}.jsonl"), ranked, ex,

@@ -81,6 +81,11 @@ def to_markdown(report: dict) -> str:
   return "\n".join(lines)
 
 
+def write_markdown(out_dir: str, report: dict) -> None:
+  with open(os.path.join(out_dir, "scaling.md"), "w") as f:
+    f.write(to_markdown(report))
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out_dir", required=True)
@@ -104,8 +109,7 @@ def main() -> None:
   if args.render:
     with open(args.render) as f:
       report = json.load(f)
-    with open(os.path.join(args.out_dir, "scaling.md"), "w") as f:
-      f.write(to_markdown(report))
+    write_markdown(args.out_dir, report)
     return
 
   cache_root = args.cache_dir
@@ -138,8 +142,7 @@ def main() -> None:
                                                             for k_, v in rows[-1].items()}), flush=True)
       report["runs"][mode] = rows
       utils.write_json(path, report)
-  with open(os.path.join(args.out_dir, "scaling.md"), "w") as f:
-    f.write(to_markdown(report))
+  write_markdown(args.out_dir, report)
   print(f"wrote {path} and scaling.md")
 
 

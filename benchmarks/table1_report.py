@@ -17,6 +17,11 @@ import datetime
 import json
 import os
 import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tiger_jax import utils  # noqa: E402
 
 # Rajput et al., NeurIPS 2023, Table 1 (TIGER row), test split.
 PAPER = {
@@ -90,8 +95,7 @@ def main() -> None:
       "constrained": test.get("constrained"), "validation_curve": curve,
       "training_segments": segments, "stage_seconds": stages, "note": args.note,
   }
-  with open(args.out + ".json", "w") as f:
-    json.dump(report, f, indent=1)
+  utils.write_json(args.out + ".json", report)
 
   lines = [f"# Table 1, {args.dataset}: {args.card}, revision {args.revision}", "",
            f"Embeddings: {args.embedding_model}. Checkpoint: step {report['checkpoint_step']} "

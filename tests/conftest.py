@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -34,6 +35,31 @@ def write_processed(directory, sequences, items):
     for item in items:
       f.write(json.dumps(item) + "\n")
   return str(directory)
+
+
+def write_category_walk_dataset(directory, rng, num_items, num_users, length_cycle, user_digits):
+  """Items in 3 categories (item i in category i % 3); a user's next item is mostly i + 3 (same category),
+  else random, so that a model has something to learn. Users have 4 .. 3 + length_cycle items."""
+  items = [{"asin": f"P{i:02d}", "title": f"product {i}", "categories": [["Beauty", f"Cat{i % 3}"]]}
+           for i in range(num_items)]
+  sequences = {}
+  for u in range(num_users):
+    seq = [int(rng.integers(num_items))]
+    for _ in range(3 + u % length_cycle):
+      seq.append((seq[-1] + 3) % num_items if rng.random() < 0.8 else int(rng.integers(num_items)))
+    sequences[f"user{u:0{user_digits}d}"] = [f"P{i:02d}" for i in seq]
+  return write_processed(directory, sequences, items), [it["asin"] for it in items]
+
+
+def write_clustered_embeddings(directory, asins, rng, dim=16):
+  """embeddings.{npy,json} as the embed stage writes them: one Gaussian cluster per category (i % 3)."""
+  os.makedirs(directory, exist_ok=True)
+  centres = rng.standard_normal((3, dim)) * 2
+  emb = (centres[np.arange(len(asins)) % 3] + rng.standard_normal((len(asins), dim))).astype(np.float32)
+  np.save(os.path.join(directory, "embeddings.npy"), emb)
+  with open(os.path.join(directory, "embeddings.json"), "w") as f:
+    json.dump({"asins": list(asins)}, f)
+  return emb
 
 
 @pytest.fixture

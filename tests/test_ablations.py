@@ -14,7 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from conftest import TINY_RQVAE_GIN, write_processed  # noqa: E402
+from conftest import TINY_RQVAE_GIN, write_category_walk_dataset, write_clustered_embeddings  # noqa: E402
 from tiger_jax import rqvae  # noqa: E402
 from tiger_jax import semantic_ids as sid_lib  # noqa: E402
 
@@ -24,16 +24,6 @@ SMALL = dict(emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64)
 USER_TOKEN_MIN = 1026  # tasks/vocab.py: user tokens are 1026 + bucket
 
 
-def _embeddings(directory, asins, rng, dim=16):
-  os.makedirs(directory, exist_ok=True)
-  centres = rng.standard_normal((3, dim)) * 2
-  emb = centres[np.arange(len(asins)) % 3] + rng.standard_normal((len(asins), dim))
-  np.save(os.path.join(directory, "embeddings.npy"), emb.astype(np.float32))
-  with open(os.path.join(directory, "embeddings.json"), "w") as f:
-    json.dump({"asins": list(asins)}, f)
-  return emb.astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def ablations(tmp_path_factory):
   pytest.importorskip("seqio")
@@ -41,16 +31,9 @@ def ablations(tmp_path_factory):
   import make_report  # pylint: disable=g-import-not-at-top
   tmp = tmp_path_factory.mktemp("ablations")
   rng = np.random.default_rng(0)
-  items = [{"asin": f"P{i:02d}", "title": f"product {i}", "categories": [["Beauty", f"Cat{i % 3}"]]}
-           for i in range(NUM_ITEMS)]
-  sequences = {}
-  for u in range(NUM_USERS):
-    seq = [int(rng.integers(NUM_ITEMS))]
-    for _ in range(3 + u % 4):
-      seq.append((seq[-1] + 3) % NUM_ITEMS if rng.random() < 0.8 else int(rng.integers(NUM_ITEMS)))
-    sequences[f"user{u:03d}"] = [f"P{i:02d}" for i in seq]
-  data_dir = write_processed(tmp / "data", sequences, items)
-  _embeddings(tmp / "emb", [it["asin"] for it in items], rng)
+  data_dir, asins = write_category_walk_dataset(tmp / "data", rng, NUM_ITEMS, NUM_USERS, length_cycle=4,
+                                                user_digits=3)
+  write_clustered_embeddings(tmp / "emb", asins, rng)
   rqvae_gin = tmp / "rqvae_tiny.gin"
   rqvae_gin.write_text(TINY_RQVAE_GIN)
   train_gin = tmp / "tiny.gin"
@@ -167,8 +150,8 @@ def test_combined_catalogue_fits_the_rqvae_on_both_catalogues(tmp_path, monkeypa
   rng = np.random.default_rng(1)
   beauty = [f"B{i}" for i in range(120)]
   sports = [f"S{i}" for i in range(80)] + ["B0"]  # an item both catalogues hold is fit once
-  xb = _embeddings(tmp_path / "beauty", beauty, rng)
-  xs = _embeddings(tmp_path / "sports", sports, rng)
+  xb = write_clustered_embeddings(tmp_path / "beauty", beauty, rng)
+  xs = write_clustered_embeddings(tmp_path / "sports", sports, rng)
   fitted = []
   real = rqvae.train_rqvae
   monkeypatch.setattr(rqvae, "train_rqvae", lambda x, *a, **k: fitted.append(np.array(x)) or real(x, *a, **k))

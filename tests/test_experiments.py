@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import cold_start as cold_start_script  # noqa: E402
 import diversity as diversity_script  # noqa: E402
 import make_report  # noqa: E402
-from conftest import TINY_RQVAE_GIN, write_processed  # noqa: E402
+from conftest import TINY_RQVAE_GIN, write_category_walk_dataset, write_clustered_embeddings  # noqa: E402
 from tiger_jax.data import cold_start as split_lib  # noqa: E402
 from tiger_jax.data import load_dataset  # noqa: E402
 
@@ -34,22 +34,10 @@ SMALL = dict(emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1
 def experiment(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("experiments")
   rng = np.random.default_rng(0)
-  items = [{"asin": f"P{i:02d}", "title": f"product {i}", "categories": [["Beauty", f"Cat{i % 3}"]]}
-           for i in range(NUM_ITEMS)]
-  # Users mostly stay in one category: item i is followed by i + 3 (same category) or a random item.
-  sequences = {}
-  for u in range(NUM_USERS):
-    seq = [int(rng.integers(NUM_ITEMS))]
-    for _ in range(3 + u % 6):
-      seq.append((seq[-1] + 3) % NUM_ITEMS if rng.random() < 0.8 else int(rng.integers(NUM_ITEMS)))
-    sequences[f"user{u:02d}"] = [f"P{i:02d}" for i in seq]
-  data_dir = write_processed(tmp / "data", sequences, items)
+  data_dir, asins = write_category_walk_dataset(tmp / "data", rng, NUM_ITEMS, NUM_USERS, length_cycle=6,
+                                                user_digits=2)
   work = tmp / "work"
-  work.mkdir()
-  centres = rng.standard_normal((3, 16)) * 2
-  emb = centres[np.arange(NUM_ITEMS) % 3] + rng.standard_normal((NUM_ITEMS, 16))
-  np.save(work / "embeddings.npy", emb.astype(np.float32))
-  (work / "embeddings.json").write_text(json.dumps({"asins": [it["asin"] for it in items]}))
+  write_clustered_embeddings(work, asins, rng)
   rqvae_gin = tmp / "rqvae_tiny.gin"
   rqvae_gin.write_text(TINY_RQVAE_GIN)
   train_gin = tmp / "small.gin"

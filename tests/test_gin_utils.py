@@ -129,3 +129,16 @@ def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
   # Data stages (embed, semantic ids) read the same file but must not trip over the trainer's bindings.
   flags = gin_utils.parse_stage_flags([f"--gin_file=gin/{name}.gin", "--data_dir=d", "--work_dir=w"], "stage")
   assert flags.data_dir == "d" and gin.query_parameter("%TRAIN_STEPS") == steps
+
+
+@pytest.mark.parametrize("name,steps", [("beauty_refit", 30000), ("sports_refit", 40000)])
+def test_refit_files_train_on_train_and_validation_without_validation_metrics(name, steps):
+  gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"], ['MODEL_DIR = "/tmp/m"'])
+  assert gin.query_parameter("%TRAIN_STEPS") == steps
+  assert gin.query_parameter("train/utils.DatasetConfig.split") == "train+validation"
+  assert gin.query_parameter("infer_eval/utils.DatasetConfig.split") == "validation"
+  from tiger_jax import train  # pylint: disable=g-import-not-at-top
+  assert gin.query_parameter("train_script.train.eval_metric_fns") == []
+  assert gin.query_parameter("train_script.train.best_metric") is None
+  assert gin.get_configurable(train.train) is not None
+  gin.clear_config(clear_constants=True)

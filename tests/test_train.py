@@ -184,6 +184,29 @@ def test_dataset_arrays_read_fit_and_errors(cache_dir, tmp_path):
     utils.get_dataset_arrays(_cfg(cache_dir, use_cached=False))
 
 
+def test_joined_splits_concatenate_rows_in_order(cache_dir, tmp_path):
+  """'train+validation' (refit) is the train rows then the validation rows; bad joins are refused."""
+  train = utils.get_dataset_arrays(_cfg(cache_dir))
+  val = utils.get_dataset_arrays(_cfg(cache_dir, split="validation"))
+  both = utils.get_dataset_arrays(_cfg(cache_dir, split="train+validation"))
+  assert set(both) == set(train)
+  for k in train:
+    np.testing.assert_array_equal(both[k], np.concatenate([train[k], val[k]]))
+  with pytest.raises(ValueError, match="distinct split names"):
+    utils.get_dataset_arrays(_cfg(cache_dir, split="train+train"))
+  with pytest.raises(ValueError, match="distinct split names"):
+    utils.get_dataset_arrays(_cfg(cache_dir, split="train+"))
+  with pytest.raises(FileNotFoundError, match="no cached split 'extra'"):
+    utils.get_dataset_arrays(_cfg(cache_dir, split="train+extra"))
+  other = tmp_path / TASK
+  other.mkdir()
+  fields = {k: v[:4] for k, v in train.items()}
+  np.savez(other / "train.npz", **fields)
+  np.savez(other / "validation.npz", **{k: v for k, v in fields.items() if k != "target_item"})
+  with pytest.raises(ValueError, match="'validation' has fields"):
+    utils.get_dataset_arrays(_cfg(str(tmp_path), split="train+validation", use_memory_cache=False))
+
+
 def test_nonpad_lengths():
   tokens = np.array([[5, 6, 0, 0], [0, 0, 0, 0], [1, 2, 3, 4]])
   np.testing.assert_array_equal(utils.nonpad_lengths(tokens), [2, 0, 4])

@@ -256,7 +256,28 @@ def _load_npz(path: str) -> dict:
 
 def get_dataset_arrays(cfg: DatasetConfig, features: Sequence[str] = MODEL_FEATURES + EXTRA_FEATURES,
                        ) -> dict[str, np.ndarray]:
-  """Reads one cached split as int32 arrays, checked against CONTRACTS.md and fit to the feature lengths."""
+  """Reads one cached split as int32 arrays, checked against CONTRACTS.md and fit to the feature lengths.
+
+  `split` may join cached splits TFDS-style, e.g. 'train+validation': their rows in that order. Training on
+  that refits on the validation targets too (each user's most recent training example), once the number of
+  steps has been chosen on validation.
+  """
+  parts = cfg.split.split("+")
+  if len(parts) > 1:
+    if any(not p for p in parts) or len(set(parts)) != len(parts):
+      raise ValueError(f"split {cfg.split!r}: expected distinct split names joined by '+'")
+    loaded = [get_dataset_arrays(dataclasses.replace(cfg, split=p), features) for p in parts]
+    names = set(loaded[0])
+    for part, arrays in zip(parts[1:], loaded[1:]):
+      if set(arrays) != names:
+        raise ValueError(f"split {cfg.split!r}: {part!r} has fields {sorted(arrays)}, {parts[0]!r} has "
+                         f"{sorted(names)}")
+    out = {}
+    for k in loaded[0]:
+      width = max(a[k].shape[1] for a in loaded) if loaded[0][k].ndim == 2 else None
+      out[k] = np.concatenate([a[k] if width is None else _fit_width(k, a[k], width, cfg.split, False)
+                               for a in loaded])
+    return out
   if not cfg.use_cached:
     raise NotImplementedError(
         f"{cfg.mixture_or_task_name}: training reads only cached tasks (no TensorFlow at train time); "

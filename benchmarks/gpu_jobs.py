@@ -1,0 +1,189 @@
+"""Several TIGER trainings side by side on one GPU host, each then evaluated on test (the lent device).
+
+A device command may run 10 minutes, but a process started in its own session outlives the command while the
+machine stays warm. So the first call starts this runner detached and each call (that one too) ends with
+`--collect`, which waits, then packs the runner's small results into $OUT; back-to-back calls thus share one
+warm machine, its compiled programs and its checkpoints, with no restart or re-upload between them.
+
+The plan (JSON) names datasets and jobs. A dataset's embeddings become paper-schedule RQ-VAE Semantic IDs
+(GPU) and its task caches (numpy backend; no TensorFlow on the device), unless its work dir already holds
+them. A job is an experiment gin file plus bindings; it trains, then tests the checkpoint named by
+`eval_checkpoint` ('best' on validation, or 'latest'). Jobs start in plan order once their dataset is ready,
+at most --concurrency at a time, time-sharing the GPU (each process gets --mem_fraction of its memory).
+
+  setsid nohup python3 benchmarks/gpu_jobs.py --plan=benchmarks/gpu_plans/h200_refit.json &
+  python3 benchmarks/gpu_jobs.py --collect="$OUT" --wait=540 [--ship_models=beauty_refit]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = "/tmp/gpu_jobs"
+CHUNK_BYTES = 15 << 20
+RESULT_FILES = ("metrics.jsonl", "config.gin", "eval_test/metrics.json")
+
+
+class Runner:
+  """Runs the plan; every state change lands in ROOT/results/status.json."""
+
+  def __init__(self, plan: dict, root: str, concurrency: int, mem_fraction: float, revision: str):
+    self.plan, self.root = plan, root
+    self.results = os.path.join(root, "results")
+    os.makedirs(self.results, exist_ok=True)
+    self.env = dict(os.environ, PYTHONPATH=f"/tmp/site:{REPO}", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
+                    JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jaxcache"),
+                    XLA_PYTHON_CLIENT_MEM_FRACTION=str(mem_fraction))
+    self.concurrency = concurrency
+    self.lock = threading.Lock()
+    self.status = {"revision": revision, "started": time.time(), "datasets": {}, "jobs": {}}
+    self.ready = {name: threading.Event() for name in plan["datasets"]}
+
+  def note(self, kind: str, name: str, **fields) -> None:
+    with self.lock:
+      self.status[kind].setdefault(name, {}).update(fields, t=round(time.time() - self.status["started"], 1))
+      with open(os.path.join(self.results, "status.json.tmp"), "w") as f:
+        json.dump(self.status, f, indent=1)
+      os.replace(os.path.join(self.results, "status.json.tmp"), os.path.join(self.results, "status.json"))
+
+  def sh(self, args: list[str], log_name: str) -> int:
+    with open(os.path.join(self.results, log_name), "a") as log:
+      log.write(f"$ {' '.join(args)}\n")
+      log.flush()
+      return subprocess.call(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+  def prepare(self, name: str, spec: dict) -> None:
+    """Semantic IDs and task caches of one dataset (skipped when present)."""
+    work = spec["work_dir"]
+    start = time.time()
+    ok = True
+    if not os.path.exists(os.path.join(work, "semantic_ids.npz")):
+      self.note("datasets", name, stage="ids")
+      ok = self.sh([sys.executable, "-m", "tiger_jax.semantic_ids", f"--data_dir={spec['data_dir']}",
+                    f"--work_dir={work}", f"--gin_file={spec.get('rqvae_gin', 'gin/rqvae/paper.gin')}"]
+                   + [f"--gin.{b}" for b in spec.get("rqvae_bindings", [])],
+                   f"{name}_ids.log") == 0
+      self.note("datasets", name, ids_s=round(time.time() - start, 1))
+    missing = [t for t in spec["tasks"] if not os.path.exists(os.path.join(work, "cache", t, "test.npz"))]
+    if ok and missing:
+      self.note("datasets", name, stage="cache")
+      ok = self.sh([sys.executable, "-m", "tasks.cache_tasks", f"--tasks={','.join(missing)}",
+                    f"--data_dir={spec['data_dir']}", "--backend=numpy", f"--output_cache_dir={work}/cache",
+                    f"--semantic_ids={work}/semantic_ids.npz"], f"{name}_ids.log") == 0
+    self.note("datasets", name, stage="ready" if ok else "failed", prepare_s=round(time.time() - start, 1))
+    if ok:
+      self.ready[name].set()
+
+  def job(self, spec: dict) -> None:
+    name, dataset = spec["name"], spec["dataset"]
+    model_dir = os.path.join(self.root, "models", name)
+    cache = os.path.join(self.plan["datasets"][dataset]["work_dir"], "cache")
+    gin = [f"--gin_file={spec['gin_file']}", f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TASK_CACHE_DIR='{cache}'",
+           "--gin.CHECKPOINTS_TO_KEEP=1"] + [f"--gin.{b}" for b in spec.get("bindings", [])]
+    start = time.time()
+    self.note("jobs", name, stage="train")
+    rc = self.sh([sys.executable, "-m", "tiger_jax.train"] + gin, f"{name}_train.log")
+    self.note("jobs", name, train_s=round(time.time() - start, 1), train_rc=rc)
+    if rc == 0:
+      start = time.time()
+      self.note("jobs", name, stage="eval")
+      rc = self.sh([sys.executable, "-m", "tiger_jax.eval"] + gin + [
+          "--gin_file=gin/runs/eval.gin", f"--gin.EVAL_CHECKPOINT='{spec.get('eval_checkpoint', 'best')}'"],
+          f"{name}_eval.log")
+      self.note("jobs", name, eval_s=round(time.time() - start, 1), eval_rc=rc)
+    for rel in RESULT_FILES:
+      src = os.path.join(model_dir, rel)
+      if os.path.exists(src):
+        with open(src) as f, open(os.path.join(self.results, f"{name}_{rel.replace('/', '_')}"), "w") as g:
+          g.write(f.read())
+    self.note("jobs", name, stage="done" if rc == 0 else "failed")
+
+  def run(self) -> None:
+    """Starts jobs in plan order as their dataset becomes ready, keeping at most `concurrency` running."""
+    try:
+      device = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+      device = "no nvidia-smi"
+    self.note("datasets", "_runner", stage="running", device=device)
+    for name, spec in self.plan["datasets"].items():
+      threading.Thread(target=self.prepare, args=(name, spec), daemon=True).start()
+    pending, running = list(self.plan["jobs"]), []
+    while pending or running:
+      running = [t for t in running if t.is_alive()]
+      for spec in list(pending):
+        if len(running) >= self.concurrency:
+          break
+        if self.status["datasets"].get(spec["dataset"], {}).get("stage") == "failed":
+          pending.remove(spec)
+          self.note("jobs", spec["name"], stage="skipped: dataset failed")
+        elif self.ready[spec["dataset"]].is_set():
+          pending.remove(spec)
+          running.append(threading.Thread(target=self.job, args=(spec,)))
+          running[-1].start()
+      time.sleep(2)
+    self.note("datasets", "_runner", stage="finished")
+
+
+def collect(out: str, wait: float, ship_models: list[str], root: str) -> None:
+  """Waits up to `wait` s for the runner to finish, then packs results (and named models' dirs) into OUT."""
+  status_path = os.path.join(root, "results", "status.json")
+  deadline = time.time() + wait
+  while time.time() < deadline:
+    if os.path.exists(status_path):
+      with open(status_path) as f:
+        if json.load(f)["datasets"].get("_runner", {}).get("stage") == "finished":
+          break
+    time.sleep(5)
+  os.makedirs(out, exist_ok=True)
+  with tarfile.open(os.path.join(out, "results.tgz"), "w:gz") as tar:
+    tar.add(os.path.join(root, "results"), arcname="results")
+  for name in ship_models:  # the model dir, in chunks under the 16 MiB file limit of $OUT
+    model_dir = os.path.join(root, "models", name)
+    if not os.path.isdir(model_dir):
+      print(f"--ship_models: {model_dir} does not exist; not shipped")
+      continue
+    has_best = os.path.isdir(os.path.join(model_dir, "best"))  # then the periodic checkpoints stay behind
+    packed = os.path.join(root, f"model_{name}.tgz")
+    with tarfile.open(packed, "w:gz") as tar:
+      tar.add(model_dir, arcname=name, filter=lambda t: None if has_best and "/checkpoints" in t.name else t)
+    with open(packed, "rb") as f:
+      for i, chunk in enumerate(iter(lambda: f.read(CHUNK_BYTES), b"")):
+        with open(os.path.join(out, f"model_{name}.tgz.{i:02d}"), "wb") as g:
+          g.write(chunk)
+  if os.path.exists(status_path):
+    print(open(status_path).read())
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--plan", help="plan JSON: {'datasets': {...}, 'jobs': [...]}")
+  parser.add_argument("--root", default=ROOT)
+  parser.add_argument("--concurrency", type=int, default=4)
+  parser.add_argument("--mem_fraction", type=float, default=0.18)
+  parser.add_argument("--revision", default="unknown", help="git revision (the device's .git may be stale)")
+  parser.add_argument("--collect", help="pack the results into this directory instead of running")
+  parser.add_argument("--wait", type=float, default=0.0, help="--collect: seconds to wait for the runner")
+  parser.add_argument("--ship_models", default="", help="--collect: comma-separated job names")
+  args = parser.parse_args()
+  if args.collect:
+    collect(args.collect, args.wait, [m for m in args.ship_models.split(",") if m], args.root)
+    return
+  if not args.plan:
+    parser.error("--plan or --collect is required")
+  with open(args.plan) as f:
+    plan = json.load(f)
+  unknown = {j["dataset"] for j in plan["jobs"]} - set(plan["datasets"])
+  if unknown:
+    parser.error(f"{args.plan}: jobs name datasets the plan does not define: {sorted(unknown)}")
+  Runner(plan, args.root, args.concurrency, args.mem_fraction, args.revision).run()
+
+
+if __name__ == "__main__":
+  main()

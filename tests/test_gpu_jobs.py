@@ -1,0 +1,83 @@
+"""benchmarks/gpu_jobs.py on the CPU: a tiny plan runs IDs, cache, two jobs side by side, and is collected."""
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import numpy as np
+import pytest
+
+from conftest import write_clustered_embeddings, write_processed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dict(emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, head_dim=16, mlp_dim=64)
+
+
+@pytest.mark.slow
+def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
+  rng = np.random.default_rng(0)
+  items = [{"asin": f"P{i:02d}", "title": f"product {i}"} for i in range(30)]
+  sequences = {f"user{u}": [f"P{(u + 3 * j) % 30:02d}" for j in range(4 + u % 5)] for u in range(40)}
+  data_dir = write_processed(tmp_path / "data", sequences, items)
+  work = tmp_path / "work"
+  write_clustered_embeddings(str(work), [it["asin"] for it in items], rng)
+  gin_file = tmp_path / "small.gin"
+  gin_file.write_text(textwrap.dedent("""\
+      from __gin__ import dynamic_registration
+      from tiger_jax import network
+      include 'gin/runs/train.gin'
+      include 'gin/runs/retrieval_validation.gin'
+      include 'gin/models/tiger_t5.gin'
+      MIXTURE_OR_TASK_NAME = 'tiger_jobstiny'
+      ACTIVATION_DTYPE = 'float32'
+      TRAIN_STEPS = 12
+      BATCH_SIZE = 16
+      EVAL_BATCH_SIZE = 16
+      EVAL_PERIOD = 6
+      STEPS_PER_DISPATCH = 6
+      LENGTH_BUCKETS = [81]
+      network.T5Config:
+      """) + "".join(f"  {k} = {v}\n" for k, v in SMALL.items()))
+  refit = ["train/utils.DatasetConfig.split='train+validation'", "train_script.train.eval_metric_fns=[]",
+           "train_script.train.best_metric=None"]
+  plan = {"datasets": {"tiny": {"data_dir": data_dir, "work_dir": str(work), "tasks": ["tiger_jobstiny"],
+                                "rqvae_gin": "gin/rqvae/quick.gin",
+                                "rqvae_bindings": ["RQVAEConfig.num_epochs=20", "RQVAEConfig.epochs_per_dispatch=10",
+                                                   "RQVAEConfig.codebook_size=16", "RQVAEConfig.batch_size=32",
+                                                   "RQVAEConfig.dead_code_reset_every=0"]}},
+          "jobs": [{"name": "paper", "dataset": "tiny", "gin_file": str(gin_file)},
+                   {"name": "refit", "dataset": "tiny", "gin_file": str(gin_file), "bindings": refit,
+                    "eval_checkpoint": "latest"},
+                   {"name": "orphan", "dataset": "tiny", "gin_file": str(tmp_path / "missing.gin")}]}
+  plan_path = tmp_path / "plan.json"
+  plan_path.write_text(json.dumps(plan))
+  root, out = tmp_path / "root", tmp_path / "out"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  script = os.path.join(REPO, "benchmarks", "gpu_jobs.py")
+  subprocess.run([sys.executable, script, f"--plan={plan_path}", f"--root={root}", "--concurrency=2",
+                  "--revision=abc1234"], cwd=REPO, env=env, check=True, timeout=900)
+  subprocess.run([sys.executable, script, f"--collect={out}", f"--root={root}", "--ship_models=refit"],
+                 cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
+
+  status = json.load(open(root / "results" / "status.json"))
+  assert status["revision"] == "abc1234"
+  assert status["datasets"]["tiny"]["stage"] == "ready" and (work / "semantic_ids.npz").exists()
+  assert {n: j["stage"] for n, j in status["jobs"].items()} == {"paper": "done", "refit": "done",
+                                                                "orphan": "failed"}
+  with tarfile.open(out / "results.tgz") as tar:
+    names = set(tar.getnames())
+  for job in ("paper", "refit"):
+    assert f"results/{job}_eval_test_metrics.json" in names and f"results/{job}_metrics.jsonl" in names
+  paper = json.load(open(root / "results" / "paper_eval_test_metrics.json"))
+  refit_metrics = json.load(open(root / "results" / "refit_eval_test_metrics.json"))
+  assert 0 <= paper["recall@10"] <= 1 and 0 <= refit_metrics["recall@10"] <= 1
+  # The refit job trained on train + validation rows and computed no validation metrics.
+  refit_log = open(root / "results" / "refit_train.log").read()
+  paper_log = open(root / "results" / "paper_train.log").read()
+  n_train = int(paper_log.split("train split: ")[1].split()[0])
+  assert int(refit_log.split("train split: ")[1].split()[0]) == n_train + 40  # one validation row per user
+  assert not any("validation/ndcg@10" in line for line in open(root / "results" / "refit_metrics.jsonl"))
+  with open(out / "model_refit.tgz.00", "rb") as f:
+    assert f.read(2) == b"\x1f\x8b"  # a gzip stream, chunked

@@ -8,8 +8,8 @@ warm machine, its compiled programs and its checkpoints, with no restart or re-u
 The plan (JSON) names datasets and jobs. A dataset's embeddings become paper-schedule RQ-VAE Semantic IDs
 (GPU) and its task caches (numpy backend; no TensorFlow on the device), unless its work dir already holds
 them. A job is an experiment gin file plus bindings; it trains, then tests the checkpoint named by
-`eval_checkpoint` ('best' on validation, or 'latest'). Jobs start in plan order once their dataset is ready,
-at most --concurrency at a time, time-sharing the GPU (each process gets --mem_fraction of its memory).
+`eval_checkpoint` ('best' on validation, or 'latest'). Jobs start strictly in plan order, each once its
+dataset is ready, at most --concurrency at a time, time-sharing the GPU (each process gets --mem_fraction of its memory).
 
   setsid nohup python3 benchmarks/gpu_jobs.py --plan=benchmarks/gpu_plans/h200_refit.json &
   python3 benchmarks/gpu_jobs.py --collect="$OUT" --wait=540 [--ship_models=beauty_refit]
@@ -106,7 +106,7 @@ class Runner:
     self.note("jobs", name, stage="done" if rc == 0 else "failed")
 
   def run(self) -> None:
-    """Starts jobs in plan order as their dataset becomes ready, keeping at most `concurrency` running."""
+    """Starts jobs in plan order as their datasets become ready, keeping at most `concurrency` running."""
     try:
       device = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
     except OSError:
@@ -127,6 +127,8 @@ class Runner:
           pending.remove(spec)
           running.append(threading.Thread(target=self.job, args=(spec,)))
           running[-1].start()
+        else:
+          break  # plan order is priority order: no later job jumps a waiting one
       time.sleep(2)
     self.note("datasets", "_runner", stage="finished")
 

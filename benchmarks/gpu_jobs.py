@@ -138,12 +138,17 @@ def collect(out: str, wait: float, ship_models: list[str], root: str) -> None:
   status_path = os.path.join(root, "results", "status.json")
   deadline = time.time() + wait
   while time.time() < deadline:
+    if not os.path.exists(status_path) and time.time() > deadline - wait + 60:
+      print(f"no runner: {status_path} is missing (a fresh machine? the runner lives only while it is warm)")
+      break
     if os.path.exists(status_path):
       with open(status_path) as f:
         if json.load(f)["datasets"].get("_runner", {}).get("stage") == "finished":
           break
     time.sleep(5)
   os.makedirs(out, exist_ok=True)
+  if not os.path.isdir(os.path.join(root, "results")):
+    return
   with tarfile.open(os.path.join(out, "results.tgz"), "w:gz") as tar:
     tar.add(os.path.join(root, "results"), arcname="results")
   for name in ship_models:  # the model dir, in chunks under the 16 MiB file limit of $OUT

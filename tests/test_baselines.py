@@ -21,6 +21,7 @@ from conftest import write_processed
 from tiger_jax.baselines import popularity
 from tiger_jax.baselines import sasrec
 from tiger_jax.baselines import sequences
+from tiger_jax.baselines import transitions
 from tiger_jax.baselines.sasrec_model import SASRec, SASRecConfig, next_item_loss
 from tiger_jax import metrics
 from tiger_jax.data import splits
@@ -67,6 +68,41 @@ def test_popularity_ranks_by_hand_and_counts_no_held_out_item(tmp_path):
   assert set(METRIC_KEYS) <= set(written) and written["num_users"] == 3 and written["model"] == "popularity"
   with pytest.raises(FileNotFoundError, match="data_dir='/no/such/dir'"):
     popularity.run("/no/such/dir")
+
+
+def test_transition_scores_by_hand_and_holdouts_never_count_their_targets(tmp_path):
+  sessions = Sessions(["u0", "u1"], [[0, 1, 2, 3, 4], [2, 1, 0, 4, 3]])
+  counts, pop = transitions.transition_counts(sessions, 5, holdout=2, window=2, decay=0.5)
+  # Prefixes 0 1 2 and 2 1 0: lag-1 pairs weigh 1, lag-2 pairs 0.5.
+  expected = np.zeros([5, 5])
+  expected[0, 1] = expected[1, 2] = expected[2, 1] = expected[1, 0] = 1
+  expected[0, 2] = expected[2, 0] = 0.5
+  np.testing.assert_allclose(counts.toarray(), expected)
+  assert pop.tolist() == [2, 2, 2, 0, 0]
+  # History ... 1 0: C[0] + 0.5 C[1] = [.5, 1, 1, 0, 0]; popularity adds 0.5 * 0.5^2 * pop / max(pop).
+  scores = transitions.transition_scores(counts, pop, [np.array([3, 1, 0])], window=2, decay=0.5)
+  np.testing.assert_allclose(scores[0], [0.625, 1.125, 1.125, 0, 0])
+  refit, _ = transitions.transition_counts(sessions, 5, holdout=1, window=2, decay=0.5)
+  assert refit[2, 3] == 1 and refit[1, 3] == 0.5 and counts[2, 3] == 0  # u0's validation target joins
+  for bad in (dict(holdout=0), dict(window=0), dict(decay=0.0)):
+    with pytest.raises(ValueError):
+      transitions.transition_counts(sessions, 5, **bad)
+
+  items = [{"asin": a, "title": a} for a in "ABCDE"]
+  data_dir = write_processed(tmp_path / "tr", {"u0": list("ABCDE"), "u1": list("CBAED"), "u2": list("ABDEC")},
+                             items)
+  dataset = sequences.load_dataset(data_dir)
+  with pytest.raises(ValueError, match="holdout=1 counts the validation targets"):
+    transitions.evaluate_split(dataset, "validation", holdout=1)
+  # Window 1, prefixes ABC, CBA, ABD: A->B 2, B->C 1, C->B 1, B->A 1, B->D 1; popularity A3 B3 C2 D1 E0.
+  # u0 (last C, target D): B first, then A C D E by popularity: rank 3. u1 (last A, target E): B, A, C, D, E:
+  # rank 4. u2 (last D leads nowhere, target E): popularity alone: rank 4.
+  result = transitions.evaluate_split(dataset, "validation", holdout=2, window=1, ks=(1, 3, 4))
+  assert result["recall@3"] == 0.0 and result["recall@4"] == pytest.approx(1 / 3)
+  assert result["ndcg@4"] == pytest.approx(1 / math.log2(5) / 3)
+  assert result["num_users"] == 3 and result["median_rank"] == 4
+  study = transitions.refit_study(dataset, window=1)
+  assert [study[k]["holdout"] for k in study] == [3, 2, 2, 1]
 
 
 # ----------------------------------------------------------------------------------------------------------

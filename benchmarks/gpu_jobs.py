@@ -1,15 +1,16 @@
 """Several TIGER trainings side by side on one GPU host, each then evaluated on test (the lent device).
 
-A device command may run 10 minutes, but a process started in its own session outlives the command while the
-machine stays warm. So the first call starts this runner detached and each call (that one too) ends with
-`--collect`, which waits, then packs the runner's small results into $OUT; back-to-back calls thus share one
-warm machine, its compiled programs and its checkpoints, with no restart or re-upload between them.
+A device command may run 10 minutes. The runner is started detached and `--collect` waits for it, then packs
+its small results into $OUT. A detached runner outlives its command while the machine stays warm, so a later
+call could collect it; but a machine idle for 30 s is handed back with the runner on it (this lost a whole
+plan once), so plan what must survive to fit one call, or ship models (`--ship_models`) at each collect.
 
 The plan (JSON) names datasets and jobs. A dataset's embeddings become paper-schedule RQ-VAE Semantic IDs
 (GPU) and its task caches (numpy backend; no TensorFlow on the device), unless its work dir already holds
 them. A job is an experiment gin file plus bindings; it trains, then tests the checkpoint named by
 `eval_checkpoint` ('best' on validation, or 'latest'). Jobs start strictly in plan order, each once its
-dataset is ready, at most --concurrency at a time, time-sharing the GPU (each process gets --mem_fraction of its memory).
+dataset is ready, at most --concurrency at a time, time-sharing the GPU (each process gets --mem_fraction
+of its memory).
 
   setsid nohup python3 benchmarks/gpu_jobs.py --plan=benchmarks/gpu_plans/h200_refit.json &
   python3 benchmarks/gpu_jobs.py --collect="$OUT" --wait=540 [--ship_models=beauty_refit]

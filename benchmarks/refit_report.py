@@ -125,7 +125,8 @@ def main() -> None:
   parser.add_argument("--refit_job", required=True)
   parser.add_argument("--out", required=True, help="output path without extension")
   parser.add_argument("--transitions", action="append", default=[], metavar="NAME=DATA_DIR",
-                      help="also write the transition baseline's refit study to <dir of OUT>/transitions_NAME_cpu.json")
+                      help="also write the transition baseline's refit study to "
+                      "<dir of OUT>/transitions_NAME_cpu.json")
   args = parser.parse_args()
   for spec in args.transitions:
     name, _, data_dir = spec.partition("=")

@@ -42,11 +42,10 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
       """) + "".join(f"  {k} = {v}\n" for k, v in SMALL.items()))
   refit = ["train/utils.DatasetConfig.split='train+validation'", "train_script.train.eval_metric_fns=[]",
            "train_script.train.best_metric=None"]
+  rqvae = ["RQVAEConfig.num_epochs=20", "RQVAEConfig.epochs_per_dispatch=10", "RQVAEConfig.codebook_size=16",
+           "RQVAEConfig.batch_size=32", "RQVAEConfig.dead_code_reset_every=0"]
   plan = {"datasets": {"tiny": {"data_dir": data_dir, "work_dir": str(work), "tasks": ["tiger_jobstiny"],
-                                "rqvae_gin": "gin/rqvae/quick.gin",
-                                "rqvae_bindings": ["RQVAEConfig.num_epochs=20", "RQVAEConfig.epochs_per_dispatch=10",
-                                                   "RQVAEConfig.codebook_size=16", "RQVAEConfig.batch_size=32",
-                                                   "RQVAEConfig.dead_code_reset_every=0"]}},
+                                "rqvae_gin": "gin/rqvae/quick.gin", "rqvae_bindings": rqvae}},
           "jobs": [{"name": "paper", "dataset": "tiny", "gin_file": str(gin_file)},
                    {"name": "refit", "dataset": "tiny", "gin_file": str(gin_file), "bindings": refit,
                     "eval_checkpoint": "latest"},

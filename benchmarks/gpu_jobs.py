@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -102,8 +103,7 @@ class Runner:
     for rel in RESULT_FILES:
       src = os.path.join(model_dir, rel)
       if os.path.exists(src):
-        with open(src) as f, open(os.path.join(self.results, f"{name}_{rel.replace('/', '_')}"), "w") as g:
-          g.write(f.read())
+        shutil.copyfile(src, os.path.join(self.results, f"{name}_{rel.replace('/', '_')}"))
     self.note("jobs", name, stage="done" if rc == 0 else "failed")
 
   def run(self) -> None:
@@ -137,12 +137,13 @@ class Runner:
 def collect(out: str, wait: float, ship_models: list[str], root: str) -> None:
   """Waits up to `wait` s for the runner to finish, then packs results (and named models' dirs) into OUT."""
   status_path = os.path.join(root, "results", "status.json")
-  deadline = time.time() + wait
-  while time.time() < deadline:
-    if not os.path.exists(status_path) and time.time() > deadline - wait + 60:
-      print(f"no runner: {status_path} is missing (a fresh machine? the runner lives only while it is warm)")
-      break
-    if os.path.exists(status_path):
+  start = time.time()
+  while time.time() < start + wait:
+    if not os.path.exists(status_path):
+      if time.time() > start + 60:
+        print(f"no runner: {status_path} is missing (a fresh machine? the runner lives only while it is warm)")
+        break
+    else:
       with open(status_path) as f:
         if json.load(f)["datasets"].get("_runner", {}).get("stage") == "finished":
           break

@@ -54,11 +54,11 @@ def change(new: dict, old: dict) -> dict:
   return {m: new[m] / old[m] - 1 for m in METRICS}
 
 
-def report(args) -> dict:
+def report(args, study: dict) -> dict:
+  """The record; `study` is transitions.refit_study of args.data_dir."""
   status = _read_json(os.path.join(args.gpu_dir, "status.json"))
   paper_cfg = tiger_job(args.gpu_dir, args.paper_job, status)
   refit = tiger_job(args.gpu_dir, args.refit_job, status)
-  study = transitions.refit_study(sequences.load_dataset(args.data_dir))
   pick = lambda r: {m: r[m] for m in METRICS}
   return {
       "meta": _common.run_metadata(), "gpu_revision": status["revision"],
@@ -128,12 +128,18 @@ def main() -> None:
                       help="also write the transition baseline's refit study to "
                       "<dir of OUT>/transitions_NAME_cpu.json")
   args = parser.parse_args()
+  studies = {}  # data_dir -> refit study, each computed once
+
+  def study_of(data_dir: str) -> dict:
+    if data_dir not in studies:
+      studies[data_dir] = transitions.refit_study(sequences.load_dataset(data_dir))
+    return studies[data_dir]
+
   for spec in args.transitions:
     name, _, data_dir = spec.partition("=")
-    study = transitions.refit_study(sequences.load_dataset(data_dir))
     utils.write_json(os.path.join(os.path.dirname(args.out), f"transitions_{name}_cpu.json"),
-                     {"meta": _common.run_metadata(), "data_dir": data_dir, "results": study})
-  result = report(args)
+                     {"meta": _common.run_metadata(), "data_dir": data_dir, "results": study_of(data_dir)})
+  result = report(args, study_of(args.data_dir))
   utils.write_json(args.out + ".json", result)
   with open(args.out + ".md", "w") as f:
     f.write(markdown(result, args))

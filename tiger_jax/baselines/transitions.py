@@ -79,14 +79,19 @@ def transition_scores(counts: sp.csr_matrix, popularity: np.ndarray, histories: 
 
 
 def evaluate_split(dataset: Dataset, split: str, holdout: int = 2, window: int = 3, decay: float = 0.5,
-                   ks: Sequence[int] = metrics_lib.DEFAULT_KS, chunk_size: int = 1024) -> dict[str, Any]:
-  """Metrics of one split's targets under counts that leave `holdout` trailing items out."""
+                   ks: Sequence[int] = metrics_lib.DEFAULT_KS, chunk_size: int = 1024,
+                   counted: Optional[tuple[sp.csr_matrix, np.ndarray]] = None) -> dict[str, Any]:
+  """Metrics of one split's targets under counts that leave `holdout` trailing items out.
+
+  `counted`: `transition_counts(...)` of these settings, when the caller already has them.
+  """
   if split not in TARGET_OFFSET:
     raise ValueError(f"split must be one of {sorted(TARGET_OFFSET)}, got {split!r}")
   if holdout < TARGET_OFFSET[split]:
     raise ValueError(f"holdout={holdout} counts the {split} targets themselves; use holdout >= "
                      f"{TARGET_OFFSET[split]} for {split}")
-  counts, popularity = transition_counts(dataset.sessions, len(dataset.catalog), holdout, window, decay)
+  counts, popularity = counted or transition_counts(dataset.sessions, len(dataset.catalog), holdout, window,
+                                                    decay)
   examples = splits_lib.leave_one_out(dataset.sessions, split)
   ranks = evaluation.ranks_in_chunks(
       lambda start, stop: transition_scores(counts, popularity, examples.history[start:stop], window, decay),
@@ -99,9 +104,10 @@ def evaluate_split(dataset: Dataset, split: str, holdout: int = 2, window: int =
 
 def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5) -> dict[str, dict[str, Any]]:
   """The refit measured on validation (holdout 3 vs 2), then applied to test (holdout 2 vs 1)."""
+  usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)  # serves both splits
   return {"validation_holdout3": evaluate_split(dataset, "validation", 3, window, decay),
-          "validation": evaluate_split(dataset, "validation", 2, window, decay),
-          "test": evaluate_split(dataset, "test", 2, window, decay),
+          "validation": evaluate_split(dataset, "validation", 2, window, decay, counted=usual),
+          "test": evaluate_split(dataset, "test", 2, window, decay, counted=usual),
           "test_refit_holdout1": evaluate_split(dataset, "test", 1, window, decay)}
 
 

@@ -16,7 +16,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def git_revision() -> str:
-  """Short HEAD, with "+dirty" when tracked files differ from it (the numbers then need the diff too)."""
+  """Short HEAD, with "+dirty" when tracked files differ from it (the numbers then need the diff too).
+
+  $TIGER_GIT_REVISION wins: a device's copy of the tree may carry a stale .git (benchmarks/gpu_jobs.py sets it).
+  """
+  if os.environ.get("TIGER_GIT_REVISION"):
+    return os.environ["TIGER_GIT_REVISION"]
   try:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                          check=False).stdout.strip()

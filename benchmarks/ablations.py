@@ -26,6 +26,12 @@ SIGTERM/SIGINT are passed to the running stage (training checkpoints and exits),
       --embeddings_dir=work/beauty
   # GPU side: train and evaluate; rerun until done (each call resumes)
   python benchmarks/ablations.py --ablation=id_types --stages=train,eval --work_dir=work/beauty_ablations
+
+The same table from jobs that benchmarks/gpu_jobs.py ran side by side (one job per setting; the plan must give
+them the settings' IDs, layers and tasks): --gpu_results names the collected results directory and --gpu_job
+maps each setting key to its job, e.g.
+  python benchmarks/ablations.py --ablation=user_token --gpu_results=benchmarks/results/issue7_h200 \
+      --gpu_job=user=beauty_paper_20k --gpu_job=nouser=beauty_nouser_20k --name=ablation_user_token_beauty_h200
 """
 from __future__ import annotations
 
@@ -120,6 +126,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--out_dir", default="benchmarks/results")
   p.add_argument("--name", default=None, help="Result file name (default ablation_<ablation>_<dataset>).")
   p.add_argument("--force", action="store_true", help="Redo the ids/cache stages even if current.")
+  p.add_argument("--gpu_results", default=None, help="A benchmarks/gpu_jobs.py results directory: build the "
+                 "table from its jobs (--gpu_job) instead of running stages.")
+  p.add_argument("--gpu_job", action="append", default=[], help="KEY=JOB: setting KEY's numbers are job JOB's.")
   args = p.parse_args(argv)
   args.stages = _common.parse_stages(p, args.stages, STAGES)
   args.settings = [s for s in args.settings.split(",") if s]
@@ -129,9 +138,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   args.dataset = args.dataset or os.path.basename(os.path.normpath(args.data_dir)).capitalize()
   args.name = args.name or f"ablation_{args.ablation}_{args.dataset.lower()}"
   args.run = os.path.splitext(os.path.basename(args.gin_file[-1]))[0]
+  args.gpu_job = dict(_key_value(p, kv) for kv in args.gpu_job)
+  if args.gpu_job and not args.gpu_results:
+    p.error("--gpu_job needs --gpu_results")
+  if args.gpu_results:
+    args.stages = []
   if args.ablation == "combined_catalogue" and "ids" in args.stages and not args.extra_embeddings_dir:
     p.error("--ablation=combined_catalogue needs --extra_embeddings_dir for the ids stage")
   return args
+
+
+def _key_value(parser, text: str) -> tuple[str, str]:
+  key, sep, value = text.partition("=")
+  if not sep or not key or not value:
+    parser.error(f"--gpu_job: expected KEY=JOB, got {text!r}")
+  return key, value
 
 
 # ----------------------------------------------------------------------------- paths
@@ -306,6 +327,35 @@ def collect(args, settings: list[Setting]) -> dict:
   return {"experiment": EXPERIMENT[args.ablation], "config": config, "rows": rows}
 
 
+def collect_gpu_jobs(args, settings: list[Setting]) -> dict:
+  """The table from benchmarks/gpu_jobs.py results: JOB_eval_test_metrics.json and JOB_metrics.jsonl per row."""
+  unknown = set(args.gpu_job) - {s.key for s in settings}
+  if unknown:
+    raise SystemExit(f"--gpu_job: unknown setting keys {sorted(unknown)}; known: {[s.key for s in settings]}")
+  with open(os.path.join(args.gpu_results, "status.json")) as f:
+    status = json.load(f)
+  rows, missing = [], []
+  for s in settings:
+    job = args.gpu_job.get(s.key)
+    path = os.path.join(args.gpu_results, f"{job}_eval_test_metrics.json")
+    if job is None or not os.path.exists(path):
+      missing.append(s.label)
+      continue
+    with open(path) as f:
+      m = json.load(f)
+    steps = None
+    if os.path.exists(os.path.join(args.gpu_results, f"{job}_metrics.jsonl")):
+      with open(os.path.join(args.gpu_results, f"{job}_metrics.jsonl")) as f:
+        steps = max((json.loads(line).get("step") or 0 for line in f if line.strip()), default=None)
+    rows.append({"setting": s.label, "dataset": args.dataset, **{k: m[k] for k in METRICS},
+                 "ids": s.ids, "layers": s.layers, "user_token": s.user_token, "train_steps": steps,
+                 "best_step": m.get("step"), "test_users": m.get("num_users"), "gpu_job": job})
+  config = {"ablation": args.ablation, "gpu_results": args.gpu_results, "gpu_jobs": args.gpu_job,
+            "checkpoint": "best (by validation)", "split": "test", "missing_settings": missing}
+  meta = {"device_kind": status["datasets"].get("_runner", {}).get("device"), "git_revision": status["revision"]}
+  return {"experiment": EXPERIMENT[args.ablation], "config": config, "rows": rows, "gpu_run": meta}
+
+
 def markdown(result: dict, title: str) -> list[str]:
   header = ["setting", "dataset"] + list(METRICS) + ["train steps", "best step"]
   rows = [[r["setting"], r["dataset"]] + [r[k] for k in METRICS] + [r["train_steps"], r["best_step"]]
@@ -337,15 +387,21 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
       globals()[f"stage_{stage}"](args, settings)
       stage_seconds[stage] = round(time.time() - t0, 1)
       log.info("stage %s: %.1f s", stage, stage_seconds[stage])
-  if "eval" not in args.stages:
+  command = sys.argv if argv is None else ["benchmarks/ablations.py"] + list(argv)
+  if args.gpu_results:
+    result = collect_gpu_jobs(args, settings_for(args, selected=False))
+    gpu_run = result.pop("gpu_run")
+    # The numbers are the device run's: its card and revision, not this machine's.
+    result["meta"] = dict(_common.run_metadata(command), **{k: v for k, v in gpu_run.items() if v})
+  elif "eval" not in args.stages:
     return None
-  result = collect(args, settings_for(args, selected=False))
-  # Evaluation ran in subprocesses: the card is the one its metrics.json names.
-  devices = sorted({r.pop("device") for r in result["rows"] if r.get("device")})
-  result["meta"] = _common.run_metadata(sys.argv if argv is None else ["benchmarks/ablations.py"] + list(argv),
-                                        stage_seconds=stage_seconds, eval_devices=devices)
-  if devices:
-    result["meta"].setdefault("device_kind", ", ".join(devices))
+  else:
+    result = collect(args, settings_for(args, selected=False))
+    # Evaluation ran in subprocesses: the card is the one its metrics.json names.
+    devices = sorted({r.pop("device") for r in result["rows"] if r.get("device")})
+    result["meta"] = _common.run_metadata(command, stage_seconds=stage_seconds, eval_devices=devices)
+    if devices:
+      result["meta"].setdefault("device_kind", ", ".join(devices))
   write_outputs(result, args.out_dir, args.name)
   for r in result["rows"]:
     log.info("%s: Recall@10 %.4f NDCG@10 %.4f (best step %s of %s)", r["setting"], r["recall@10"], r["ndcg@10"],

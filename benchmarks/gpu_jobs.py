@@ -7,13 +7,20 @@ plan once), so plan what must survive to fit one call, or ship models (`--ship_m
 
 The plan (JSON) names datasets and jobs. A dataset's embeddings become paper-schedule RQ-VAE Semantic IDs
 (GPU) and its task caches (numpy backend; no TensorFlow on the device), unless its work dir already holds
-them. A job is an experiment gin file plus bindings; it trains, then tests the checkpoint named by
-`eval_checkpoint` ('best' on validation, or 'latest'). Jobs start strictly in plan order, each once its
-dataset is ready, at most --concurrency at a time, time-sharing the GPU (each process gets --mem_fraction
-of its memory).
+them; `rqvae_gin`/`rqvae_bindings` pick other IDs (random, LSH, a combined catalogue), `cold_start_split`
+(a cold_start_split.json) fits the RQ-VAE on the seen items and leaves the unseen ones out of the training
+tasks, and `embeddings_from` copies the embeddings from another dataset's work dir first. The IDs are copied
+into the results, so a later call can carry them and skip the stage. A job is an experiment gin file plus
+bindings; it trains, then tests the checkpoint named by `eval_checkpoint` ('best' on validation, or
+'latest'), then runs its `post` commands (argv lists; {model_dir}, {cache_dir}, {work_dir}, {data_dir} and
+{results} are filled in), e.g. the cold-start or diversity evaluation. Jobs start strictly in plan order,
+each once its dataset is ready, at most --concurrency at a time, time-sharing the GPU (each process gets
+--mem_fraction of its memory).
 
   setsid nohup python3 benchmarks/gpu_jobs.py --plan=benchmarks/gpu_plans/h200_refit.json &
-  python3 benchmarks/gpu_jobs.py --collect="$OUT" --wait=540 [--ship_models=beauty_refit]
+  python3 benchmarks/gpu_jobs.py --collect="$OUT" --wait=540 [--ship_models=beauty_refit] [--ship_cache]
+
+benchmarks/gpu_call.sh does both, after staging the carried files, in one device command.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ class Runner:
     self.results = os.path.join(root, "results")
     os.makedirs(self.results, exist_ok=True)
     self.env = dict(os.environ, PYTHONPATH=f"/tmp/site:{REPO}", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
-                    JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jaxcache"),
+                    JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jaxcache"), TIGER_GIT_REVISION=revision,
                     XLA_PYTHON_CLIENT_MEM_FRACTION=str(mem_fraction))
     self.concurrency = concurrency
     self.lock = threading.Lock()
@@ -66,19 +73,28 @@ class Runner:
     work = spec["work_dir"]
     start = time.time()
     ok = True
-    if not os.path.exists(os.path.join(work, "semantic_ids.npz")):
+    split = spec.get("cold_start_split")
+    ids = os.path.join(work, "semantic_ids.npz")
+    if not os.path.exists(ids):
       self.note("datasets", name, stage="ids")
+      if spec.get("embeddings_from"):  # one carried copy serves every ID type of a catalogue
+        os.makedirs(work, exist_ok=True)
+        for f in ("embeddings.npy", "embeddings.json"):
+          shutil.copyfile(os.path.join(spec["embeddings_from"], f), os.path.join(work, f))
+      bindings = spec.get("rqvae_bindings", []) + ([f"make_semantic_ids.cold_start_split='{split}'"] if split else [])
       ok = self.sh([sys.executable, "-m", "tiger_jax.semantic_ids", f"--data_dir={spec['data_dir']}",
                     f"--work_dir={work}", f"--gin_file={spec.get('rqvae_gin', 'gin/rqvae/paper.gin')}"]
-                   + [f"--gin.{b}" for b in spec.get("rqvae_bindings", [])],
-                   f"{name}_ids.log") == 0
+                   + [f"--gin.{b}" for b in bindings], f"{name}_ids.log") == 0
       self.note("datasets", name, ids_s=round(time.time() - start, 1))
+    if ok:
+      shutil.copyfile(ids, os.path.join(self.results, f"{name}_semantic_ids.npz"))
     missing = [t for t in spec["tasks"] if not os.path.exists(os.path.join(work, "cache", t, "test.npz"))]
     if ok and missing:
       self.note("datasets", name, stage="cache")
       ok = self.sh([sys.executable, "-m", "tasks.cache_tasks", f"--tasks={','.join(missing)}",
                     f"--data_dir={spec['data_dir']}", "--backend=numpy", f"--output_cache_dir={work}/cache",
-                    f"--semantic_ids={work}/semantic_ids.npz"], f"{name}_ids.log") == 0
+                    f"--semantic_ids={ids}"] + ([f"--cold_start_split={split}"] if split else []),
+                   f"{name}_ids.log") == 0
     self.note("datasets", name, stage="ready" if ok else "failed", prepare_s=round(time.time() - start, 1))
     if ok:
       self.ready[name].set()
@@ -86,7 +102,8 @@ class Runner:
   def job(self, spec: dict) -> None:
     name, dataset = spec["name"], spec["dataset"]
     model_dir = os.path.join(self.root, "models", name)
-    cache = os.path.join(self.plan["datasets"][dataset]["work_dir"], "cache")
+    data = self.plan["datasets"][dataset]
+    cache = os.path.join(data["work_dir"], "cache")
     gin = [f"--gin_file={spec['gin_file']}", f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TASK_CACHE_DIR='{cache}'",
            "--gin.CHECKPOINTS_TO_KEEP=1"] + [f"--gin.{b}" for b in spec.get("bindings", [])]
     start = time.time()
@@ -100,6 +117,13 @@ class Runner:
           "--gin_file=gin/runs/eval.gin", f"--gin.EVAL_CHECKPOINT='{spec.get('eval_checkpoint', 'best')}'"],
           f"{name}_eval.log")
       self.note("jobs", name, eval_s=round(time.time() - start, 1), eval_rc=rc)
+    fill = dict(model_dir=model_dir, cache_dir=cache, work_dir=data["work_dir"], data_dir=data["data_dir"],
+                results=self.results)
+    for i, argv in enumerate(spec.get("post", []) if rc == 0 else []):
+      start = time.time()
+      self.note("jobs", name, stage=f"post {i}")
+      post_rc = self.sh([sys.executable] + [a.format(**fill) for a in argv], f"{name}_post{i}.log")
+      self.note("jobs", name, **{f"post{i}_s": round(time.time() - start, 1), f"post{i}_rc": post_rc})
     for rel in RESULT_FILES:
       src = os.path.join(model_dir, rel)
       if os.path.exists(src):
@@ -134,8 +158,22 @@ class Runner:
     self.note("datasets", "_runner", stage="finished")
 
 
-def collect(out: str, wait: float, ship_models: list[str], root: str) -> None:
-  """Waits up to `wait` s for the runner to finish, then packs results (and named models' dirs) into OUT."""
+def _ship(src: str, arcname: str, out_base: str, root: str, tar_filter=None) -> None:
+  """A directory as a .tgz in OUT, in chunks OUT_BASE.00, .01, ... under the 16 MiB file limit of $OUT."""
+  packed = os.path.join(root, os.path.basename(out_base))
+  with tarfile.open(packed, "w:gz") as tar:
+    tar.add(src, arcname=arcname, filter=tar_filter)
+  with open(packed, "rb") as f:
+    for i, chunk in enumerate(iter(lambda: f.read(CHUNK_BYTES), b"")):
+      with open(f"{out_base}.{i:02d}", "wb") as g:
+        g.write(chunk)
+
+
+def collect(out: str, wait: float, ship_models: list[str], root: str, ship_cache: bool = False) -> None:
+  """Waits up to `wait` s for the runner to finish, then packs results (and named models' dirs) into OUT.
+
+  `ship_cache` packs the persistent XLA compilation cache too: carried into a later call's ROOT/jaxcache, it
+  spares that call's jobs the compiles (about 110 s a job, two side by side) of programs already built."""
   status_path = os.path.join(root, "results", "status.json")
   start = time.time()
   while time.time() < start + wait:
@@ -159,13 +197,10 @@ def collect(out: str, wait: float, ship_models: list[str], root: str) -> None:
       print(f"--ship_models: {model_dir} does not exist; not shipped")
       continue
     has_best = os.path.isdir(os.path.join(model_dir, "best"))  # then the periodic checkpoints stay behind
-    packed = os.path.join(root, f"model_{name}.tgz")
-    with tarfile.open(packed, "w:gz") as tar:
-      tar.add(model_dir, arcname=name, filter=lambda t: None if has_best and "/checkpoints" in t.name else t)
-    with open(packed, "rb") as f:
-      for i, chunk in enumerate(iter(lambda: f.read(CHUNK_BYTES), b"")):
-        with open(os.path.join(out, f"model_{name}.tgz.{i:02d}"), "wb") as g:
-          g.write(chunk)
+    _ship(model_dir, name, os.path.join(out, f"model_{name}.tgz"), root,
+          lambda t: None if has_best and "/checkpoints" in t.name else t)
+  if ship_cache and os.path.isdir(os.path.join(root, "jaxcache")):
+    _ship(os.path.join(root, "jaxcache"), "jaxcache", os.path.join(out, "jaxcache.tgz"), root)
   if os.path.exists(status_path):
     print(open(status_path).read())
 
@@ -180,9 +215,10 @@ def main() -> None:
   parser.add_argument("--collect", help="pack the results into this directory instead of running")
   parser.add_argument("--wait", type=float, default=0.0, help="--collect: seconds to wait for the runner")
   parser.add_argument("--ship_models", default="", help="--collect: comma-separated job names")
+  parser.add_argument("--ship_cache", action="store_true", help="--collect: the XLA compilation cache too")
   args = parser.parse_args()
   if args.collect:
-    collect(args.collect, args.wait, [m for m in args.ship_models.split(",") if m], args.root)
+    collect(args.collect, args.wait, [m for m in args.ship_models.split(",") if m], args.root, args.ship_cache)
     return
   if not args.plan:
     parser.error("--plan or --collect is required")

@@ -46,7 +46,9 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
            "RQVAEConfig.batch_size=32", "RQVAEConfig.dead_code_reset_every=0"]
   plan = {"datasets": {"tiny": {"data_dir": data_dir, "work_dir": str(work), "tasks": ["tiger_jobstiny"],
                                 "rqvae_gin": "gin/rqvae/quick.gin", "rqvae_bindings": rqvae}},
-          "jobs": [{"name": "paper", "dataset": "tiny", "gin_file": str(gin_file)},
+          "jobs": [{"name": "paper", "dataset": "tiny", "gin_file": str(gin_file),
+                    "post": [["-c", "import sys; open(sys.argv[1] + '/post.txt', 'w').write(sys.argv[2])",
+                              "{results}", "{model_dir} {cache_dir}"]]},
                    {"name": "refit", "dataset": "tiny", "gin_file": str(gin_file), "bindings": refit,
                     "eval_checkpoint": "latest"},
                    {"name": "orphan", "dataset": "tiny", "gin_file": str(tmp_path / "missing.gin")}]}
@@ -57,7 +59,8 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
   script = os.path.join(REPO, "benchmarks", "gpu_jobs.py")
   subprocess.run([sys.executable, script, f"--plan={plan_path}", f"--root={root}", "--concurrency=2",
                   "--revision=abc1234"], cwd=REPO, env=env, check=True, timeout=900)
-  subprocess.run([sys.executable, script, f"--collect={out}", f"--root={root}", "--ship_models=refit"],
+  subprocess.run([sys.executable, script, f"--collect={out}", f"--root={root}", "--ship_models=refit",
+                  "--ship_cache"],
                  cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
 
   status = json.load(open(root / "results" / "status.json"))
@@ -69,6 +72,12 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
     names = set(tar.getnames())
   for job in ("paper", "refit"):
     assert f"results/{job}_eval_test_metrics.json" in names and f"results/{job}_metrics.jsonl" in names
+  # The IDs travel with the results (a later call carries them); the post command got its paths.
+  assert "results/tiny_semantic_ids.npz" in names
+  assert status["jobs"]["paper"]["post0_rc"] == 0
+  assert (root / "results" / "post.txt").read_text() == f"{root / 'models' / 'paper'} {work / 'cache'}"
+  with tarfile.open(out / "jaxcache.tgz.00") as tar:  # the compilation cache the jobs wrote
+    assert any(n.startswith("jaxcache/") for n in tar.getnames())
   paper = json.load(open(root / "results" / "paper_eval_test_metrics.json"))
   refit_metrics = json.load(open(root / "results" / "refit_eval_test_metrics.json"))
   assert 0 <= paper["recall@10"] <= 1 and 0 <= refit_metrics["recall@10"] <= 1

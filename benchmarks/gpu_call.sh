@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One device call of benchmarks/gpu_jobs.py: stage the carried files, start the plan detached, collect into $OUT.
+#
+#   bash benchmarks/gpu_call.sh PLAN REVISION WAIT_S [--ship_models=a,b] [--ship_cache]
+#
+# Carried in: .whl (gin-config and tensorboardX wheels) and .devcarry (what the plan's datasets read, copied to
+# /tmp/gpu_jobs/devcarry; .devcarry/jaxcache.tgz.* from an earlier call's --ship_cache is unpacked into the
+# compilation cache). CONCURRENCY (default 2) and MEM_FRACTION (0.3) go to the runner. Everything the plan
+# must deliver has to finish within WAIT_S: the machine is handed back soon after the call returns.
+set -uo pipefail
+PLAN=$1 REV=$2 WAIT=$3
+shift 3
+ROOT=/tmp/gpu_jobs
+mkdir -p "$ROOT/jaxcache" "$OUT"
+cp -r .devcarry "$ROOT/devcarry"
+if ls .devcarry/jaxcache.tgz.* >/dev/null 2>&1; then
+  cat .devcarry/jaxcache.tgz.* | tar xzf - -C "$ROOT" && echo "compilation cache: $(ls "$ROOT/jaxcache" | wc -l) entries"
+fi
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+(setsid nohup python3 benchmarks/gpu_jobs.py --plan="$PLAN" --revision="$REV" --concurrency="${CONCURRENCY:-2}" \
+    --mem_fraction="${MEM_FRACTION:-0.3}" > "$ROOT/runner.out" 2>&1 < /dev/null &)
+sleep 2
+python3 benchmarks/gpu_jobs.py --collect="$OUT" --wait="$WAIT" "$@"
+cp "$ROOT/runner.out" "$OUT/"

@@ -5,16 +5,25 @@
 #
 # Carried in: .whl (gin-config and tensorboardX wheels) and .devcarry (what the plan's datasets read, copied to
 # /tmp/gpu_jobs/devcarry; .devcarry/jaxcache.tgz.* from an earlier call's --ship_cache is unpacked into the
-# compilation cache). CONCURRENCY (default 2) and MEM_FRACTION (0.3) go to the runner. Everything the plan
-# must deliver has to finish within WAIT_S: the machine is handed back soon after the call returns.
+# compilation cache). CONCURRENCY (default 2) and MEM_FRACTION (0.3) go to the runner. Everything the plan must
+# deliver has to finish within WAIT_S: the machine is handed back soon after the call returns. A machine still
+# warm from an earlier call keeps that call's /tmp/gpu_jobs; it is cleared first (on 2026-11-29 a stale
+# devcarry/ there swallowed the new copy and a whole call found none of its datasets).
 set -uo pipefail
 PLAN=$1 REV=$2 WAIT=$3
 shift 3
 ROOT=/tmp/gpu_jobs
+if pgrep -f "gpu_jobs.py --plan" >/dev/null; then
+  echo "a runner of an earlier call is still running here; collect it: python3 benchmarks/gpu_jobs.py --collect=\$OUT"
+  exit 1
+fi
+# The compilation cache stays: it only helps.
+rm -rf "$ROOT/devcarry" "$ROOT/results" "$ROOT/models"
 mkdir -p "$ROOT/jaxcache" "$OUT"
 cp -r .devcarry "$ROOT/devcarry"
 if ls .devcarry/jaxcache.tgz.* >/dev/null 2>&1; then
-  cat .devcarry/jaxcache.tgz.* | tar xzf - -C "$ROOT" && echo "compilation cache: $(ls "$ROOT/jaxcache" | wc -l) entries"
+  cat .devcarry/jaxcache.tgz.* | tar xzf - -C "$ROOT"
+  echo "compilation cache: $(ls "$ROOT/jaxcache" | wc -l) entries"
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 (setsid nohup python3 benchmarks/gpu_jobs.py --plan="$PLAN" --revision="$REV" --concurrency="${CONCURRENCY:-2}" \

@@ -69,7 +69,16 @@ class Runner:
       return subprocess.call(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
   def prepare(self, name: str, spec: dict) -> None:
-    """Semantic IDs and task caches of one dataset (skipped when present)."""
+    """Semantic IDs and task caches of one dataset (skipped when present).
+
+    An exception (a missing file, say) marks the dataset failed, so that its jobs are skipped instead of
+    waiting for it until the call ends."""
+    try:
+      self._prepare(name, spec)
+    except Exception as e:  # pylint: disable=broad-except  (reported in status.json, then the thread ends)
+      self.note("datasets", name, stage="failed", error=f"{type(e).__name__}: {e}")
+
+  def _prepare(self, name: str, spec: dict) -> None:
     work = spec["work_dir"]
     start = time.time()
     ok = True

@@ -51,7 +51,11 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
                               "{results}", "{model_dir} {cache_dir}"]]},
                    {"name": "refit", "dataset": "tiny", "gin_file": str(gin_file), "bindings": refit,
                     "eval_checkpoint": "latest"},
-                   {"name": "orphan", "dataset": "tiny", "gin_file": str(tmp_path / "missing.gin")}]}
+                   {"name": "orphan", "dataset": "tiny", "gin_file": str(tmp_path / "missing.gin")},
+                   {"name": "stranded", "dataset": "no_embeddings", "gin_file": str(gin_file)}]}
+  # A dataset whose preparation raises (its embeddings are not there) fails; its job is skipped, not waited for.
+  plan["datasets"]["no_embeddings"] = {"data_dir": data_dir, "work_dir": str(tmp_path / "work2"), "tasks": [],
+                                       "embeddings_from": str(tmp_path / "nowhere")}
   plan_path = tmp_path / "plan.json"
   plan_path.write_text(json.dumps(plan))
   root, out = tmp_path / "root", tmp_path / "out"
@@ -67,7 +71,10 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
   assert status["revision"] == "abc1234"
   assert status["datasets"]["tiny"]["stage"] == "ready" and (work / "semantic_ids.npz").exists()
   assert {n: j["stage"] for n, j in status["jobs"].items()} == {"paper": "done", "refit": "done",
-                                                                "orphan": "failed"}
+                                                                "orphan": "failed",
+                                                                "stranded": "skipped: dataset failed"}
+  assert status["datasets"]["no_embeddings"]["stage"] == "failed"
+  assert "nowhere" in status["datasets"]["no_embeddings"]["error"]
   with tarfile.open(out / "results.tgz") as tar:
     names = set(tar.getnames())
   for job in ("paper", "refit"):

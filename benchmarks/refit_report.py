@@ -6,6 +6,7 @@ on test at the same number of steps. Every number is read from stored results or
 
   python benchmarks/refit_report.py --gpu_dir benchmarks/results/refit_beauty_h200 --dataset beauty \
       --data_dir data/beauty --paper_job beauty_paper_20k --refit_job beauty_refit_20k \
+      --plan benchmarks/gpu_plans/h200_refit_beauty20k.json \
       --out benchmarks/results/refit_beauty_h200 --transitions beauty=data/beauty \
       --transitions sports=../shared/data/amazon2014/sports
 
@@ -57,16 +58,21 @@ def change(new: dict, old: dict) -> dict:
 def report(args, study: dict) -> dict:
   """The record; `study` is transitions.refit_study of args.data_dir."""
   status = _read_json(os.path.join(args.gpu_dir, "status.json"))
-  paper_cfg = tiger_job(args.gpu_dir, args.paper_job, status)
+  paper_cfg = tiger_job(args.gpu_dir, args.paper_job, status) if args.paper_job else None
   refit = tiger_job(args.gpu_dir, args.refit_job, status)
   pick = lambda r: {m: r[m] for m in METRICS}
+  others = {}
+  for spec in args.compare:
+    label, _, path = spec.partition("=")
+    others[label] = {"file": path, "test": pick(_read_json(path))}
   return {
       "meta": _common.run_metadata(), "gpu_revision": status["revision"],
       "card": re.sub(r"^GPU \d+: | \(UUID.*\)$", "", status["datasets"]["_runner"].get("device", "?")),
-      "dataset": args.dataset,
+      "dataset": args.dataset, "plan": args.plan,
       "semantic_ids_seconds": status["datasets"][args.dataset].get("prepare_s"),
       "paper_table1": PAPER[args.dataset], "tiger_paper_config": paper_cfg, "tiger_refit": refit,
-      "tiger_refit_change_on_test": change(refit["test"], paper_cfg["test"]),
+      "tiger_refit_change_on_test": change(refit["test"], paper_cfg["test"]) if paper_cfg else None,
+      "other_runs": others,
       "transitions": {k: pick(v) for k, v in study.items()},
       "transitions_recent_item_change_on_validation": change(pick(study["validation"]),
                                                              pick(study["validation_holdout3"])),
@@ -78,11 +84,12 @@ def markdown(r: dict, args) -> str:
   pct = lambda d: [f"{100 * d[m]:+.1f}%" for m in METRICS]
   row = lambda name, d: [name] + [d[m] for m in METRICS]
   p, f = r["tiger_paper_config"], r["tiger_refit"]
+  jobs = (f"{args.paper_job}, {args.refit_job}: two jobs side by side on the one GPU, {f['steps']:,} steps each"
+          if p else f"{args.refit_job}: {f['steps']:,} steps, beside the plan's other jobs on the one GPU")
   lines = [f"# Refit on train + validation, {r['dataset']}: {r['card']}", "",
-           f"GPU jobs at revision {r['gpu_revision']} ({args.paper_job}, {args.refit_job}: two jobs side by side "
-           f"on the one GPU, {p['steps']:,} steps each); report written {r['meta']['date']} at "
-           f"{r['meta']['git_revision']}. Paper-schedule RQ-VAE Semantic IDs and task cache: "
-           f"{r['semantic_ids_seconds']} s.", "",
+           f"GPU jobs at revision {r['gpu_revision']} ({jobs}); "
+           f"report written {r['meta']['date']} at {r['meta']['git_revision']}. Paper-schedule RQ-VAE Semantic "
+           f"IDs and task cache: {r['semantic_ids_seconds']} s.", "",
            "## 1. Measured on validation first (no TIGER run needed)", "",
            "Leave-one-out keeps each user's most recent training item (the validation target) out of training. "
            "How much is such a most recent item worth? The transition baseline "
@@ -92,27 +99,41 @@ def markdown(r: dict, args) -> str:
       row("holdout 3 (without)", r["transitions"]["validation_holdout3"]),
       row("holdout 2 (with: the usual training data)", r["transitions"]["validation"]),
       ["change", *pct(r["transitions_recent_item_change_on_validation"])]])
-  lines += ["", "## 2. Then on test", "",
-            f"TIGER, paper configuration (gin/{r['dataset']}.gin) at {p['steps']:,} steps, tested at its best "
-            f"validation checkpoint (step {p['checkpoint_step']}), against the refit (gin/{r['dataset']}_refit.gin"
-            f", the same steps, last checkpoint); the transition baseline for scale:", ""]
-  lines += _common.markdown_table(["test", *METRICS], [
-      row("paper, Table 1 (TIGER)", r["paper_table1"]),
-      row(f"tiger_jax, paper config, {p['steps'] // 1000}k steps", p["test"]),
-      row(f"tiger_jax, refit, {f['steps'] // 1000}k steps", f["test"]),
-      ["refit vs paper config", *pct(r["tiger_refit_change_on_test"])],
-      ["refit vs paper, Table 1", *pct(change(f["test"], r["paper_table1"]))],
-      row("transition baseline (holdout 2)", r["transitions"]["test"]),
-      row("transition baseline, refit (holdout 1)", r["transitions"]["test_refit_holdout1"]),
-      ["transition refit vs holdout 2", *pct(r["transitions_refit_change_on_test"])]])
-  lines += ["", "TIGER paper config, validation during training:", ""]
-  lines += _common.markdown_table(["step", *METRICS], [row(e["step"], e) for e in p["validation"]])
-  lines += ["", f"Training: paper config {p['ms_per_step']} ms/step, refit {f['ms_per_step']} ms/step while "
-            f"training (each beside the other); wall {p['train_s']} s and {f['train_s']} s including "
-            f"compilation and evaluation; test decoding {p['eval_s']} s and {f['eval_s']} s.", "",
-            "Commands: the device call ran `python3 benchmarks/gpu_jobs.py "
-            "--plan=benchmarks/gpu_plans/h200_refit_beauty20k.json --concurrency=2 --mem_fraction=0.3` "
-            "(then `--collect`); this report: `" + r["meta"]["command"] + "`."]
+  lines += ["", "## 2. Then on test", ""]
+  if p:
+    lines += [f"TIGER, paper configuration (gin/{r['dataset']}.gin) at {p['steps']:,} steps, tested at its best "
+              f"validation checkpoint (step {p['checkpoint_step']}), against the refit (gin/{r['dataset']}_refit"
+              ".gin, the same steps, last checkpoint); the transition baseline for scale:", ""]
+  else:
+    lines += [f"TIGER refit (gin/{r['dataset']}_refit.gin, {f['steps']:,} steps, last checkpoint); the paper "
+              "configuration from the runs named below (other Semantic IDs, and maybe another card); the "
+              "transition baseline for scale:", ""]
+  rows = [row("paper, Table 1 (TIGER)", r["paper_table1"])]
+  if p:
+    rows.append(row(f"tiger_jax, paper config, {p['steps'] // 1000}k steps", p["test"]))
+  rows += [row(label, o["test"]) for label, o in r["other_runs"].items()]
+  rows.append(row(f"tiger_jax, refit, {f['steps'] // 1000}k steps", f["test"]))
+  if p:
+    rows.append(["refit vs paper config", *pct(r["tiger_refit_change_on_test"])])
+  rows += [["refit vs " + label, *pct(change(f["test"], o["test"]))] for label, o in r["other_runs"].items()]
+  rows += [["refit vs paper, Table 1", *pct(change(f["test"], r["paper_table1"]))],
+           row("transition baseline (holdout 2)", r["transitions"]["test"]),
+           row("transition baseline, refit (holdout 1)", r["transitions"]["test_refit_holdout1"]),
+           ["transition refit vs holdout 2", *pct(r["transitions_refit_change_on_test"])]]
+  lines += _common.markdown_table(["test", *METRICS], rows)
+  lines += [""] + [f"- {label}: [{o['file']}]({os.path.relpath(o['file'], os.path.dirname(args.out))})"
+                   for label, o in r["other_runs"].items()]
+  if p:
+    lines += ["", "TIGER paper config, validation during training:", ""]
+    lines += _common.markdown_table(["step", *METRICS], [row(e["step"], e) for e in p["validation"]])
+    lines += ["", f"Training: paper config {p['ms_per_step']} ms/step, refit {f['ms_per_step']} ms/step while "
+              f"training (each beside the other); wall {p['train_s']} s and {f['train_s']} s including "
+              f"compilation and evaluation; test decoding {p['eval_s']} s and {f['eval_s']} s."]
+  else:
+    lines += ["", f"Training: refit {f['ms_per_step']} ms/step while training (beside the other jobs); wall "
+              f"{f['train_s']} s including compilation; test decoding {f['eval_s']} s."]
+  lines += ["", f"Commands: the device call ran `python3 benchmarks/gpu_jobs.py --plan={r['plan']}` (then "
+            "`--collect`; benchmarks/gpu_call.sh); this report: `" + r["meta"]["command"] + "`."]
   return "\n".join(lines) + "\n"
 
 
@@ -121,8 +142,11 @@ def main() -> None:
   parser.add_argument("--gpu_dir", required=True, help="a gpu_jobs.py results directory")
   parser.add_argument("--dataset", required=True, choices=sorted(PAPER))
   parser.add_argument("--data_dir", required=True)
-  parser.add_argument("--paper_job", required=True)
+  parser.add_argument("--paper_job", default=None, help="the paper-config job of the same call (optional)")
   parser.add_argument("--refit_job", required=True)
+  parser.add_argument("--plan", required=True, help="the gpu_jobs.py plan the call ran (for the record)")
+  parser.add_argument("--compare", action="append", default=[], metavar="LABEL=METRICS_JSON",
+                      help="another run's test metrics (eval's metrics.json) as a row")
   parser.add_argument("--out", required=True, help="output path without extension")
   parser.add_argument("--transitions", action="append", default=[], metavar="NAME=DATA_DIR",
                       help="also write the transition baseline's refit study to "

@@ -41,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -349,10 +350,12 @@ def collect_gpu_jobs(args, settings: list[Setting]) -> dict:
         steps = max((json.loads(line).get("step") or 0 for line in f if line.strip()), default=None)
     rows.append({"setting": s.label, "dataset": args.dataset, **{k: m[k] for k in METRICS},
                  "ids": s.ids, "layers": s.layers, "user_token": s.user_token, "train_steps": steps,
-                 "best_step": m.get("step"), "test_users": m.get("num_users"), "gpu_job": job})
+                 "best_step": m.get("step"), "test_users": m.get("num_users"), "gpu_job": job,
+                 "test_device": m.get("device")})  # a shipped checkpoint may have been tested elsewhere
   config = {"ablation": args.ablation, "gpu_results": args.gpu_results, "gpu_jobs": args.gpu_job,
             "checkpoint": "best (by validation)", "split": "test", "missing_settings": missing}
-  meta = {"device_kind": status["datasets"].get("_runner", {}).get("device"), "git_revision": status["revision"]}
+  card = re.sub(r"^GPU \d+: | \(UUID.*\)$", "", status["datasets"].get("_runner", {}).get("device") or "")
+  meta = {"device_kind": card, "backend": "gpu" if card else None, "git_revision": status["revision"]}
   return {"experiment": EXPERIMENT[args.ablation], "config": config, "rows": rows, "gpu_run": meta}
 
 
@@ -361,6 +364,10 @@ def markdown(result: dict, title: str) -> list[str]:
   rows = [[r["setting"], r["dataset"]] + [r[k] for k in METRICS] + [r["train_steps"], r["best_step"]]
           for r in result["rows"]]
   lines = [f"# {title}", ""] + _common.markdown_table(header, rows) + [""]
+  tested = {r.get("test_device") for r in result["rows"] if "gpu_job" in r}
+  if len(tested) > 1:
+    lines += ["Test decoding ran on: " + ", ".join(f"{r['setting']}: {r.get('test_device')}" for r in result["rows"])
+              + " (trained on the device run's card).", ""]
   if result["config"]["missing_settings"]:
     lines += [f"Not evaluated yet: {', '.join(result['config']['missing_settings'])}", ""]
   return lines

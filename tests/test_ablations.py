@@ -202,7 +202,7 @@ def test_table_from_gpu_jobs_results_reads_each_settings_job(tmp_path):
   results = tmp_path / "gpu"
   results.mkdir()
   (results / "status.json").write_text(json.dumps({"revision": "abc1234", "datasets": {
-      "_runner": {"device": "GPU 0: NVIDIA H200"}}, "jobs": {}}))
+      "_runner": {"device": "GPU 0: NVIDIA H200 (UUID: GPU-1)"}}, "jobs": {}}))
   for job, recall in (("base", 0.06), ("nouser", 0.05)):
     metrics = {"recall@5": recall / 2, "ndcg@5": recall / 3, "recall@10": recall, "ndcg@10": recall / 2,
                "step": 10000, "num_users": 7}
@@ -213,7 +213,7 @@ def test_table_from_gpu_jobs_results_reads_each_settings_job(tmp_path):
                         "--gpu_job=nouser=nouser", f"--out_dir={out}", "--name=t"])
   assert [(r["setting"], r["recall@10"], r["train_steps"], r["best_step"]) for r in result["rows"]] == [
       ("with user token", 0.06, 20000, 10000), ("without user token", 0.05, 20000, 10000)]
-  assert result["meta"]["device_kind"] == "GPU 0: NVIDIA H200" and result["meta"]["git_revision"] == "abc1234"
+  assert result["meta"]["device_kind"] == "NVIDIA H200" and result["meta"]["git_revision"] == "abc1234"
   assert json.load(open(out / "t.json"))["experiment"] == "ablation_user_token"
   # A missing job is listed, not invented; an unknown key is an error.
   result = script.main(["--ablation=user_token", f"--gpu_results={results}", "--gpu_job=user=base",

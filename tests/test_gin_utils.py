@@ -131,7 +131,7 @@ def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
   assert flags.data_dir == "d" and gin.query_parameter("%TRAIN_STEPS") == steps
 
 
-@pytest.mark.parametrize("name,steps", [("beauty_refit", 20000), ("sports_refit", 40000)])
+@pytest.mark.parametrize("name,steps", [("beauty_refit", 20000), ("sports_refit", 30000)])
 def test_refit_files_train_on_train_and_validation_without_validation_metrics(name, steps):
   gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"], ['MODEL_DIR = "/tmp/m"'])
   assert gin.query_parameter("%TRAIN_STEPS") == steps

@@ -30,8 +30,9 @@ SIGTERM/SIGINT are passed to the running stage (training checkpoints and exits),
 The same table from jobs that benchmarks/gpu_jobs.py ran side by side (one job per setting; the plan must give
 them the settings' IDs, layers and tasks): --gpu_results names the collected results directory and --gpu_job
 maps each setting key to its job, e.g.
-  python benchmarks/ablations.py --ablation=user_token --gpu_results=benchmarks/results/issue7_h200 \
-      --gpu_job=user=beauty_paper_20k --gpu_job=nouser=beauty_nouser_20k --name=ablation_user_token_beauty_h200
+  python benchmarks/ablations.py --ablation=layers \
+      --gpu_results=benchmarks/results/gpu_jobs_h200_beauty_base_layers3 \
+      --gpu_job=3=beauty_layers3_20k --gpu_job=4=beauty_paper_20k --name=ablation_layers_beauty_h200
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ if ls .devcarry/jaxcache.tgz.* >/dev/null 2>&1; then
   cat .devcarry/jaxcache.tgz.* | tar xzf - -C "$ROOT"
   echo "compilation cache: $(ls "$ROOT/jaxcache" | wc -l) entries"
 fi
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+[ -d /tmp/site/gin ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    || exit 1
 (setsid nohup python3 benchmarks/gpu_jobs.py --plan="$PLAN" --revision="$REV" --concurrency="${CONCURRENCY:-2}" \
     --mem_fraction="${MEM_FRACTION:-0.3}" > "$ROOT/runner.out" 2>&1 < /dev/null &)
 sleep 2

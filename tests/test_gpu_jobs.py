@@ -96,3 +96,21 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
   assert not any("validation/ndcg@10" in line for line in open(root / "results" / "refit_metrics.jsonl"))
   with open(out / "model_refit.tgz.00", "rb") as f:
     assert f.read(2) == b"\x1f\x8b"  # a gzip stream, chunked
+
+
+@pytest.mark.parametrize("plan_name", sorted(os.listdir(os.path.join(REPO, "benchmarks", "gpu_plans"))))
+def test_stored_plans_name_defined_datasets_and_existing_files(plan_name):
+  """A plan is spent in one device call: a typo found there costs the call, so check what can be checked here."""
+  with open(os.path.join(REPO, "benchmarks", "gpu_plans", plan_name)) as f:
+    plan = json.load(f)
+  names = [j["name"] for j in plan["jobs"]]
+  assert len(names) == len(set(names)), "job names must be unique (they name the result files)"
+  for job in plan["jobs"]:
+    assert job["dataset"] in plan["datasets"]
+    assert os.path.exists(os.path.join(REPO, job["gin_file"])), job["gin_file"]
+    assert job.get("eval_checkpoint", "best") in ("best", "latest")
+    for argv in job.get("post", []):
+      assert os.path.exists(os.path.join(REPO, argv[0])), argv[0]
+  for spec in plan["datasets"].values():
+    assert os.path.exists(os.path.join(REPO, spec.get("rqvae_gin", "gin/rqvae/paper.gin")))
+    assert spec["tasks"] and all(t.startswith("tiger_") for t in spec["tasks"])

@@ -103,6 +103,18 @@ def test_transition_scores_by_hand_and_holdouts_never_count_their_targets(tmp_pa
   assert result["num_users"] == 3 and result["median_rank"] == 4
   study = transitions.refit_study(dataset, window=1)
   assert [study[k]["holdout"] for k in study] == [3, 2, 2, 1]
+  # predictions.jsonl: the same orders (u2: A and B tie on popularity, the lower index first), and metrics
+  # recomputed from it alone match metrics.json.
+  out = tmp_path / "tr_out"
+  transitions.run(data_dir, str(out), window=1)
+  rows = [json.loads(line) for line in open(out / "eval_validation" / "predictions.jsonl")]
+  assert [(r["user"], r["target"], r["topk"]) for r in rows] == [
+      ("u0", "D", list("BACDE")), ("u1", "E", list("BACDE")), ("u2", "E", list("ABCDE"))]
+  from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  written = json.load(open(out / "eval_validation" / "metrics.json"))
+  recomputed = eval_lib.metrics_from_predictions(str(out / "eval_validation" / "predictions.jsonl"))
+  for k in ("recall@5", "ndcg@5"):
+    assert recomputed[k] == pytest.approx(written[k])
 
 
 # ----------------------------------------------------------------------------------------------------------

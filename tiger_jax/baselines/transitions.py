@@ -13,7 +13,8 @@ on Amazon Beauty and Sports it is most of it (README, Table 1).
 training data (what TIGER trains on), 1 adds each user's validation target (the refit of
 gin/*_refit.gin), 3 drops each user's most recent training item too. Evaluating validation with holdout 3
 against holdout 2 measures, on validation, what refitting with holdout 1 then buys on test.
-Writes `<out_dir>/eval_<split>/metrics.json` for the standard counts and `<out_dir>/transitions.json`.
+Writes `<out_dir>/eval_<split>/{metrics.json,predictions.jsonl}` for the standard counts and
+`<out_dir>/transitions.json`.
 """
 from __future__ import annotations
 
@@ -102,6 +103,21 @@ def evaluate_split(dataset: Dataset, split: str, holdout: int = 2, window: int =
   return result
 
 
+def top_predictions(dataset: Dataset, split: str, counted: tuple[sp.csr_matrix, np.ndarray], window: int = 3,
+                    decay: float = 0.5, k: int = 20, chunk_size: int = 1024
+                    ) -> tuple[splits_lib.SplitExamples, np.ndarray, np.ndarray]:
+  """The split's examples with each user's `k` best items and scores, best first (for predictions.jsonl)."""
+  counts, popularity = counted
+  examples = splits_lib.leave_one_out(dataset.sessions, split)
+  items, scores = [], []
+  for start in range(0, len(examples), chunk_size):
+    s = transition_scores(counts, popularity, examples.history[start:start + chunk_size], window, decay)
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    items.append(top)
+    scores.append(np.take_along_axis(s, top, axis=1))
+  return examples, np.concatenate(items), np.concatenate(scores)
+
+
 def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5) -> dict[str, dict[str, Any]]:
   """The refit measured on validation (holdout 3 vs 2), then applied to test (holdout 2 vs 1)."""
   usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)  # serves both splits
@@ -118,8 +134,13 @@ def run(data_dir: str, out_dir: Optional[str] = None, window: int = 3, decay: fl
     log.info("transitions %s/%s (holdout %d): %s", dataset.name, name, result["holdout"],
              " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
   if out_dir:
+    usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)
     for split in ("validation", "test"):
       evaluation.write_metrics(out_dir, split, results[split])
+      examples, items, scores = top_predictions(dataset, split, usual, window, decay)
+      evaluation.write_predictions(os.path.join(evaluation.eval_dir(out_dir, split), evaluation.PREDICTIONS_FILE),
+                                   dataset.sessions.users, dataset.catalog.asins, examples.user_index,
+                                   examples.target, items, scores)
     utils.write_json(os.path.join(out_dir, "transitions.json"),
                      {"dataset": dataset.stats(), "window": window, "decay": decay, "results": results})
   return results

@@ -465,8 +465,8 @@ def test_two_processes_match_one_process(cli):
   env = dict(cli["env"], XLA_FLAGS=cli["env"]["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   # The free port can be taken by another process before the coordinator binds it, and in a full-suite run
-  # (2026-11-29, .ci/run on a fresh clone) it took 417 s: a first attempt ran into the old 400 s limit, the retry passed
-  # (alone it takes 20-26 s; not reproduced alone): so two attempts, each cut off at 150 s.
+  # (2026-11-29, .ci/run on a fresh clone) the test took 417 s: a first attempt ran into the old 400 s limit
+  # and the retry passed (alone it takes 20-26 s; not reproduced alone). Two attempts, 150 s each.
   for attempt in range(2):
     model_dir = os.path.join(cli["tmp"], f"two_processes_{attempt}")
     port = _free_port()

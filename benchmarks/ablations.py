@@ -294,9 +294,8 @@ def stage_eval(args, settings: list[Setting]) -> None:
 # ----------------------------------------------------------------------------- results
 
 
-def _trained_steps(mdir: str) -> Optional[int]:
-  """The last step training logged (MODEL/metrics.jsonl)."""
-  path = os.path.join(mdir, "metrics.jsonl")
+def _trained_steps(path: str) -> Optional[int]:
+  """The last step training logged in `path` (MODEL/metrics.jsonl, or a gpu_jobs copy of it)."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -317,7 +316,7 @@ def collect(args, settings: list[Setting]) -> dict:
       m = json.load(f)
     rows.append({"setting": s.label, "dataset": args.dataset, **{k: m[k] for k in METRICS},
                  "ids": s.ids, "layers": s.layers, "user_token": s.user_token,
-                 "train_steps": _trained_steps(mdir), "best_step": m.get("step"), "test_users": m.get("num_users"),
+                 "train_steps": _trained_steps(os.path.join(mdir, "metrics.jsonl")), "best_step": m.get("step"), "test_users": m.get("num_users"),
                  "model_dir": os.path.relpath(mdir, args.work_dir), "device": m.get("device")})
   config = {"ablation": args.ablation, "task": args.task, "gin_file": args.gin_file,
             "gin_bindings": args.gin_bindings, "rqvae_gin": args.rqvae_gin, "work_dir": args.work_dir,
@@ -345,10 +344,7 @@ def collect_gpu_jobs(args, settings: list[Setting]) -> dict:
       continue
     with open(path) as f:
       m = json.load(f)
-    steps = None
-    if os.path.exists(os.path.join(args.gpu_results, f"{job}_metrics.jsonl")):
-      with open(os.path.join(args.gpu_results, f"{job}_metrics.jsonl")) as f:
-        steps = max((json.loads(line).get("step") or 0 for line in f if line.strip()), default=None)
+    steps = _trained_steps(os.path.join(args.gpu_results, f"{job}_metrics.jsonl"))
     rows.append({"setting": s.label, "dataset": args.dataset, **{k: m[k] for k in METRICS},
                  "ids": s.ids, "layers": s.layers, "user_token": s.user_token, "train_steps": steps,
                  "best_step": m.get("step"), "test_users": m.get("num_users"), "gpu_job": job,

@@ -118,9 +118,12 @@ def top_predictions(dataset: Dataset, split: str, counted: tuple[sp.csr_matrix, 
   return examples, np.concatenate(items), np.concatenate(scores)
 
 
-def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5) -> dict[str, dict[str, Any]]:
-  """The refit measured on validation (holdout 3 vs 2), then applied to test (holdout 2 vs 1)."""
-  usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)  # serves both splits
+def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5,
+                usual: Optional[tuple[sp.csr_matrix, np.ndarray]] = None) -> dict[str, dict[str, Any]]:
+  """The refit measured on validation (holdout 3 vs 2), then applied to test (holdout 2 vs 1).
+
+  `usual`: the holdout-2 counts (they serve validation and test), when the caller already has them."""
+  usual = usual or transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)
   return {"validation_holdout3": evaluate_split(dataset, "validation", 3, window, decay),
           "validation": evaluate_split(dataset, "validation", 2, window, decay, counted=usual),
           "test": evaluate_split(dataset, "test", 2, window, decay, counted=usual),
@@ -129,12 +132,12 @@ def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5) -> dict[s
 
 def run(data_dir: str, out_dir: Optional[str] = None, window: int = 3, decay: float = 0.5) -> dict:
   dataset = sequences.load_dataset(data_dir)
-  results = refit_study(dataset, window, decay)
+  usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)
+  results = refit_study(dataset, window, decay, usual)
   for name, result in results.items():
     log.info("transitions %s/%s (holdout %d): %s", dataset.name, name, result["holdout"],
              " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
   if out_dir:
-    usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)
     for split in ("validation", "test"):
       evaluation.write_metrics(out_dir, split, results[split])
       examples, items, scores = top_predictions(dataset, split, usual, window, decay)

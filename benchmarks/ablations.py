@@ -28,11 +28,13 @@ SIGTERM/SIGINT are passed to the running stage (training checkpoints and exits),
   python benchmarks/ablations.py --ablation=id_types --stages=train,eval --work_dir=work/beauty_ablations
 
 The same table from jobs that benchmarks/gpu_jobs.py ran side by side (one job per setting; the plan must give
-them the settings' IDs, layers and tasks): --gpu_results names the collected results directory and --gpu_job
-maps each setting key to its job, e.g.
+them the settings' IDs, layers and tasks): --gpu_results names a collected results directory (repeated for jobs of
+several calls) and --gpu_job maps each setting key to its job, e.g.
   python benchmarks/ablations.py --ablation=layers \
       --gpu_results=benchmarks/results/gpu_jobs_h200_beauty_base_layers3 \
-      --gpu_job=3=beauty_layers3_20k --gpu_job=4=beauty_paper_20k --name=ablation_layers_beauty_h200
+      --gpu_results=benchmarks/results/gpu_jobs_h200_ablations_ids_user_layers5 \
+      --gpu_job=3=beauty_layers3_20k --gpu_job=4=beauty_paper_20k --gpu_job=5=beauty_layers5_20k \
+      --name=ablation_layers_beauty_h200
 """
 from __future__ import annotations
 
@@ -128,8 +130,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--out_dir", default="benchmarks/results")
   p.add_argument("--name", default=None, help="Result file name (default ablation_<ablation>_<dataset>).")
   p.add_argument("--force", action="store_true", help="Redo the ids/cache stages even if current.")
-  p.add_argument("--gpu_results", default=None, help="A benchmarks/gpu_jobs.py results directory: build the "
-                 "table from its jobs (--gpu_job) instead of running stages.")
+  p.add_argument("--gpu_results", action="append", default=[], help="A benchmarks/gpu_jobs.py results "
+                 "directory: build the table from its jobs (--gpu_job) instead of running stages. Repeat it for "
+                 "jobs of several device calls: each job is read from the first directory that has it.")
   p.add_argument("--gpu_job", action="append", default=[], help="KEY=JOB: setting KEY's numbers are job JOB's.")
   args = p.parse_args(argv)
   args.stages = _common.parse_stages(p, args.stages, STAGES)
@@ -316,7 +319,8 @@ def collect(args, settings: list[Setting]) -> dict:
       m = json.load(f)
     rows.append({"setting": s.label, "dataset": args.dataset, **{k: m[k] for k in METRICS},
                  "ids": s.ids, "layers": s.layers, "user_token": s.user_token,
-                 "train_steps": _trained_steps(os.path.join(mdir, "metrics.jsonl")), "best_step": m.get("step"), "test_users": m.get("num_users"),
+                 "train_steps": _trained_steps(os.path.join(mdir, "metrics.jsonl")), "best_step": m.get("step"),
+                 "test_users": m.get("num_users"),
                  "model_dir": os.path.relpath(mdir, args.work_dir), "device": m.get("device")})
   config = {"ablation": args.ablation, "task": args.task, "gin_file": args.gin_file,
             "gin_bindings": args.gin_bindings, "rqvae_gin": args.rqvae_gin, "work_dir": args.work_dir,
@@ -329,30 +333,40 @@ def collect(args, settings: list[Setting]) -> dict:
 
 
 def collect_gpu_jobs(args, settings: list[Setting]) -> dict:
-  """The table from benchmarks/gpu_jobs.py results: JOB_eval_test_metrics.json and JOB_metrics.jsonl per row."""
+  """The table from benchmarks/gpu_jobs.py results: JOB_eval_test_metrics.json and JOB_metrics.jsonl per row.
+
+  A row's job may come from any of the --gpu_results directories (device calls), each with its own revision."""
   unknown = set(args.gpu_job) - {s.key for s in settings}
   if unknown:
     raise SystemExit(f"--gpu_job: unknown setting keys {sorted(unknown)}; known: {[s.key for s in settings]}")
-  with open(os.path.join(args.gpu_results, "status.json")) as f:
-    status = json.load(f)
+  runs = {}
+  for results_dir in args.gpu_results:
+    with open(os.path.join(results_dir, "status.json")) as f:
+      status = json.load(f)
+    card = re.sub(r"^GPU \d+: | \(UUID.*\)$", "", status["datasets"].get("_runner", {}).get("device") or "")
+    runs[results_dir] = {"card": card, "revision": status["revision"]}
   rows, missing = [], []
   for s in settings:
     job = args.gpu_job.get(s.key)
-    path = os.path.join(args.gpu_results, f"{job}_eval_test_metrics.json")
-    if job is None or not os.path.exists(path):
+    found = [d for d in args.gpu_results if job and os.path.exists(os.path.join(d, f"{job}_eval_test_metrics.json"))]
+    if not found:
       missing.append(s.label)
       continue
-    with open(path) as f:
+    results_dir = found[0]
+    with open(os.path.join(results_dir, f"{job}_eval_test_metrics.json")) as f:
       m = json.load(f)
-    steps = _trained_steps(os.path.join(args.gpu_results, f"{job}_metrics.jsonl"))
+    steps = _trained_steps(os.path.join(results_dir, f"{job}_metrics.jsonl"))
     rows.append({"setting": s.label, "dataset": args.dataset, **{k: m[k] for k in METRICS},
                  "ids": s.ids, "layers": s.layers, "user_token": s.user_token, "train_steps": steps,
                  "best_step": m.get("step"), "test_users": m.get("num_users"), "gpu_job": job,
+                 "gpu_results": results_dir, "git_revision": runs[results_dir]["revision"],
                  "test_device": m.get("device")})  # a shipped checkpoint may have been tested elsewhere
   config = {"ablation": args.ablation, "gpu_results": args.gpu_results, "gpu_jobs": args.gpu_job,
             "checkpoint": "best (by validation)", "split": "test", "missing_settings": missing}
-  card = re.sub(r"^GPU \d+: | \(UUID.*\)$", "", status["datasets"].get("_runner", {}).get("device") or "")
-  meta = {"device_kind": card, "backend": "gpu" if card else None, "git_revision": status["revision"]}
+  used = [runs[d] for d in args.gpu_results if any(r["gpu_results"] == d for r in rows)] or list(runs.values())
+  meta = {"device_kind": ", ".join(sorted({r["card"] for r in used if r["card"]})),
+          "backend": "gpu" if any(r["card"] for r in used) else None,
+          "git_revision": ", ".join(dict.fromkeys(r["revision"] for r in used))}
   return {"experiment": EXPERIMENT[args.ablation], "config": config, "rows": rows, "gpu_run": meta}
 
 
@@ -365,6 +379,10 @@ def markdown(result: dict, title: str) -> list[str]:
   if len(tested) > 1:
     lines += ["Test decoding ran on: " + ", ".join(f"{r['setting']}: {r.get('test_device')}" for r in result["rows"])
               + " (trained on the device run's card).", ""]
+  calls = {r.get("gpu_results") for r in result["rows"] if "gpu_job" in r}
+  if len(calls) > 1:
+    lines += ["Device calls: " + "; ".join(f"{r['setting']}: job {r['gpu_job']} of {r['gpu_results']} (revision "
+                                           f"{r['git_revision']})" for r in result["rows"]), ""]
   if result["config"]["missing_settings"]:
     lines += [f"Not evaluated yet: {', '.join(result['config']['missing_settings'])}", ""]
   return lines

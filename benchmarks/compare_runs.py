@@ -46,6 +46,18 @@ def summarize(label: str, model_dir: str) -> dict:
           "test": {k: test[k] for k in METRICS} if test else None}
 
 
+def recorded_run(parser, spec: str) -> dict:
+  label, sep, source = spec.partition("=")
+  record, hash_, run_label = source.partition("#")
+  if not sep or not hash_:
+    parser.error(f"--recorded {spec!r}: expected LABEL=RECORD.json#RUN")
+  with open(record) as f:
+    runs = {r["label"]: r for r in json.load(f)["runs"]}
+  if run_label not in runs:
+    parser.error(f"--recorded: {record} has no run {run_label!r}; it has {sorted(runs)}")
+  return dict(runs[run_label], label=label, record=record)
+
+
 def to_markdown(report: dict) -> str:
   runs = report["runs"]
   lines = [f"# {report['title']}", "", f"Card: {report['card']}; revision {report['revision']}; written "
@@ -67,7 +79,9 @@ def to_markdown(report: dict) -> str:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--run", action="append", required=True, help="LABEL=MODEL_DIR")
+  p.add_argument("--run", action="append", default=[], help="LABEL=MODEL_DIR")
+  p.add_argument("--recorded", action="append", default=[], help="LABEL=RECORD.json#RUN: run RUN of an earlier "
+                 "record of this script (its model directory may be gone), shown as LABEL.")
   p.add_argument("--title", required=True)
   p.add_argument("--card", required=True)
   p.add_argument("--revision", required=True)
@@ -80,6 +94,8 @@ def main() -> None:
     if not sep:
       p.error(f"--run {spec!r}: expected LABEL=MODEL_DIR")
     runs.append(summarize(label, model_dir))
+  for spec in args.recorded:
+    runs.append(recorded_run(p, spec))
   report = {"title": args.title, "card": args.card, "revision": args.revision, "note": args.note,
             "written": datetime.date.today().isoformat(), "command": " ".join(sys.argv), "runs": runs}
   utils.write_json(args.out + ".json", report)

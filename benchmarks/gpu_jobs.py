@@ -40,6 +40,26 @@ CHUNK_BYTES = 15 << 20
 RESULT_FILES = ("metrics.jsonl", "config.gin", "eval_test/metrics.json")
 
 
+def next_actions(pending: list[dict], num_running: int, concurrency: int, dataset_state) -> list[tuple[str, dict]]:
+  """The pending jobs to start ("start") or drop ("skip") now; `dataset_state(name)` is ready, failed or waiting.
+
+  Plan order is priority order: a job whose dataset is still being prepared holds a slot for itself, and a
+  later job takes only a slot left free (on 2026-11-29 two jobs on a ready dataset sat idle for 150 s behind
+  one whose Semantic IDs were being made, when the plan's three slots would have allowed them to run)."""
+  actions, held = [], num_running
+  for spec in pending:
+    if held >= concurrency:
+      break
+    state = dataset_state(spec["dataset"])
+    if state == "failed":
+      actions.append(("skip", spec))
+    else:
+      held += 1
+      if state == "ready":
+        actions.append(("start", spec))
+  return actions
+
+
 class Runner:
   """Runs the plan; every state change lands in ROOT/results/status.json."""
 
@@ -67,6 +87,11 @@ class Runner:
       log.write(f"$ {' '.join(args)}\n")
       log.flush()
       return subprocess.call(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+  def dataset_state(self, name: str) -> str:
+    if self.status["datasets"].get(name, {}).get("stage") == "failed":
+      return "failed"
+    return "ready" if self.ready[name].is_set() else "waiting"
 
   def prepare(self, name: str, spec: dict) -> None:
     """Semantic IDs and task caches of one dataset (skipped when present).
@@ -151,18 +176,13 @@ class Runner:
     pending, running = list(self.plan["jobs"]), []
     while pending or running:
       running = [t for t in running if t.is_alive()]
-      for spec in list(pending):
-        if len(running) >= self.concurrency:
-          break
-        if self.status["datasets"].get(spec["dataset"], {}).get("stage") == "failed":
-          pending.remove(spec)
+      for action, spec in next_actions(pending, len(running), self.concurrency, self.dataset_state):
+        pending.remove(spec)
+        if action == "skip":
           self.note("jobs", spec["name"], stage="skipped: dataset failed")
-        elif self.ready[spec["dataset"]].is_set():
-          pending.remove(spec)
+        else:
           running.append(threading.Thread(target=self.job, args=(spec,)))
           running[-1].start()
-        else:
-          break  # plan order is priority order: no later job jumps a waiting one
       time.sleep(2)
     self.note("datasets", "_runner", stage="finished")
 

@@ -199,15 +199,20 @@ def test_combined_catalogue_settings_and_flags():
 def test_table_from_gpu_jobs_results_reads_each_settings_job(tmp_path):
   """--gpu_results: rows are the named jobs' test metrics and trained steps; the card is the device run's."""
   import ablations as script  # pylint: disable=g-import-not-at-top
-  results = tmp_path / "gpu"
-  results.mkdir()
-  (results / "status.json").write_text(json.dumps({"revision": "abc1234", "datasets": {
-      "_runner": {"device": "GPU 0: NVIDIA H200 (UUID: GPU-1)"}}, "jobs": {}}))
-  for job, recall in (("base", 0.06), ("nouser", 0.05)):
-    metrics = {"recall@5": recall / 2, "ndcg@5": recall / 3, "recall@10": recall, "ndcg@10": recall / 2,
-               "step": 10000, "num_users": 7}
-    (results / f"{job}_eval_test_metrics.json").write_text(json.dumps(metrics))
-    (results / f"{job}_metrics.jsonl").write_text('{"step": 10000}\n{"step": 20000}\n')
+
+  def device_call(name, revision, jobs):
+    results = tmp_path / name
+    results.mkdir()
+    (results / "status.json").write_text(json.dumps({"revision": revision, "datasets": {
+        "_runner": {"device": "GPU 0: NVIDIA H200 (UUID: GPU-1)"}}, "jobs": {}}))
+    for job, recall in jobs:
+      metrics = {"recall@5": recall / 2, "ndcg@5": recall / 3, "recall@10": recall, "ndcg@10": recall / 2,
+                 "step": 10000, "num_users": 7}
+      (results / f"{job}_eval_test_metrics.json").write_text(json.dumps(metrics))
+      (results / f"{job}_metrics.jsonl").write_text('{"step": 10000}\n{"step": 20000}\n')
+    return results
+
+  results = device_call("gpu", "abc1234", [("base", 0.06), ("nouser", 0.05)])
   out = tmp_path / "out"
   result = script.main(["--ablation=user_token", f"--gpu_results={results}", "--gpu_job=user=base",
                         "--gpu_job=nouser=nouser", f"--out_dir={out}", "--name=t"])
@@ -220,5 +225,12 @@ def test_table_from_gpu_jobs_results_reads_each_settings_job(tmp_path):
                         f"--out_dir={out}", "--name=t2"])
   assert [r["setting"] for r in result["rows"]] == ["with user token"]
   assert result["config"]["missing_settings"] == ["without user token"]
+  # Jobs of two device calls: each row from the first directory holding its job, with that call's revision.
+  later = device_call("gpu2", "def5678", [("nouser", 0.04), ("other", 0.01)])
+  result = script.main(["--ablation=user_token", f"--gpu_results={results}", f"--gpu_results={later}",
+                        "--gpu_job=user=base", "--gpu_job=nouser=other", f"--out_dir={out}", "--name=t3"])
+  assert [(r["recall@10"], r["git_revision"]) for r in result["rows"]] == [(0.06, "abc1234"), (0.01, "def5678")]
+  assert result["meta"]["git_revision"] == "abc1234, def5678"
+  assert "job other of" in open(out / "t3.md").read()
   with pytest.raises(SystemExit, match="unknown setting keys"):
     script.main(["--ablation=user_token", f"--gpu_results={results}", "--gpu_job=users=base", f"--out_dir={out}"])

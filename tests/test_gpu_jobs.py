@@ -12,6 +12,8 @@ import pytest
 from conftest import write_clustered_embeddings, write_processed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import gpu_jobs  # pylint: disable=wrong-import-position
 SMALL = dict(emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, head_dim=16, mlp_dim=64)
 
 
@@ -96,6 +98,23 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
   assert not any("validation/ndcg@10" in line for line in open(root / "results" / "refit_metrics.jsonl"))
   with open(out / "model_refit.tgz.00", "rb") as f:
     assert f.read(2) == b"\x1f\x8b"  # a gzip stream, chunked
+
+
+def test_jobs_start_in_plan_order_and_a_waiting_job_keeps_its_slot():
+  jobs = [{"name": f"j{i}", "dataset": d} for i, d in enumerate(["slow", "fast", "fast", "broken", "fast"])]
+  states = {"slow": "waiting", "fast": "ready", "broken": "failed"}.get
+
+  def plan(num_running, concurrency):
+    return [(a, s["name"]) for a, s in gpu_jobs.next_actions(jobs, num_running, concurrency, states)]
+
+  # Three slots: j0 waits for its IDs and holds one, j1 and j2 take the other two; j3, j4 wait their turn.
+  assert plan(0, 3) == [("start", "j1"), ("start", "j2")]
+  # A failed dataset's job is dropped, whatever the slots; a running job's slot is not free.
+  assert plan(1, 4) == [("start", "j1"), ("start", "j2")]
+  assert plan(0, 5) == [("start", "j1"), ("start", "j2"), ("skip", "j3"), ("start", "j4")]
+  # One slot: the first job in the plan keeps it even while it waits (plan order is priority order).
+  assert plan(0, 1) == []
+  assert plan(2, 2) == []
 
 
 @pytest.mark.parametrize("plan_name", sorted(os.listdir(os.path.join(REPO, "benchmarks", "gpu_plans"))))

@@ -43,6 +43,18 @@ def test_compare_runs_reports_each_runs_best_validation_step_and_its_test_metric
   assert "| 3000 | 0.0400 |  |" in text  # run b has no step 3000
 
 
+def test_compare_runs_takes_a_run_from_an_earlier_record(tmp_path):
+  """--recorded: a run whose model directory is gone comes from the earlier record, under a new label."""
+  old = _model_dir(tmp_path, "old", {1000: 0.02, 2000: 0.03}, test_step=2000, test_ndcg=0.025)
+  record = tmp_path / "record.json"
+  record.write_text(json.dumps({"runs": [compare_runs.summarize("paper", old)]}))
+  parser = compare_runs.argparse.ArgumentParser()
+  run = compare_runs.recorded_run(parser, f"paper config (H100)={record}#paper")
+  assert run["label"] == "paper config (H100)" and run["best_step"] == 2000 and run["test"]["ndcg@10"] == 0.025
+  with pytest.raises(SystemExit):
+    compare_runs.recorded_run(parser, f"x={record}#dropout 0.3")  # no such run: an error naming the record
+
+
 def test_compare_runs_refuses_a_test_evaluation_of_another_checkpoint(tmp_path):
   a = _model_dir(tmp_path, "a", {1000: 0.02, 2000: 0.05}, test_step=1000, test_ndcg=0.01)
   with pytest.raises(ValueError, match="not the best step 2000"):

@@ -1,0 +1,102 @@
+"""Mean and standard error over seeds of one configuration's test metrics, beside the paper's Table 1 row.
+
+The paper reports TIGER's spread over seeds (its Table 9); a single run moves by a few percent from seed to
+seed (README, Table 1), so a claim "at or above the paper" rests on the mean and its standard error. Each
+--run is one seed's eval metrics.json (eval_test/metrics.json, or gpu_jobs' JOB_eval_test_metrics.json):
+
+  python benchmarks/seeds.py --dataset beauty --title "Beauty refit (gin/beauty_refit.gin), 20k steps" \
+      --run "seed 0=benchmarks/results/refit_beauty_h200/beauty_refit_20k_eval_test_metrics.json" \
+      --run "seed 1=benchmarks/results/gpu_jobs_h200_combined_refit_seeds/beauty_refit_seed1_eval_test_metrics.json" \
+      --out benchmarks/results/seeds_beauty_refit_h200
+
+Writes OUT.json and OUT.md. The standard error is the sample standard deviation (n - 1) over sqrt(n).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import _common  # noqa: E402
+from table1_report import METRICS, PAPER  # noqa: E402
+from tiger_jax import utils  # noqa: E402
+
+
+def mean_and_standard_error(values: Sequence[float]) -> tuple[float, Optional[float]]:
+  """The standard error is None for one value: one run says nothing about the spread."""
+  n = len(values)
+  mean = sum(values) / n
+  if n < 2:
+    return mean, None
+  variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+  return mean, math.sqrt(variance / n)
+
+
+def summarize(runs: dict[str, dict], dataset: str) -> dict:
+  """Per metric: mean, standard error, and the mean's difference from the paper (relative)."""
+  stats = {}
+  for k in METRICS:
+    mean, se = mean_and_standard_error([m[k] for m in runs.values()])
+    paper = PAPER[dataset][k]
+    stats[k] = {"mean": mean, "standard_error": se, "paper": paper, "vs_paper": mean / paper - 1}
+  return stats
+
+
+def _load(label_and_path: str) -> tuple[str, dict]:
+  label, sep, path = label_and_path.partition("=")
+  if not sep or not label or not path:
+    raise SystemExit(f"--run: expected LABEL=METRICS_JSON, got {label_and_path!r}")
+  with open(path) as f:
+    metrics = json.load(f)
+  missing = [k for k in METRICS if k not in metrics]
+  if missing:
+    raise SystemExit(f"--run {label}: {path} has no {', '.join(missing)} (not an eval metrics.json?)")
+  return label, dict(metrics, file=path)
+
+
+def markdown(result: dict) -> list[str]:
+  runs, stats = result["runs"], result["stats"]
+  rows = [[label] + [m[k] for k in METRICS] + [m.get("device"), m.get("step")] for label, m in runs.items()]
+  rows.append([f"mean ± standard error ({len(runs)} runs)"] +
+              [f"{s['mean']:.4f} ± {s['standard_error']:.4f}" if s["standard_error"] is not None
+               else f"{s['mean']:.4f}" for s in stats.values()] + ["", ""])
+  rows.append(["paper, Table 1"] + [s["paper"] for s in stats.values()] + ["", ""])
+  rows.append(["mean vs paper"] + [f"{100 * s['vs_paper']:+.1f}%" for s in stats.values()] + ["", ""])
+  lines = [f"# {result['title']}", ""] + _common.markdown_table(
+      ["run"] + list(METRICS) + ["test device", "checkpoint step"], rows) + [""]
+  lines += [f"- {label}: `{m['file']}`" for label, m in runs.items()]
+  return lines + ["", "```", json.dumps(result["meta"], indent=1), "```", ""]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--dataset", required=True, choices=sorted(PAPER))
+  p.add_argument("--title", required=True)
+  p.add_argument("--run", action="append", required=True, help="LABEL=METRICS_JSON, one per seed.")
+  p.add_argument("--note", default="", help="Where the runs come from (cards, revisions, what varies).")
+  p.add_argument("--out", required=True, help="Output path without extension.")
+  args = p.parse_args(argv)
+  runs = dict(_load(r) for r in args.run)
+  if len(runs) != len(args.run):
+    raise SystemExit("--run: labels must be unique")
+  command = sys.argv if argv is None else ["benchmarks/seeds.py"] + list(argv)
+  result = {"title": args.title, "dataset": args.dataset, "runs": runs, "stats": summarize(runs, args.dataset),
+            "note": args.note, "meta": _common.run_metadata(command)}
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  utils.write_json(args.out + ".json", result)
+  lines = markdown(result)
+  if args.note:
+    lines[2:2] = [args.note, ""]
+  with open(args.out + ".md", "w") as f:
+    f.write("\n".join(lines))
+  return result
+
+
+if __name__ == "__main__":
+  main()

@@ -61,7 +61,8 @@ def recorded_run(parser, spec: str) -> dict:
 def to_markdown(report: dict) -> str:
   runs = report["runs"]
   lines = [f"# {report['title']}", "", f"Card: {report['card']}; revision {report['revision']}; written "
-           f"{report['written']}.", "", "Best-on-validation checkpoint of each run (validation: the evaluation during training):", "",
+           f"{report['written']}.", "",
+           "Best-on-validation checkpoint of each run (validation: the evaluation during training):", "",
            "| run | last evaluated step | best step | " + " | ".join(f"val {k}" for k in METRICS) + " | "
            + " | ".join(f"test {k}" for k in METRICS) + " |", "|---|---|---|" + "---|" * (2 * len(METRICS))]
   for r in runs:

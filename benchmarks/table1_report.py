@@ -30,6 +30,15 @@ PAPER = {
     "toys": {"recall@5": 0.0521, "ndcg@5": 0.0371, "recall@10": 0.0712, "ndcg@10": 0.0432},
 }
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+# The same paper, Table 9: TIGER's mean and standard error over 3 seeds, (mean, standard error) per metric.
+PAPER_SEEDS = {
+    "beauty": {"recall@5": (0.0441, 0.00069), "ndcg@5": (0.0309, 0.00062), "recall@10": (0.0642, 0.00092),
+               "ndcg@10": (0.0374, 0.00061)},
+    "sports": {"recall@5": (0.0278, 0.00069), "ndcg@5": (0.0189, 0.00043), "recall@10": (0.0419, 0.0010),
+               "ndcg@10": (0.0234, 0.00048)},
+    "toys": {"recall@5": (0.0518, 0.00064), "ndcg@5": (0.0375, 0.00039), "recall@10": (0.0698, 0.0013),
+             "ndcg@10": (0.0433, 0.00047)},
+}
 _TRAINED = re.compile(r"trained steps (\d+)\.\.(\d+) in (?:(\d+)m)?([\d.]+)s: [\d.]+ steps/s while training "
                       r"\(([\d.]+) ms/step\); (?:(\d+)m)?([\d.]+)s compiling")
 

@@ -35,8 +35,9 @@ def test_table_from_metrics_files(tmp_path):
   assert stats["recall@10"]["vs_paper"] == pytest.approx(0.0)  # the paper's Beauty Recall@10 is 0.0648
   assert stats["ndcg@5"]["standard_error"] == pytest.approx(0.001 / math.sqrt(3))
   assert stats["recall@5"]["standard_error"] == pytest.approx(0.0)
+  assert stats["recall@10"]["vs_paper_seed_mean"] == pytest.approx(0.0648 / 0.0642 - 1)  # Table 9: 0.0642
   text = (tmp_path / "out" / "s.md").read_text()
-  assert "0.0648 ± 0.0028" in text and "mean vs paper" in text
+  assert "0.0648 ± 0.0028" in text and "mean vs paper's 3-seed mean" in text
   # A file that is not an eval metrics.json is refused by name.
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps({"recall@5": 0.1}))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import os
 import sys
 from typing import Any, Optional, Sequence
@@ -25,6 +26,8 @@ from typing import Any, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
+
+log = logging.getLogger("make_report")
 
 CITATION = "Rajput et al., Recommender Systems with Generative Retrieval, NeurIPS 2023"
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
@@ -234,31 +237,67 @@ def _beside_paper(rows: list[dict], paper_rows: list[dict]) -> list[str]:
       ["setting", "dataset"] + list(METRICS), table) + [""]
 
 
-def _invalid_fractions(result: dict) -> list[tuple[str, Any, dict]]:
-  """(key, constrained flag or None, fractions) of every `invalid_fraction_at_k` in a result."""
+def _invalid_fractions(result: dict) -> list[tuple[str, dict]]:
+  """(key, the dict holding it) of every `invalid_fraction_at_k` in a result, at the top level or one down."""
   found = []
   for key, value in [("", result)] + list(result.items()):
-    if isinstance(value, dict) and isinstance(value.get("invalid_fraction_at_k"), dict):
-      found.append((key, value.get("constrained"), value["invalid_fraction_at_k"]))
-  return [x for x in found if x[2]]
+    if isinstance(value, dict) and isinstance(value.get("invalid_fraction_at_k"), dict) and \
+        value["invalid_fraction_at_k"]:
+      found.append((key, value))
+  return found
 
 
-def invalid_ids_section(results: list[dict], referenced: set, ks: Sequence[int] = (1, 5, 10, 20)) -> list[str]:
-  lines = ["### Figure 6: invalid IDs", "", f"Paper: {PAPER['invalid_ids']['source']}; numbers not transcribed "
-           "here. Ours, from every stored result with `invalid_fraction_at_k` (constrained decoding has none by "
-           "construction):", ""]
-  rows = []
+def plot_invalid_ids(curves: dict[str, dict], path: str) -> None:
+  """Figure 6's view: the percentage of invalid IDs in the top-K against K, one line per unconstrained run."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, fractions in curves.items():
+    ks = sorted(int(k) for k in fractions)
+    ax.plot(ks, [100 * fractions[str(k)] for k in ks], marker="o", markersize=3, label=label)
+  ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+  ax.set_xlabel("K (top-K of 20 unconstrained beams)")
+  ax.set_ylabel("invalid IDs in the top-K (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def invalid_ids_section(results: list[dict], referenced: set, results_dir: str = "",
+                        ks: Sequence[int] = (1, 5, 10, 20)) -> list[str]:
+  """Invalid fractions with and without the valid-ID constraint, the retrieval metrics beside them, every K
+  of the unconstrained runs, and their plot (drawn when matplotlib is installed)."""
+  lines = ["### Figure 6: invalid IDs", "", f"Paper: {PAPER['invalid_ids']['source']}; given as a plot only. "
+           "Ours, from every stored result with `invalid_fraction_at_k` (constrained decoding has none by "
+           "construction); the metrics are the same decode's:", ""]
+  rows, curves = [], {}
   for r in results:
-    for key, constrained, fractions in _invalid_fractions(r):
+    for key, value in _invalid_fractions(r):
       referenced.add(r["_file"])
-      mode = {True: "constrained", False: "unconstrained"}.get(constrained, "unconstrained" if "unconstrained"
-                                                                in key else "-")
-      rows.append([f"[{r['_file']}]({r['_file']}) {key}".strip(), mode] + [fractions.get(str(k)) for k in ks])
-  if rows:
-    lines += _common.markdown_table(["result", "decoding"] + [f"invalid in top-{k}" for k in ks], rows)
-  else:
-    lines.append("No result with invalid-ID fractions yet.")
-  return lines + [""]
+      mode = {True: "constrained", False: "unconstrained"}.get(
+          value.get("constrained"), "unconstrained" if "unconstrained" in key else "-")
+      fractions = value["invalid_fraction_at_k"]
+      rows.append([f"[{r['_file']}]({r['_file']}) {key}".strip(), mode] + [value.get(k) for k in METRICS] +
+                  [fractions.get(str(k)) for k in ks])
+      if mode == "unconstrained":
+        curves[f"{r['_file'][:-5]} {key}".strip()] = fractions
+  if not rows:
+    return lines + ["No result with invalid-ID fractions yet.", ""]
+  lines += _common.markdown_table(["result", "decoding"] + list(METRICS) + [f"invalid in top-{k}" for k in ks],
+                                  rows) + [""]
+  if curves:
+    all_k = sorted({int(k) for c in curves.values() for k in c})
+    lines += ["Invalid IDs in the top-K, every K (unconstrained):", ""] + _common.markdown_table(
+        ["K"] + list(curves), [[k] + [c.get(str(k)) for c in curves.values()] for k in all_k], digits=5) + [""]
+    name = "invalid_ids.png"
+    referenced.add(name)
+    if results_dir and _common.try_plot(plot_invalid_ids, curves, os.path.join(results_dir, name), log):
+      lines += [f"![invalid IDs]({name})", ""]
+  return lines
 
 
 def other_files(results_dir: str, referenced: set, out_name: str) -> list[str]:
@@ -289,7 +328,7 @@ def make_report(results_dir: str, out: Optional[str] = None) -> str:
   lines += ["## Ablations", ""]
   for kind, title in ABLATIONS.items():
     lines += ablation_section(kind, title, by_kind.get(kind, []), referenced)
-  lines += invalid_ids_section(results, referenced)
+  lines += invalid_ids_section(results, referenced, results_dir)
   lines += other_files(results_dir, referenced, os.path.basename(out))
   with open(out + ".tmp", "w") as f:
     f.write("\n".join(lines))

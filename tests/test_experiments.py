@@ -151,3 +151,22 @@ def test_report_links_every_produced_table_and_plot(experiment):
   png.unlink()
   make_report.make_report(str(experiment["out"]))
   assert png.stat().st_size > 1000
+
+
+def test_report_shows_invalid_ids_per_k_beside_the_metrics_and_plots_them(tmp_path):
+  """Figure 6 from eval metrics.json files: constrained and unconstrained decodes, every K, the plot."""
+  fractions = {str(k): 0.001 * k for k in range(1, 21)}
+  (tmp_path / "free_metrics_test.json").write_text(json.dumps(
+      {"recall@5": 0.03, "ndcg@5": 0.02, "recall@10": 0.05, "ndcg@10": 0.025, "constrained": False,
+       "invalid_fraction_at_k": fractions}))
+  (tmp_path / "valid_metrics_test.json").write_text(json.dumps(
+      {"recall@5": 0.031, "ndcg@5": 0.021, "recall@10": 0.052, "ndcg@10": 0.026, "constrained": True,
+       "invalid_fraction_at_k": {str(k): 0.0 for k in range(1, 21)}}))
+  text = open(make_report.make_report(str(tmp_path))).read()
+  section = text[text.index("### Figure 6"):text.index("## Other stored results")]
+  assert "| [free_metrics_test.json](free_metrics_test.json) | unconstrained | 0.0300 | 0.0200 | 0.0500 | 0.0250 | " \
+         "0.0010 | 0.0050 | 0.0100 | 0.0200 |" in section
+  assert "| constrained | 0.0310 |" in section
+  # Every K of the unconstrained decode (and only that one) in the per-K table.
+  assert "| K | free_metrics_test |" in section and "| 17 | 0.01700 |" in section
+  assert (tmp_path / "invalid_ids.png").stat().st_size > 0 and "![invalid IDs](invalid_ids.png)" in section

@@ -89,6 +89,8 @@ def main() -> None:
   p.add_argument("--note", default="")
   p.add_argument("--out", required=True, help="output path without extension")
   args = p.parse_args()
+  if not args.run and not args.recorded:
+    p.error("give at least one --run or --recorded")
   runs = []
   for spec in args.run:
     label, sep, model_dir = spec.partition("=")

@@ -1,4 +1,4 @@
-"""Mean and standard error over seeds of one configuration's test metrics, beside the paper's Table 1 row.
+"""Mean and standard error over seeds of one configuration's test metrics, beside the paper's Table 1 and 9 rows.
 
 The paper reports TIGER's spread over seeds (its Table 9); a single run moves by a few percent from seed to
 seed (README, Table 1), so a claim "at or above the paper" rests on the mean and its standard error. Each

@@ -25,12 +25,27 @@ def ranks_in_chunks(score_chunk: Callable[[int, int], np.ndarray], target: np.nd
 
   Chunked so that a full [users, items] score matrix (1 GB for Beauty in float32) never exists at once.
   """
+  return ranks_and_top_k_in_chunks(score_chunk, target, 0, chunk_size)[0]
+
+
+def ranks_and_top_k_in_chunks(score_chunk: Callable[[int, int], np.ndarray], target: np.ndarray, k: int,
+                              chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`ranks_in_chunks` plus each user's `k` best items and their scores [U, k], best first (ties: lower item
+  index first), from the same scores: predictions.jsonl without scoring every user twice."""
   target = np.asarray(target)
   ranks = np.zeros([len(target)], np.int64)
+  top_items, top_scores = [], []
   for start in range(0, len(target), chunk_size):
     stop = min(start + chunk_size, len(target))
-    ranks[start:stop] = metrics_lib.ranks_from_scores(score_chunk(start, stop), target[start:stop])
-  return ranks
+    scores = score_chunk(start, stop)
+    ranks[start:stop] = metrics_lib.ranks_from_scores(scores, target[start:stop])
+    if k:
+      top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+      top_items.append(top)
+      top_scores.append(np.take_along_axis(scores, top, axis=1))  # the scores' own dtype
+  if not top_items:  # k == 0 or no users
+    return ranks, np.zeros([len(target), k], np.int64), np.zeros([len(target), k])
+  return ranks, np.concatenate(top_items), np.concatenate(top_scores)
 
 
 def split_result(ranks: np.ndarray, split: str, ks: Sequence[int] = metrics_lib.DEFAULT_KS) -> dict[str, Any]:

@@ -81,10 +81,13 @@ def transition_scores(counts: sp.csr_matrix, popularity: np.ndarray, histories: 
 
 def evaluate_split(dataset: Dataset, split: str, holdout: int = 2, window: int = 3, decay: float = 0.5,
                    ks: Sequence[int] = metrics_lib.DEFAULT_KS, chunk_size: int = 1024,
-                   counted: Optional[tuple[sp.csr_matrix, np.ndarray]] = None) -> dict[str, Any]:
+                   counted: Optional[tuple[sp.csr_matrix, np.ndarray]] = None,
+                   predictions_path: Optional[str] = None, predictions_k: int = 20) -> dict[str, Any]:
   """Metrics of one split's targets under counts that leave `holdout` trailing items out.
 
   `counted`: `transition_counts(...)` of these settings, when the caller already has them.
+  `predictions_path`: also write each user's `predictions_k` best items there (predictions.jsonl), from the
+  same scores.
   """
   if split not in TARGET_OFFSET:
     raise ValueError(f"split must be one of {sorted(TARGET_OFFSET)}, got {split!r}")
@@ -94,56 +97,46 @@ def evaluate_split(dataset: Dataset, split: str, holdout: int = 2, window: int =
   counts, popularity = counted or transition_counts(dataset.sessions, len(dataset.catalog), holdout, window,
                                                     decay)
   examples = splits_lib.leave_one_out(dataset.sessions, split)
-  ranks = evaluation.ranks_in_chunks(
+  ranks, top_items, top_scores = evaluation.ranks_and_top_k_in_chunks(
       lambda start, stop: transition_scores(counts, popularity, examples.history[start:stop], window, decay),
-      examples.target, chunk_size)
+      examples.target, predictions_k if predictions_path else 0, chunk_size)
+  if predictions_path:
+    os.makedirs(os.path.dirname(predictions_path), exist_ok=True)
+    evaluation.write_predictions(predictions_path, dataset.sessions.users, dataset.catalog.asins,
+                                 examples.user_index, examples.target, top_items, top_scores)
   result = evaluation.split_result(ranks, split, ks)
   result.update({"model": "transitions", "dataset": dataset.name, "holdout": holdout, "window": window,
                  "decay": decay, "transition_pairs": int(counts.nnz)})
   return result
 
 
-def top_predictions(dataset: Dataset, split: str, counted: tuple[sp.csr_matrix, np.ndarray], window: int = 3,
-                    decay: float = 0.5, k: int = 20, chunk_size: int = 1024
-                    ) -> tuple[splits_lib.SplitExamples, np.ndarray, np.ndarray]:
-  """The split's examples with each user's `k` best items and scores, best first (for predictions.jsonl)."""
-  counts, popularity = counted
-  examples = splits_lib.leave_one_out(dataset.sessions, split)
-  items, scores = [], []
-  for start in range(0, len(examples), chunk_size):
-    s = transition_scores(counts, popularity, examples.history[start:start + chunk_size], window, decay)
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    items.append(top)
-    scores.append(np.take_along_axis(s, top, axis=1))
-  return examples, np.concatenate(items), np.concatenate(scores)
-
-
 def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5,
-                usual: Optional[tuple[sp.csr_matrix, np.ndarray]] = None) -> dict[str, dict[str, Any]]:
+                predictions_dir: Optional[str] = None) -> dict[str, dict[str, Any]]:
   """The refit measured on validation (holdout 3 vs 2), then applied to test (holdout 2 vs 1).
 
-  `usual`: the holdout-2 counts (they serve validation and test), when the caller already has them."""
-  usual = usual or transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)
+  `predictions_dir`: where the usual counts' (holdout 2) validation and test predictions.jsonl go."""
+  usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)  # validation and test
+
+  def predictions(split):
+    return predictions_dir and os.path.join(evaluation.eval_dir(predictions_dir, split),
+                                            evaluation.PREDICTIONS_FILE)
   return {"validation_holdout3": evaluate_split(dataset, "validation", 3, window, decay),
-          "validation": evaluate_split(dataset, "validation", 2, window, decay, counted=usual),
-          "test": evaluate_split(dataset, "test", 2, window, decay, counted=usual),
+          "validation": evaluate_split(dataset, "validation", 2, window, decay, counted=usual,
+                                       predictions_path=predictions("validation")),
+          "test": evaluate_split(dataset, "test", 2, window, decay, counted=usual,
+                                 predictions_path=predictions("test")),
           "test_refit_holdout1": evaluate_split(dataset, "test", 1, window, decay)}
 
 
 def run(data_dir: str, out_dir: Optional[str] = None, window: int = 3, decay: float = 0.5) -> dict:
   dataset = sequences.load_dataset(data_dir)
-  usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)
-  results = refit_study(dataset, window, decay, usual)
+  results = refit_study(dataset, window, decay, predictions_dir=out_dir)
   for name, result in results.items():
     log.info("transitions %s/%s (holdout %d): %s", dataset.name, name, result["holdout"],
              " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
   if out_dir:
     for split in ("validation", "test"):
       evaluation.write_metrics(out_dir, split, results[split])
-      examples, items, scores = top_predictions(dataset, split, usual, window, decay)
-      evaluation.write_predictions(os.path.join(evaluation.eval_dir(out_dir, split), evaluation.PREDICTIONS_FILE),
-                                   dataset.sessions.users, dataset.catalog.asins, examples.user_index,
-                                   examples.target, items, scores)
     utils.write_json(os.path.join(out_dir, "transitions.json"),
                      {"dataset": dataset.stats(), "window": window, "decay": decay, "results": results})
   return results

@@ -13,9 +13,9 @@ tasks, and `embeddings_from` copies the embeddings from another dataset's work d
 into the results, so a later call can carry them and skip the stage. A job is an experiment gin file plus
 bindings; it trains, then tests the checkpoint named by `eval_checkpoint` ('best' on validation, or
 'latest'), then runs its `post` commands (argv lists; {model_dir}, {cache_dir}, {work_dir}, {data_dir} and
-{results} are filled in), e.g. the cold-start or diversity evaluation. Jobs start strictly in plan order,
-each once its dataset is ready, at most --concurrency at a time, time-sharing the GPU (each process gets
---mem_fraction of its memory).
+{results} are filled in), e.g. the cold-start or diversity evaluation. Jobs start in plan order, each once
+its dataset is ready, at most --concurrency at a time (a job still waiting for its dataset keeps a slot; later
+jobs may take the free ones), time-sharing the GPU (each process gets --mem_fraction of its memory).
 
   setsid nohup python3 benchmarks/gpu_jobs.py --plan=benchmarks/gpu_plans/h200_refit.json &
   python3 benchmarks/gpu_jobs.py --collect="$OUT" --wait=540 [--ship_models=beauty_refit] [--ship_cache]

@@ -26,17 +26,15 @@ from typing import Any, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common  # noqa: E402
+from table1_report import PAPER as TABLE1  # noqa: E402
 
 log = logging.getLogger("make_report")
 
 CITATION = "Rajput et al., Recommender Systems with Generative Retrieval, NeurIPS 2023"
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-# TIGER's own results (Table 1); Table 2's RQ-VAE row and the appendix tables' default rows repeat Beauty's.
-_TIGER_TABLE1 = {
-    "Sports": {"recall@5": 0.0264, "ndcg@5": 0.0181, "recall@10": 0.0400, "ndcg@10": 0.0225},
-    "Beauty": {"recall@5": 0.0454, "ndcg@5": 0.0321, "recall@10": 0.0648, "ndcg@10": 0.0384},
-    "Toys": {"recall@5": 0.0521, "ndcg@5": 0.0371, "recall@10": 0.0712, "ndcg@10": 0.0432},
-}
+# TIGER's own results (Table 1, table1_report.PAPER); Table 2's RQ-VAE row and the appendix tables' default rows
+# repeat Beauty's.
+_TIGER_TABLE1 = {name: TABLE1[name.lower()] for name in ("Sports", "Beauty", "Toys")}
 # Table 2's other rows, (recall@5, ndcg@5, recall@10, ndcg@10) per dataset.
 _ID_TYPES = {
     "LSH SID": {"Sports": (0.0215, 0.0146, 0.0321, 0.0180), "Beauty": (0.0379, 0.0259, 0.0533, 0.0309),

@@ -8,6 +8,9 @@ checkpoint on the test split). No number is typed by hand:
       --revision 6765e0b --run "dropout 0.0=work/beauty_d0" --run "dropout 0.1=work/beauty_paper/..." \
       --out benchmarks/results/tuning_beauty_dropout_h100
 
+A job of benchmarks/gpu_jobs.py counts as a run too: `--gpu_run LABEL=RESULTS_DIR/JOB` reads the
+JOB_metrics.jsonl and JOB_eval_test_metrics.json that the runner copied into its results directory.
+
 Writes OUT.json and OUT.md: a table of each run's best checkpoint (validation and test metrics) and a table of
 validation NDCG@10 against the step.
 """
@@ -18,6 +21,7 @@ import datetime
 import json
 import os
 import sys
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,17 +37,29 @@ def _metrics(path: str):
     return json.load(f)
 
 
-def summarize(label: str, model_dir: str) -> dict:
-  curve = validation_curve(os.path.join(model_dir, "metrics.jsonl"))
+def summarize(label: str, model_dir: str, files: Optional[tuple[str, str]] = None) -> dict:
+  """`files`: (metrics.jsonl, test metrics.json) where they are not the model directory's own."""
+  metrics_path, test_path = files or (os.path.join(model_dir, "metrics.jsonl"),
+                                      os.path.join(model_dir, "eval_test", "metrics.json"))
+  curve = validation_curve(metrics_path)
   if not curve:
-    raise ValueError(f"{model_dir}/metrics.jsonl: no validation retrieval metrics (validation/ndcg@10)")
+    raise ValueError(f"{metrics_path}: no validation retrieval metrics (validation/ndcg@10)")
   best = max(curve, key=lambda r: r["ndcg@10"])
-  test = _metrics(os.path.join(model_dir, "eval_test", "metrics.json"))
+  test = _metrics(test_path)
   if test and test.get("step") != best["step"]:
-    raise ValueError(f"{model_dir}/eval_test is of step {test.get('step')}, not the best step {best['step']}")
+    raise ValueError(f"{test_path} is of step {test.get('step')}, not the best step {best['step']}")
   return {"label": label, "model_dir": model_dir, "validation_curve": curve, "last_step": curve[-1]["step"],
           "best_step": best["step"], "validation": {k: best[k] for k in METRICS},
           "test": {k: test[k] for k in METRICS} if test else None}
+
+
+def gpu_job_run(label: str, job_path: str) -> dict:
+  """RESULTS_DIR/JOB of benchmarks/gpu_jobs.py: its model directory stayed on the device machine."""
+  results, job = os.path.split(job_path.rstrip("/"))
+  files = (os.path.join(results, f"{job}_metrics.jsonl"), os.path.join(results, f"{job}_eval_test_metrics.json"))
+  if not os.path.exists(files[0]):
+    raise ValueError(f"--gpu_run {job_path}: no {files[0]} (is {job!r} a job of that results directory?)")
+  return summarize(label, job_path, files)
 
 
 def recorded_run(parser, spec: str) -> dict:
@@ -81,6 +97,7 @@ def to_markdown(report: dict) -> str:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--run", action="append", default=[], help="LABEL=MODEL_DIR")
+  p.add_argument("--gpu_run", action="append", default=[], help="LABEL=RESULTS_DIR/JOB: a gpu_jobs.py job")
   p.add_argument("--recorded", action="append", default=[], help="LABEL=RECORD.json#RUN: run RUN of an earlier "
                  "record of this script (its model directory may be gone), shown as LABEL.")
   p.add_argument("--title", required=True)
@@ -89,14 +106,15 @@ def main() -> None:
   p.add_argument("--note", default="")
   p.add_argument("--out", required=True, help="output path without extension")
   args = p.parse_args()
-  if not args.run and not args.recorded:
-    p.error("give at least one --run or --recorded")
+  if not args.run and not args.gpu_run and not args.recorded:
+    p.error("give at least one --run, --gpu_run or --recorded")
   runs = []
-  for spec in args.run:
-    label, sep, model_dir = spec.partition("=")
-    if not sep:
-      p.error(f"--run {spec!r}: expected LABEL=MODEL_DIR")
-    runs.append(summarize(label, model_dir))
+  for flag, specs, read in (("--run", args.run, summarize), ("--gpu_run", args.gpu_run, gpu_job_run)):
+    for spec in specs:
+      label, sep, path = spec.partition("=")
+      if not sep:
+        p.error(f"{flag} {spec!r}: expected LABEL=PATH")
+      runs.append(read(label, path))
   for spec in args.recorded:
     runs.append(recorded_run(p, spec))
   report = {"title": args.title, "card": args.card, "revision": args.revision, "note": args.note,

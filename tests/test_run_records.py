@@ -55,6 +55,20 @@ def test_compare_runs_takes_a_run_from_an_earlier_record(tmp_path):
     compare_runs.recorded_run(parser, f"x={record}#dropout 0.3")  # no such run: an error naming the record
 
 
+def test_compare_runs_reads_a_gpu_jobs_job_from_its_results_directory(tmp_path):
+  """gpu_jobs.py copies JOB_metrics.jsonl and JOB_eval_test_metrics.json into one results directory."""
+  d = _model_dir(tmp_path, "wide", {10000: 0.021, 20000: 0.025, 30000: 0.024}, test_step=20000, test_ndcg=0.018)
+  results = tmp_path / "results"
+  results.mkdir()
+  os.rename(os.path.join(d, "metrics.jsonl"), results / "wide_metrics.jsonl")
+  os.rename(os.path.join(d, "eval_test", "metrics.json"), results / "wide_eval_test_metrics.json")
+  run = compare_runs.gpu_job_run("wide (H200)", str(results / "wide"))
+  assert run["best_step"] == 20000 and run["last_step"] == 30000
+  assert run["validation"]["ndcg@10"] == 0.025 and run["test"]["recall@5"] == 0.018
+  with pytest.raises(ValueError, match="no .*other_metrics.jsonl"):
+    compare_runs.gpu_job_run("x", str(results / "other"))
+
+
 def test_compare_runs_refuses_a_test_evaluation_of_another_checkpoint(tmp_path):
   a = _model_dir(tmp_path, "a", {1000: 0.02, 2000: 0.05}, test_step=1000, test_ndcg=0.01)
   with pytest.raises(ValueError, match="not the best step 2000"):

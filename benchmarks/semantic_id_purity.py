@@ -34,7 +34,9 @@ def second_level_categories(items_path: str, asins) -> list[str]:
   """Each item's category at path index 1, from its first path rooted at the top category.
 
   Items can list several paths; the first one that starts with the catalogue's most common
-  root wins, then any path. Missing levels read "(none)".
+  root wins, then any path. Missing levels read "(none)". A brand before the categories (the
+  Sports set's attribute paths: root, brand, category, ...) is skipped: a name at index 1 that
+  never sits at index 2, followed by a name that does sit at index 1 in other paths, is a brand.
   """
   cats = {}
   roots: dict[str, int] = {}
@@ -49,13 +51,19 @@ def second_level_categories(items_path: str, asins) -> list[str]:
       for p in paths:
         roots[p[0]] = roots.get(p[0], 0) + 1
   top_root = max(roots, key=roots.get) if roots else None
-  out = []
+  chosen = {}
   for a in asins:
     if a not in cats:
       raise ValueError(f"{items_path}: no metadata for asin {a}")
     paths = cats[a]
-    chosen = next((p for p in paths if p[0] == top_root), paths[0] if paths else [])
-    out.append(chosen[1] if len(chosen) > 1 else "(none)")
+    chosen[a] = next((p for p in paths if p[0] == top_root), paths[0] if paths else [])
+  at_1 = {p[1] for p in chosen.values() if len(p) > 1}
+  at_2 = {p[2] for p in chosen.values() if len(p) > 2}
+  out = []
+  for a in asins:
+    p = chosen[a]
+    brand_first = len(p) > 2 and p[1] not in at_2 and p[2] in at_1
+    out.append(p[2] if brand_first else p[1] if len(p) > 1 else "(none)")
   return out
 
 
@@ -76,7 +84,11 @@ def plot(results: dict, path: str) -> None:
   names = list(results)
   labels = sorted({l for r in results.values() for l in r["table_labels"]},
                   key=lambda l: -sum(r["labels"].get(l, 0) for r in results.values()))
-  colors = {l: plt.cm.tab10(i % 10) for i, l in enumerate(labels)}
+  # The ten largest categories get a colour each and the rest one grey "other" bar: a catalogue may have a
+  # hundred categories, and a bar set per category made the Sports plot take minutes.
+  shown = labels[:10]
+  colors = {l: plt.cm.tab10(i) for i, l in enumerate(shown)}
+  colors["other"] = (0.8, 0.8, 0.8, 1.0)
   fig, axes = plt.subplots(len(names), 1, figsize=(14, 3.2 * len(names)), squeeze=False)
   for ax, name in zip(axes[:, 0], names):
     r = results[name]
@@ -85,11 +97,12 @@ def plot(results: dict, path: str) -> None:
     lab = r["table_labels"]
     top = frac.argmax(1)
     order = np.lexsort((-frac.max(1), [labels.index(lab[t]) for t in top]))
+    columns = {l: frac[order, lab.index(l)] if l in lab else np.zeros(len(order)) for l in shown}
+    columns["other"] = 1.0 - sum(columns.values())
     bottom = np.zeros(len(order))
-    for j, l in enumerate(lab):
-      ax.bar(np.arange(len(order)), frac[order, j], bottom=bottom, width=1.0, color=colors[l],
-             label=l, linewidth=0)
-      bottom += frac[order, j]
+    for l, share in columns.items():
+      ax.bar(np.arange(len(order)), share, bottom=bottom, width=1.0, color=colors[l], label=l, linewidth=0)
+      bottom += share
     ax.set_xlim(-0.5, len(order) - 0.5)
     ax.set_ylim(0, 1)
     ax.set_ylabel("category share")
@@ -105,7 +118,7 @@ def plot(results: dict, path: str) -> None:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--embeddings", required=True)
-  p.add_argument("--asins", required=True)
+  p.add_argument("--asins", required=True, help="the embeddings' item order: asins.txt or embeddings.json")
   p.add_argument("--items", required=True, help="items.jsonl.gz with categories")
   p.add_argument("--rqvae", default=None, help="semantic_ids.npz from the RQ-VAE stage")
   p.add_argument("--epochs", type=int, default=100, help="RQ-VAE epochs when training here")
@@ -115,8 +128,8 @@ def main() -> None:
   args = p.parse_args()
 
   x = np.load(args.embeddings).astype(np.float32)
-  with open(args.asins) as f:
-    asins = [line.strip() for line in f if line.strip()]
+  with open(args.asins) as f:  # asins.txt, or tiger_jax.embed's embeddings.json with its "asins" list
+    asins = json.load(f)["asins"] if args.asins.endswith(".json") else [line.strip() for line in f if line.strip()]
   labels = second_level_categories(args.items, asins)
   ids = {}
   t0 = time.time()

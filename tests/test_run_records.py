@@ -1,4 +1,5 @@
 """The scripts that turn model directories and logs into results tables read the right numbers."""
+import gzip
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import compare_runs  # noqa: E402
+import semantic_id_purity  # noqa: E402
 import embedding_knn  # noqa: E402
 import table1_report  # noqa: E402
 import target_frequency  # noqa: E402
@@ -110,3 +112,42 @@ def test_target_frequency_recall_per_bucket_of_training_target_count(tmp_path):
   path.write_text(json.dumps({"user": "u", "target": "zzz", "topk": []}) + "\n")
   with pytest.raises(ValueError, match="predictions.jsonl:1: target 'zzz'"):
     target_frequency.recall_by_bucket(str(path), asin_index, train_counts, k=10)
+
+
+def test_purity_labels_skip_a_brand_that_precedes_the_categories(tmp_path):
+  """Sports paths are root, brand, category...; Beauty's are root, category, subcategory. Both give the category."""
+  items = [("b1", [["Beauty", "Skin Care", "Face"]]), ("b2", [["Beauty", "Makeup", "Eyes"], ["Other", "X"]]),
+           ("b3", [["Other", "Y"], ["Beauty", "Skin Care", "Body"]]), ("s1", [["Beauty", "Ghost", "Makeup", "Eyes"]]),
+           ("s2", [["Beauty"]])]
+  path = tmp_path / "items.jsonl.gz"
+  with gzip.open(path, "wt") as f:
+    for asin, cats in items:
+      f.write(json.dumps({"asin": asin, "title": asin, "categories": cats}) + "\n")
+  labels = semantic_id_purity.second_level_categories(str(path), ["b1", "b2", "b3", "s1", "s2"])
+  assert labels == ["Skin Care", "Makeup", "Skin Care", "Makeup", "(none)"]
+  with pytest.raises(ValueError, match="no metadata for asin zz"):
+    semantic_id_purity.second_level_categories(str(path), ["zz"])
+
+
+def test_sports_style_text_rewrites_title_and_moves_the_brand_into_the_paths(tmp_path):
+  import sports_style_text  # pylint: disable=g-import-not-at-top
+  item = {"asin": "a1", "title": "Neutrogena Ultra-Sheer Dry Touch Sunscreen, SPF 30 (3 oz)", "brand": "Neutrogena",
+          "categories": [["Beauty", "Skin Care", "Sun"], ["Beauty", "Makeup"]], "price": 9.5}
+  out = sports_style_text.sports_style_item(item)
+  assert out == {"asin": "a1", "title": "neutrogena ultra sheer dry touch",
+                 "categories": [["Beauty", "Neutrogena", "Skin Care", "Sun"], ["Beauty", "Neutrogena", "Makeup"]]}
+  assert sports_style_text.sports_style_item({"asin": "b", "title": "X", "brand": "Acme"})["categories"] == [["Acme"]]
+  data = tmp_path / "d"
+  data.mkdir()
+  with gzip.open(data / "sequences.txt.gz", "wt") as f:
+    f.write("u1 a1 a1 a1\n")
+  with gzip.open(data / "items.jsonl.gz", "wt") as f:
+    f.write(json.dumps(item) + "\n")
+  assert sports_style_text.rewrite(str(data), str(tmp_path / "out")) == 1
+  with gzip.open(tmp_path / "out" / "items.jsonl.gz", "rt") as f:
+    assert [json.loads(line) for line in f] == [out]
+  assert (tmp_path / "out" / "sequences.txt.gz").read_bytes() == (data / "sequences.txt.gz").read_bytes()
+  with gzip.open(data / "items.jsonl.gz", "wt") as f:
+    f.write(json.dumps(item) + "\n" + json.dumps({"title": "no asin"}) + "\n")
+  with pytest.raises(ValueError, match=r"items.jsonl.gz:2: no 'asin'"):
+    sports_style_text.rewrite(str(data), str(tmp_path / "out"))

@@ -131,13 +131,15 @@ def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
   assert flags.data_dir == "d" and gin.query_parameter("%TRAIN_STEPS") == steps
 
 
-@pytest.mark.parametrize("name,steps,width", [("beauty_refit", 20000, (128, 1024)), ("sports_refit", 30000, (128, 1024)),
+@pytest.mark.parametrize("name,steps,width", [("beauty_refit", 20000, (128, 1024)),
+                                              ("sports_refit", 30000, (128, 1024)),
                                               ("sports_tuned", 20000, (256, 2048))])
 def test_refit_files_train_on_train_and_validation_without_validation_metrics(name, steps, width):
   gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"], ['MODEL_DIR = "/tmp/m"'])
   assert gin.query_parameter("%TRAIN_STEPS") == steps
   assert (gin.query_parameter("network.T5Config.emb_dim"), gin.query_parameter("network.T5Config.mlp_dim")) == width
-  assert gin.query_parameter("network.T5Config.num_heads") == 6 and gin.query_parameter("network.T5Config.head_dim") == 64
+  heads = (gin.query_parameter("network.T5Config.num_heads"), gin.query_parameter("network.T5Config.head_dim"))
+  assert heads == (6, 64)
   assert gin.query_parameter("train/utils.DatasetConfig.split") == "train+validation"
   assert gin.query_parameter("infer_eval/utils.DatasetConfig.split") == "validation"
   from tiger_jax import train  # pylint: disable=g-import-not-at-top

@@ -8,9 +8,10 @@ Data: the category directory (numpy readers only, no seqio), split by tiger_jax/
 jitted call runs a whole epoch (`lax.fori_loop` over its batches, each gathered on device by index), and
 evaluation scores the full catalogue in batches on the device. The reported validation and test numbers
 rank those scores with tiger_jax/metrics.py on the host; the periodic validation that picks the best epoch
-applies the same tie rule on the device (Scorer.device_ranks, tested against it). An epoch's batches are a pure function of (seed, epoch), and the train state is
-checkpointed at every evaluation and every `checkpoint_every_epochs`, so rerunning the same command after
-a crash or SIGTERM resumes from the last checkpoint; a finished run only re-evaluates.
+applies the same tie rule on the device (Scorer.device_ranks, tested against it). An epoch's batches are a
+pure function of (seed, epoch), and the train state is checkpointed at every evaluation and every
+`checkpoint_every_epochs`, so rerunning the same command after a crash or SIGTERM resumes from the last
+checkpoint; a finished run only re-evaluates.
 
 MODEL_DIR afterwards: config.gin, metrics.jsonl (loss per epoch, validation metrics), checkpoints/ and best/
 (orbax, tiger_jax/checkpoints.py), eval_validation/ and eval_test/ with metrics.json (TIGER's keys plus

@@ -84,8 +84,28 @@ def markdown(r: dict, args) -> str:
   pct = lambda d: [f"{100 * d[m]:+.1f}%" for m in METRICS]
   row = lambda name, d: [name] + [d[m] for m in METRICS]
   p, f = r["tiger_paper_config"], r["tiger_refit"]
-  jobs = (f"{args.paper_job}, {args.refit_job}: two jobs side by side on the one GPU, {f['steps']:,} steps each"
-          if p else f"{args.refit_job}: {f['steps']:,} steps, beside the plan's other jobs on the one GPU")
+  # Two layouts: the paper configuration trained in the same call as the refit (compared at equal steps, with
+  # its validation curve), or the refit alone against runs named by --compare.
+  if p:
+    jobs = f"{args.paper_job}, {args.refit_job}: two jobs side by side on the one GPU, {f['steps']:,} steps each"
+    intro = (f"TIGER, paper configuration (gin/{r['dataset']}.gin) at {p['steps']:,} steps, tested at its best "
+             f"validation checkpoint (step {p['checkpoint_step']}), against the refit (gin/{r['dataset']}_refit"
+             ".gin, the same steps, last checkpoint); the transition baseline for scale:")
+    paper_config_row = [row(f"tiger_jax, paper config, {p['steps'] // 1000}k steps", p["test"])]
+    paper_config_change = [["refit vs paper config", *pct(r["tiger_refit_change_on_test"])]]
+    tail = (["", "TIGER paper config, validation during training:", ""]
+            + _common.markdown_table(["step", *METRICS], [row(e["step"], e) for e in p["validation"]])
+            + ["", f"Training: paper config {p['ms_per_step']} ms/step, refit {f['ms_per_step']} ms/step while "
+               f"training (each beside the other); wall {p['train_s']} s and {f['train_s']} s including "
+               f"compilation and evaluation; test decoding {p['eval_s']} s and {f['eval_s']} s."])
+  else:
+    jobs = f"{args.refit_job}: {f['steps']:,} steps, beside the plan's other jobs on the one GPU"
+    intro = (f"TIGER refit (gin/{r['dataset']}_refit.gin, {f['steps']:,} steps, last checkpoint); the paper "
+             "configuration from the runs named below (other Semantic IDs, and maybe another card); the "
+             "transition baseline for scale:")
+    paper_config_row, paper_config_change = [], []
+    tail = ["", f"Training: refit {f['ms_per_step']} ms/step while training (beside the other jobs); wall "
+            f"{f['train_s']} s including compilation; test decoding {f['eval_s']} s."]
   lines = [f"# Refit on train + validation, {r['dataset']}: {r['card']}", "",
            f"GPU jobs at revision {r['gpu_revision']} ({jobs}); "
            f"report written {r['meta']['date']} at {r['meta']['git_revision']}. Paper-schedule RQ-VAE Semantic "
@@ -99,39 +119,20 @@ def markdown(r: dict, args) -> str:
       row("holdout 3 (without)", r["transitions"]["validation_holdout3"]),
       row("holdout 2 (with: the usual training data)", r["transitions"]["validation"]),
       ["change", *pct(r["transitions_recent_item_change_on_validation"])]])
-  lines += ["", "## 2. Then on test", ""]
-  if p:
-    lines += [f"TIGER, paper configuration (gin/{r['dataset']}.gin) at {p['steps']:,} steps, tested at its best "
-              f"validation checkpoint (step {p['checkpoint_step']}), against the refit (gin/{r['dataset']}_refit"
-              ".gin, the same steps, last checkpoint); the transition baseline for scale:", ""]
-  else:
-    lines += [f"TIGER refit (gin/{r['dataset']}_refit.gin, {f['steps']:,} steps, last checkpoint); the paper "
-              "configuration from the runs named below (other Semantic IDs, and maybe another card); the "
-              "transition baseline for scale:", ""]
-  rows = [row("paper, Table 1 (TIGER)", r["paper_table1"])]
-  if p:
-    rows.append(row(f"tiger_jax, paper config, {p['steps'] // 1000}k steps", p["test"]))
-  rows += [row(label, o["test"]) for label, o in r["other_runs"].items()]
-  rows.append(row(f"tiger_jax, refit, {f['steps'] // 1000}k steps", f["test"]))
-  if p:
-    rows.append(["refit vs paper config", *pct(r["tiger_refit_change_on_test"])])
-  rows += [["refit vs " + label, *pct(change(f["test"], o["test"]))] for label, o in r["other_runs"].items()]
-  rows += [["refit vs paper, Table 1", *pct(change(f["test"], r["paper_table1"]))],
-           row("transition baseline (holdout 2)", r["transitions"]["test"]),
-           row("transition baseline, refit (holdout 1)", r["transitions"]["test_refit_holdout1"]),
-           ["transition refit vs holdout 2", *pct(r["transitions_refit_change_on_test"])]]
+  lines += ["", "## 2. Then on test", "", intro, ""]
+  others = r["other_runs"]
+  rows = ([row("paper, Table 1 (TIGER)", r["paper_table1"])] + paper_config_row
+          + [row(label, o["test"]) for label, o in others.items()]
+          + [row(f"tiger_jax, refit, {f['steps'] // 1000}k steps", f["test"])] + paper_config_change
+          + [["refit vs " + label, *pct(change(f["test"], o["test"]))] for label, o in others.items()]
+          + [["refit vs paper, Table 1", *pct(change(f["test"], r["paper_table1"]))],
+             row("transition baseline (holdout 2)", r["transitions"]["test"]),
+             row("transition baseline, refit (holdout 1)", r["transitions"]["test_refit_holdout1"]),
+             ["transition refit vs holdout 2", *pct(r["transitions_refit_change_on_test"])]])
   lines += _common.markdown_table(["test", *METRICS], rows)
   lines += [""] + [f"- {label}: [{o['file']}]({os.path.relpath(o['file'], os.path.dirname(args.out))})"
-                   for label, o in r["other_runs"].items()]
-  if p:
-    lines += ["", "TIGER paper config, validation during training:", ""]
-    lines += _common.markdown_table(["step", *METRICS], [row(e["step"], e) for e in p["validation"]])
-    lines += ["", f"Training: paper config {p['ms_per_step']} ms/step, refit {f['ms_per_step']} ms/step while "
-              f"training (each beside the other); wall {p['train_s']} s and {f['train_s']} s including "
-              f"compilation and evaluation; test decoding {p['eval_s']} s and {f['eval_s']} s."]
-  else:
-    lines += ["", f"Training: refit {f['ms_per_step']} ms/step while training (beside the other jobs); wall "
-              f"{f['train_s']} s including compilation; test decoding {f['eval_s']} s."]
+                   for label, o in others.items()]
+  lines += tail
   lines += ["", f"Commands: the device call ran `python3 benchmarks/gpu_jobs.py --plan={r['plan']}` (then "
             "`--collect`; benchmarks/gpu_call.sh); this report: `" + r["meta"]["command"] + "`."]
   return "\n".join(lines) + "\n"

@@ -151,3 +151,26 @@ def test_sports_style_text_rewrites_title_and_moves_the_brand_into_the_paths(tmp
     f.write(json.dumps(item) + "\n" + json.dumps({"title": "no asin"}) + "\n")
   with pytest.raises(ValueError, match=r"items.jsonl.gz:2: no 'asin'"):
     sports_style_text.rewrite(str(data), str(tmp_path / "out"))
+
+
+def _eval_metrics(path, recall10, step=20000, **extra):
+  values = {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": recall10, "ndcg@10": 0.02}
+  path.write_text(json.dumps({**values, "step": step, "split": "test", "task": "tiger_sports", **extra}))
+  return str(path)
+
+
+def test_decoding_choices_compares_decodes_of_one_checkpoint_with_the_first(tmp_path):
+  import decoding_choices  # pylint: disable=g-import-not-at-top
+  ref = _eval_metrics(tmp_path / "a.json", 0.040, num_beams=20, constrained=True)
+  wide = _eval_metrics(tmp_path / "b.json", 0.042, num_beams=50, constrained=True,
+                       invalid_fraction_at_k={"10": 0.0, "20": 0.0})
+  out = tmp_path / "report"
+  result = decoding_choices.main(["--title", "t", "--run", f"20 beams={ref}", "--run", f"50 beams={wide}",
+                                  "--out", str(out)])
+  assert result["change"]["20 beams"]["recall@10"] == 0
+  assert abs(result["change"]["50 beams"]["recall@10"] - 0.05) < 1e-12
+  text = (tmp_path / "report.md").read_text()
+  assert "| 50 beams | 50 | True |" in text and "+5.0%" in text and "0.000%" in text
+  other_step = _eval_metrics(tmp_path / "c.json", 0.04, step=30000)
+  with pytest.raises(ValueError, match="step 30000 differs"):
+    decoding_choices.main(["--title", "t", "--run", f"a={ref}", "--run", f"c={other_step}", "--out", str(out)])

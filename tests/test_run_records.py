@@ -11,8 +11,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import compare_runs  # noqa: E402
-import semantic_id_purity  # noqa: E402
+import decoding_choices  # noqa: E402
 import embedding_knn  # noqa: E402
+import semantic_id_purity  # noqa: E402
+import sports_style_text  # noqa: E402
 import table1_report  # noqa: E402
 import target_frequency  # noqa: E402
 from tiger_jax.data import splits  # noqa: E402
@@ -130,7 +132,6 @@ def test_purity_labels_skip_a_brand_that_precedes_the_categories(tmp_path):
 
 
 def test_sports_style_text_rewrites_title_and_moves_the_brand_into_the_paths(tmp_path):
-  import sports_style_text  # pylint: disable=g-import-not-at-top
   item = {"asin": "a1", "title": "Neutrogena Ultra-Sheer Dry Touch Sunscreen, SPF 30 (3 oz)", "brand": "Neutrogena",
           "categories": [["Beauty", "Skin Care", "Sun"], ["Beauty", "Makeup"]], "price": 9.5}
   out = sports_style_text.sports_style_item(item)
@@ -160,7 +161,6 @@ def _eval_metrics(path, recall10, step=20000, **extra):
 
 
 def test_decoding_choices_compares_decodes_of_one_checkpoint_with_the_first(tmp_path):
-  import decoding_choices  # pylint: disable=g-import-not-at-top
   ref = _eval_metrics(tmp_path / "a.json", 0.040, num_beams=20, constrained=True)
   wide = _eval_metrics(tmp_path / "b.json", 0.042, num_beams=50, constrained=True,
                        invalid_fraction_at_k={"10": 0.0, "20": 0.0})

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _common  # noqa: E402
-from seeds import _load  # noqa: E402
+from seeds import load_runs  # noqa: E402
 from table1_report import METRICS  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
@@ -64,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument("--note", default="", help="what the checkpoint is, where each decode ran")
   p.add_argument("--out", required=True, help="output path without extension")
   args = p.parse_args(argv)
-  runs = dict(_load(r) for r in args.run)
+  runs = load_runs(args.run)
   command = sys.argv if argv is None else ["benchmarks/decoding_choices.py"] + list(argv)
   result = {"title": args.title, "note": args.note, "runs": runs, "change": compare(runs),
             "meta": _common.run_metadata(command)}

@@ -51,7 +51,7 @@ def summarize(runs: dict[str, dict], dataset: str) -> dict:
   return stats
 
 
-def _load(label_and_path: str) -> tuple[str, dict]:
+def _load_one(label_and_path: str) -> tuple[str, dict]:
   label, sep, path = label_and_path.partition("=")
   if not sep or not label or not path:
     raise SystemExit(f"--run: expected LABEL=METRICS_JSON, got {label_and_path!r}")
@@ -61,6 +61,14 @@ def _load(label_and_path: str) -> tuple[str, dict]:
   if missing:
     raise SystemExit(f"--run {label}: {path} has no {', '.join(missing)} (not an eval metrics.json?)")
   return label, dict(metrics, file=path)
+
+
+def load_runs(specs: Sequence[str]) -> dict[str, dict]:
+  """--run LABEL=METRICS_JSON arguments, in order; a repeated label would silently drop a run, so it is refused."""
+  runs = dict(_load_one(s) for s in specs)
+  if len(runs) != len(specs):
+    raise SystemExit("--run: labels must be unique")
+  return runs
 
 
 def markdown(result: dict) -> list[str]:
@@ -90,9 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument("--note", default="", help="Where the runs come from (cards, revisions, what varies).")
   p.add_argument("--out", required=True, help="Output path without extension.")
   args = p.parse_args(argv)
-  runs = dict(_load(r) for r in args.run)
-  if len(runs) != len(args.run):
-    raise SystemExit("--run: labels must be unique")
+  runs = load_runs(args.run)
   command = sys.argv if argv is None else ["benchmarks/seeds.py"] + list(argv)
   result = {"title": args.title, "dataset": args.dataset, "runs": runs, "stats": summarize(runs, args.dataset),
             "note": args.note, "meta": _common.run_metadata(command)}

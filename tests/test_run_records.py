@@ -172,5 +172,7 @@ def test_decoding_choices_compares_decodes_of_one_checkpoint_with_the_first(tmp_
   text = (tmp_path / "report.md").read_text()
   assert "| 50 beams | 50 | True |" in text and "+5.0%" in text and "0.000%" in text
   other_step = _eval_metrics(tmp_path / "c.json", 0.04, step=30000)
+  with pytest.raises(SystemExit, match="labels must be unique"):
+    decoding_choices.main(["--title", "t", "--run", f"a={ref}", "--run", f"a={wide}", "--out", str(out)])
   with pytest.raises(ValueError, match="step 30000 differs"):
     decoding_choices.main(["--title", "t", "--run", f"a={ref}", "--run", f"c={other_step}", "--out", str(out)])

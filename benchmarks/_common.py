@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -73,6 +74,13 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
   return lines
+
+
+def gpu_jobs_card(status: dict) -> str:
+  """The card named in a benchmarks/gpu_jobs.py status.json ("NVIDIA H200"; "" when the runner recorded none),
+  without nvidia-smi's "GPU 0: " prefix and UUID suffix."""
+  device = status.get("datasets", {}).get("_runner", {}).get("device") or ""
+  return re.sub(r"^GPU \d+: | \(UUID.*\)$", "", device)
 
 
 def try_plot(plot_fn, result: dict, path: str, logger) -> bool:

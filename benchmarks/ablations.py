@@ -44,7 +44,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -343,8 +342,7 @@ def collect_gpu_jobs(args, settings: list[Setting]) -> dict:
   for results_dir in args.gpu_results:
     with open(os.path.join(results_dir, "status.json")) as f:
       status = json.load(f)
-    card = re.sub(r"^GPU \d+: | \(UUID.*\)$", "", status["datasets"].get("_runner", {}).get("device") or "")
-    runs[results_dir] = {"card": card, "revision": status["revision"]}
+    runs[results_dir] = {"card": _common.gpu_jobs_card(status), "revision": status["revision"]}
   rows, missing = [], []
   for s in settings:
     job = args.gpu_job.get(s.key)

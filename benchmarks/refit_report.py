@@ -67,7 +67,7 @@ def report(args, study: dict) -> dict:
     others[label] = {"file": path, "test": pick(_read_json(path))}
   return {
       "meta": _common.run_metadata(), "gpu_revision": status["revision"],
-      "card": re.sub(r"^GPU \d+: | \(UUID.*\)$", "", status["datasets"]["_runner"].get("device", "?")),
+      "card": _common.gpu_jobs_card(status) or "?",
       "dataset": args.dataset, "plan": args.plan,
       "semantic_ids_seconds": status["datasets"][args.dataset].get("prepare_s"),
       "paper_table1": PAPER[args.dataset], "tiger_paper_config": paper_cfg, "tiger_refit": refit,

@@ -9,7 +9,9 @@ The plan (JSON) names datasets and jobs. A dataset's embeddings become paper-sch
 (GPU) and its task caches (numpy backend; no TensorFlow on the device), unless its work dir already holds
 them; `rqvae_gin`/`rqvae_bindings` pick other IDs (random, LSH, a combined catalogue), `cold_start_split`
 (a cold_start_split.json) fits the RQ-VAE on the seen items and leaves the unseen ones out of the training
-tasks, and `embeddings_from` copies the embeddings from another dataset's work dir first. The IDs are copied
+tasks, `embeddings_from` copies the embeddings from another dataset's work dir first, and `collaborative`
+({"text_dir": ..., "bindings": [...]}) fuses the text embeddings there with co-occurrence vectors
+(tiger_jax.collaborative) into the work dir first. The IDs are copied
 into the results, so a later call can carry them and skip the stage. A job is an experiment gin file plus
 bindings; it trains, then tests the checkpoint named by `eval_checkpoint` ('best' on validation, or
 'latest'), then runs its `post` commands (argv lists; {model_dir}, {cache_dir}, {work_dir}, {data_dir} and
@@ -115,6 +117,14 @@ class Runner:
         os.makedirs(work, exist_ok=True)
         for f in ("embeddings.npy", "embeddings.json"):
           shutil.copyfile(os.path.join(spec["embeddings_from"], f), os.path.join(work, f))
+      cf = spec.get("collaborative")
+      if cf is not None:  # fused text + co-occurrence embeddings, made here from the carried text ones
+        ok = self.sh([sys.executable, "-m", "tiger_jax.collaborative", f"--data_dir={spec['data_dir']}",
+                      f"--text_dir={cf['text_dir']}", f"--work_dir={work}"]
+                     + [f"--gin.{b}" for b in cf.get("bindings", [])], f"{name}_ids.log") == 0
+        if ok:
+          shutil.copyfile(os.path.join(work, "embeddings.json"), os.path.join(self.results, f"{name}_embeddings.json"))
+    if ok and not os.path.exists(ids):
       bindings = spec.get("rqvae_bindings", []) + ([f"make_semantic_ids.cold_start_split='{split}'"] if split else [])
       ok = self.sh([sys.executable, "-m", "tiger_jax.semantic_ids", f"--data_dir={spec['data_dir']}",
                     f"--work_dir={work}", f"--gin_file={spec.get('rqvae_gin', 'gin/rqvae/paper.gin')}"]

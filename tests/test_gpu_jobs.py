@@ -51,10 +51,16 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
           "jobs": [{"name": "paper", "dataset": "tiny", "gin_file": str(gin_file),
                     "post": [["-c", "import sys; open(sys.argv[1] + '/post.txt', 'w').write(sys.argv[2])",
                               "{results}", "{model_dir} {cache_dir}"]]},
-                   {"name": "refit", "dataset": "tiny", "gin_file": str(gin_file), "bindings": refit,
+                   {"name": "refit", "dataset": "tiny_cf", "gin_file": str(gin_file), "bindings": refit,
                     "eval_checkpoint": "latest"},
                    {"name": "orphan", "dataset": "tiny", "gin_file": str(tmp_path / "missing.gin")},
                    {"name": "stranded", "dataset": "no_embeddings", "gin_file": str(gin_file)}]}
+  # The refit job trains on IDs of the text embeddings fused with co-occurrence vectors, made in its work dir
+  # (Adagrad at 0.1: at the paper's 0.4 the toy's unnormalised text beside unit co-occurrence vectors diverges
+  # within 20 epochs and leaves over 16 of the 30 items on one prefix; the real unit-norm inputs do not.)
+  plan["datasets"]["tiny_cf"] = dict(plan["datasets"]["tiny"], work_dir=str(tmp_path / "work_cf"),
+                                     rqvae_bindings=rqvae + ["RQVAEConfig.learning_rate=0.1"],
+                                     collaborative={"text_dir": str(work), "bindings": ["fuse_collaborative.dim=4"]})
   # A dataset whose preparation raises (its embeddings are not there) fails; its job is skipped, not waited for.
   plan["datasets"]["no_embeddings"] = {"data_dir": data_dir, "work_dir": str(tmp_path / "work2"), "tasks": [],
                                        "embeddings_from": str(tmp_path / "nowhere")}
@@ -83,6 +89,9 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
     assert f"results/{job}_eval_test_metrics.json" in names and f"results/{job}_metrics.jsonl" in names
   # The IDs travel with the results (a later call carries them); the post command got its paths.
   assert "results/tiny_semantic_ids.npz" in names
+  assert {"results/tiny_cf_semantic_ids.npz", "results/tiny_cf_embeddings.json"} <= names
+  assert np.load(tmp_path / "work_cf" / "embeddings.npy").shape == (30, 16 + 4)
+  assert json.load(open(root / "results" / "tiny_cf_embeddings.json"))["collaborative"]["dim"] == 4
   assert status["jobs"]["paper"]["post0_rc"] == 0
   assert (root / "results" / "post.txt").read_text() == f"{root / 'models' / 'paper'} {work / 'cache'}"
   with tarfile.open(out / "jaxcache.tgz.00") as tar:  # the compilation cache the jobs wrote

@@ -202,8 +202,10 @@ def bool_fn(var1: object) -> bool:
   return _bool(var1) if isinstance(var1, str) else bool(var1)
 
 
-def parse_stage_flags(argv: Optional[Sequence[str]], prog: str) -> argparse.Namespace:
-  """Flags of a data stage (embed, rqvae, cache): t5x's gin flags plus --data_dir and --work_dir.
+def parse_stage_flags(argv: Optional[Sequence[str]], prog: str,
+                      extra_flags: Optional[Callable[[argparse.ArgumentParser], Any]] = None
+                      ) -> argparse.Namespace:
+  """Flags of a data stage (embed, rqvae, cache): t5x's gin flags plus --data_dir, --work_dir and `extra_flags`.
 
   The experiment gin file is shared by every stage, so a stage skips bindings for configurables it does
   not import (the trainer's, say) instead of failing on them.
@@ -211,6 +213,8 @@ def parse_stage_flags(argv: Optional[Sequence[str]], prog: str) -> argparse.Name
   def extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", required=True, help="Dataset directory (processed or raw Amazon 2014).")
     parser.add_argument("--work_dir", required=True, help="Where the stage's artifacts are written.")
+    if extra_flags is not None:
+      extra_flags(parser)
   flags = parse_flags(argv, extra, prog=prog)
   setup_logging(flags.log_level)
   # Not finalized: finalizing checks every reference and %gin.REQUIRED macro, the trainer's included, which a

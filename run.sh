@@ -7,8 +7,9 @@
 # Environment: GIN_FILE (experiment file, gin/${DATASET}_quick.gin), RQVAE_GIN (gin/rqvae/quick.gin; use
 # gin/rqvae/paper.gin on a GPU), DATASET (beauty), DATA_DIR (data/$DATASET), WORK_DIR (work/$DATASET:
 # embeddings, semantic_ids.npz, task cache, model), VENV (.venv), PYTHON (python3), STAGES (all stages:
-# "embed ids cache train eval"). Every stage is skipped when its artifact is current, and training resumes
-# from its latest checkpoint.
+# "embed collab ids cache train eval"), COLLABORATIVE (0; 1 fuses co-occurrence vectors into the embeddings
+# before the IDs, tiger_jax/collaborative.py, the text ones then live in WORK_DIR/text). Every stage is
+# skipped when its artifact is current, and training resumes from its latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -43,7 +44,10 @@ WORK_DIR=${WORK_DIR:-work/$DATASET}
 GIN_FILE=${GIN_FILE:-gin/${DATASET}_quick.gin}
 RQVAE_GIN=${RQVAE_GIN:-gin/rqvae/quick.gin}
 TASK=${TASK:-tiger_$DATASET}
-STAGES=${STAGES:-embed ids cache train eval}
+STAGES=${STAGES:-embed collab ids cache train eval}
+COLLABORATIVE=${COLLABORATIVE:-0}
+TEXT_DIR=$WORK_DIR
+[ "$COLLABORATIVE" = 1 ] && TEXT_DIR=$WORK_DIR/text
 CACHE_DIR="$WORK_DIR/cache"
 MODEL_DIR=${MODEL_DIR:-$WORK_DIR/model_$(basename "$GIN_FILE" .gin)}
 mkdir -p "$WORK_DIR"
@@ -62,7 +66,10 @@ stage() {  # stage NAME COMMAND...: runs when NAME is in $STAGES, timed
   STAGE_NAMES+=("$name"); STAGE_SECONDS+=($((SECONDS - start)))
 }
 
-stage embed "$PY" -m tiger_jax.embed --data_dir="$DATA_DIR" --work_dir="$WORK_DIR"
+stage embed "$PY" -m tiger_jax.embed --data_dir="$DATA_DIR" --work_dir="$TEXT_DIR"
+if [ "$COLLABORATIVE" = 1 ]; then
+  stage collab "$PY" -m tiger_jax.collaborative --data_dir="$DATA_DIR" --text_dir="$TEXT_DIR" --work_dir="$WORK_DIR"
+fi
 stage ids "$PY" -m tiger_jax.semantic_ids --data_dir="$DATA_DIR" --work_dir="$WORK_DIR" --gin_file="$RQVAE_GIN"
 stage cache "$PY" -m tasks.cache_tasks --tasks="$TASK" --data_dir="$DATA_DIR" \
   --output_cache_dir="$CACHE_DIR" --semantic_ids="$WORK_DIR/semantic_ids.npz"

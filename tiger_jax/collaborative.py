@@ -33,7 +33,6 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sp_linalg
 
 from tiger_jax import embed
-from tiger_jax import utils
 from tiger_jax.baselines import transitions
 from tiger_jax.data.types import Dataset
 
@@ -81,22 +80,24 @@ def svd_vectors(matrix: sp.csr_matrix, dim: int) -> np.ndarray:
 
 @gin.configurable
 def fuse_collaborative(dataset: Dataset, text_dir: str, work_dir: str, holdout: int = 2, window: int = 3,
-                       decay: float = 0.5, dim: int = 64, weight: float = 1.0) -> np.ndarray:
-  """Writes `work_dir`/embeddings.{npy,json}: the text embeddings of `text_dir` beside weighted CF vectors."""
+                       decay: float = 0.5, dim: int = 64, weight: float = 1.0) -> tuple[np.ndarray, dict]:
+  """Writes `work_dir`/embeddings.{npy,json}: the text embeddings of `text_dir` beside weighted CF vectors.
+
+  Returns (fused [items, d_text + dim] float32, the info written beside them)."""
   if weight < 0:
     raise ValueError(f"fuse_collaborative.weight must be >= 0, got {weight}")
+  if os.path.realpath(text_dir) == os.path.realpath(work_dir):
+    raise ValueError(f"fuse_collaborative: work_dir {work_dir} is text_dir; the fused embeddings would "
+                     "overwrite the text ones")
   text, asins, text_info = embed.load_embeddings(text_dir)
   if list(asins) != list(dataset.catalog.asins):
     where = os.path.join(text_dir, embed.INFO_FILE)
     raise ValueError(f"{where}: its item order is not {dataset.name}'s catalogue ({len(asins)} against "
                      f"{len(dataset.catalog)} items); embed this dataset into {text_dir} first")
-  if os.path.realpath(text_dir) == os.path.realpath(work_dir):
-    raise ValueError(f"fuse_collaborative: work_dir {work_dir} is text_dir; the fused embeddings would "
-                     "overwrite the text ones")
   start = time.time()
   counts = cooccurrence(dataset, holdout, window, decay)
   vectors = svd_vectors(ppmi(counts), dim)
-  fused = np.concatenate([text.astype(np.float32), weight * vectors], axis=1).astype(np.float32)
+  fused = np.concatenate([text, weight * vectors], axis=1).astype(np.float32)
   params = dict(holdout=holdout, window=window, decay=decay, dim=dim, weight=weight)
   info = {"model_name": f"{text_info.get('model_name', 'text')}+cooccurrence", "num_items": len(asins),
           "dim": int(fused.shape[1]), "asins": list(asins), "text_dir": os.path.abspath(text_dir),
@@ -104,14 +105,10 @@ def fuse_collaborative(dataset: Dataset, text_dir: str, work_dir: str, holdout: 
           "cooccurrence_pairs": int(counts.nnz),
           "items_without_cooccurrence": int((np.diff(counts.indptr) == 0).sum()),
           "seconds": round(time.time() - start, 2)}
-  os.makedirs(work_dir, exist_ok=True)
-  emb_path = os.path.join(work_dir, embed.EMBEDDINGS_FILE)
-  np.save(emb_path + ".tmp.npy", fused)
-  os.replace(emb_path + ".tmp.npy", emb_path)
-  utils.write_json(os.path.join(work_dir, embed.INFO_FILE), info, indent=None)
+  embed.save_embeddings(work_dir, fused, info)
   logger.info("fused %d items: text %d-d + co-occurrence %d-d (weight %g; %d items without co-occurrence) "
-              "-> %s", len(asins), text.shape[1], dim, weight, info["items_without_cooccurrence"], emb_path)
-  return fused
+              "-> %s", len(asins), text.shape[1], dim, weight, info["items_without_cooccurrence"], work_dir)
+  return fused, info
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -121,9 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   flags = gin_utils.parse_stage_flags(argv, "tiger_jax.collaborative", lambda parser: parser.add_argument(
       "--text_dir", required=True, help="Work dir of the embed stage (the text embeddings)."))
   dataset = load_dataset(flags.data_dir)
-  fused = fuse_collaborative(dataset, flags.text_dir, flags.work_dir)
-  with open(os.path.join(flags.work_dir, embed.INFO_FILE)) as f:
-    info = json.load(f)
+  fused, info = fuse_collaborative(dataset, flags.text_dir, flags.work_dir)
   print(json.dumps({"stage": "collaborative", "dataset": dataset.stats(), "embeddings": list(fused.shape),
                     **{k: info[k] for k in ("model_name", "collaborative", "cooccurrence_pairs",
                                             "items_without_cooccurrence", "seconds")}}, indent=1))

@@ -107,14 +107,19 @@ def embed_items(catalog: ItemCatalog, work_dir: str, model_name: str = OFFLINE_M
   start = time.time()
   vectors = encode_sentences(sentences, model_name, batch_size=batch_size, device=device)
   seconds = time.time() - start
-  os.makedirs(work_dir, exist_ok=True)
-  tmp = emb_path + ".tmp.npy"
-  np.save(tmp, vectors)
-  os.replace(tmp, emb_path)
-  info = dict(key, dim=int(vectors.shape[1]), asins=catalog.asins, seconds=round(seconds, 2))
-  utils.write_json(info_path, info, indent=None)
+  save_embeddings(work_dir, vectors, dict(key, dim=int(vectors.shape[1]), asins=catalog.asins,
+                                          seconds=round(seconds, 2)))
   logger.info("embedded %d items with %s in %.1f s -> %s", len(sentences), model_name, seconds, emb_path)
   return vectors
+
+
+def save_embeddings(work_dir: str, vectors: np.ndarray, info: dict) -> None:
+  """`work_dir`/embeddings.npy (replaced whole, never left half-written) and the info beside it."""
+  os.makedirs(work_dir, exist_ok=True)
+  emb_path = os.path.join(work_dir, EMBEDDINGS_FILE)
+  np.save(emb_path + ".tmp.npy", vectors)
+  os.replace(emb_path + ".tmp.npy", emb_path)
+  utils.write_json(os.path.join(work_dir, INFO_FILE), info, indent=None)
 
 
 def load_embeddings(work_dir: str) -> tuple[np.ndarray, list[str], dict]:

@@ -71,9 +71,13 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
   script = os.path.join(REPO, "benchmarks", "gpu_jobs.py")
   subprocess.run([sys.executable, script, f"--plan={plan_path}", f"--root={root}", "--concurrency=2",
                   "--revision=abc1234"], cwd=REPO, env=env, check=True, timeout=900)
-  subprocess.run([sys.executable, script, f"--collect={out}", f"--root={root}", "--ship_models=refit",
-                  "--ship_cache"],
-                 cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
+  decoded = root / "results" / "beams50_test"  # what a post eval writes under {results}
+  decoded.mkdir()
+  (decoded / "metrics.json").write_text("{}")
+  (decoded / "predictions.jsonl").write_text("{}\n")
+  collected = subprocess.run([sys.executable, script, f"--collect={out}", f"--root={root}", "--ship_models=refit",
+                              "--ship_cache"],
+                             cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=120)
 
   status = json.load(open(root / "results" / "status.json"))
   assert status["revision"] == "abc1234"
@@ -89,6 +93,9 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
     assert f"results/{job}_eval_test_metrics.json" in names and f"results/{job}_metrics.jsonl" in names
   # The IDs travel with the results (a later call carries them); the post command got its paths.
   assert "results/tiny_semantic_ids.npz" in names
+  # Predictions stay behind (they once made results.tgz too large to come back), their metrics do not.
+  assert "results/beams50_test/metrics.json" in names and "results/beams50_test/predictions.jsonl" not in names
+  assert "results/beams50_test/predictions.jsonl" in collected.stdout
   assert {"results/tiny_cf_semantic_ids.npz", "results/tiny_cf_embeddings.json"} <= names
   assert np.load(tmp_path / "work_cf" / "embeddings.npy").shape == (30, 16 + 4)
   assert json.load(open(root / "results" / "tiny_cf_embeddings.json"))["collaborative"]["dim"] == 4
@@ -137,8 +144,11 @@ def test_stored_plans_name_defined_datasets_and_existing_files(plan_name):
     assert job["dataset"] in plan["datasets"]
     assert os.path.exists(os.path.join(REPO, job["gin_file"])), job["gin_file"]
     assert job.get("eval_checkpoint", "best") in ("best", "latest")
-    for argv in job.get("post", []):
-      assert os.path.exists(os.path.join(REPO, argv[0])), argv[0]
+    for argv in job.get("post", []):  # a script, or `-m module`
+      script = argv[1].replace(".", "/") + ".py" if argv[0] == "-m" else argv[0]
+      assert os.path.exists(os.path.join(REPO, script)), argv[:2]
+      gin_files = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")]
+      assert all(os.path.exists(os.path.join(REPO, g)) for g in gin_files), gin_files
   for spec in plan["datasets"].values():
     assert os.path.exists(os.path.join(REPO, spec.get("rqvae_gin", "gin/rqvae/paper.gin")))
     assert spec["tasks"] and all(t.startswith("tiger_") for t in spec["tasks"])

@@ -231,18 +231,18 @@ def collect(out: str, wait: float, ship_models: list[str], root: str, ship_cache
     return
   left_out = []
 
-  def small_only(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
-    # A post eval's predictions.jsonl (35k users x 50 beams) once pushed results.tgz over the 16 MiB file limit
-    # of $OUT, and the whole call's results stayed behind; its metrics.json beside it still travels.
+  def without_predictions(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+    # Left out by name: a post eval's predictions.jsonl (35k users x 50 beams) once pushed results.tgz over the
+    # 16 MiB file limit of $OUT, and the whole call's results stayed behind; its metrics.json still travels.
     if info.isfile() and os.path.basename(info.name) == "predictions.jsonl":
       left_out.append(info.name)
       return None
     return info
 
   with tarfile.open(os.path.join(out, "results.tgz"), "w:gz") as tar:
-    tar.add(os.path.join(root, "results"), arcname="results", filter=small_only)
+    tar.add(os.path.join(root, "results"), arcname="results", filter=without_predictions)
   if left_out:
-    print(f"left out of results.tgz (too large to travel): {', '.join(left_out)}")
+    print(f"left out of results.tgz (predictions, too large to travel): {', '.join(left_out)}")
   for name in ship_models:  # the model dir, in chunks under the 16 MiB file limit of $OUT
     model_dir = os.path.join(root, "models", name)
     if not os.path.isdir(model_dir):

@@ -495,3 +495,50 @@ def test_two_processes_match_one_process(cli):
   ours, reference = losses(model_dir), losses(cli["model_dir"])
   assert sorted(ours) == sorted(reference) and len(ours) == 6  # 4 train lines, 2 evals
   np.testing.assert_allclose([ours[k] for k in sorted(ours)], [reference[k] for k in sorted(ours)], rtol=1e-5)
+
+
+_CONCURRENT_SAVES_SCRIPT = textwrap.dedent("""
+  import sys
+  import jax, numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  index, port, model_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+  jax.distributed.initialize(f"localhost:{port}", 2, index)
+  from tiger_jax import checkpoints
+  replicated = NamedSharding(Mesh(np.array(jax.devices()), ("d",)), PartitionSpec())
+  host = np.arange(6, dtype=np.float32)
+  w = jax.make_array_from_callback(host.shape, replicated, lambda i: host[i])
+  ckpt = checkpoints.TrainCheckpointer(model_dir, async_save=True)
+  for step in (8, 16):  # the training loop's order at an eval step: best (after the eval), then periodic
+    ckpt.save_best(step, {"w": w * step}, {"step": step})
+    ckpt.save(step, {"params": {"w": w}}, {"step": step})
+  ckpt.close()
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_save_best_and_periodic_of_one_step_at_once(tmp_path):
+  """Both async managers in flight for the same step must not share orbax's step-named barriers.
+
+  Without a barrier prefix per manager this failed 3 of 3 times ('Barrier ... is already ongoing', then a
+  hang); in CI (2026-12-03) it surfaced as the primary finalizing best/ before the other process wrote.
+  The best params then restore on this single process's one device (before the read-only manager knew
+  its handlers, orbax fell back to the saving run's 2-process topology and refused).
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_SAVES_SCRIPT, str(i), str(port), str(tmp_path)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=120)[1] for p in procs]
+  except subprocess.TimeoutExpired:
+    logs = ["timed out (a barrier never completed)"] * 2
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert all(p.returncode == 0 for p in procs), logs[0][-2000:] + logs[1][-2000:]
+  params, step = checkpoints.restore_params(str(tmp_path), "best")
+  assert step == 16
+  np.testing.assert_array_equal(np.asarray(params["w"]), 16 * np.arange(6, dtype=np.float32))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["16", "8"]

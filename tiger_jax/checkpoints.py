@@ -23,10 +23,22 @@ BEST_DIR = "best"
 
 def _manager(directory: str, max_to_keep: Optional[int], async_save: bool,
              read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         enable_async_checkpointing=async_save,
-                                         cleanup_tmp_directories=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
+  """An orbax manager whose cross-process barriers are named after `directory`.
+
+  Orbax names its barriers by step ('async_write_complete.8.orbax-checkpoint-tmp'), so the periodic and
+  the best manager saving the same step at once would meet at one barrier in a multi-process run: seen as
+  'Barrier ... is already ongoing', or as the primary finalizing a checkpoint before the other process
+  wrote its part. The basename (checkpoints/best) is the same on every process.
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=not read_only, read_only=read_only,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=os.path.basename(os.path.normpath(directory))))
+  # Handlers named up front (not just item names) so that item_metadata() can read the array metadata of a
+  # checkpoint this process did not write: restore_params builds its one-device target from it.
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 class TrainCheckpointer:

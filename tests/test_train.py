@@ -459,6 +459,21 @@ def _free_port():
     return s.getsockname()[1]
 
 
+def _run_two_processes(command_of, env, timeout):
+  """Runs command_of(0) and command_of(1) side by side: (both exited 0, the tails of their stderr)."""
+  procs = [subprocess.Popen(command_of(i), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True) for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=timeout)[1] for p in procs]
+  except subprocess.TimeoutExpired:
+    logs = [f"timed out after {timeout} s (a barrier never completed?)"] * 2
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process(cli):
   """--multiprocess_gpu with 2 CPU processes x 2 devices: each feeds half the batch, same losses."""
@@ -470,22 +485,12 @@ def test_two_processes_match_one_process(cli):
   for attempt in range(2):
     model_dir = os.path.join(cli["tmp"], f"two_processes_{attempt}")
     port = _free_port()
-    procs = [subprocess.Popen(_cmd(cli["gin_file"], model_dir, "--gin.TRAIN_STEPS=16", "--multiprocess_gpu",
-                                   f"--coordinator_address=localhost:{port}", "--process_count=2",
-                                   f"--process_index={i}"),
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    try:
-      logs = [p.communicate(timeout=150)[1] for p in procs]
-    except subprocess.TimeoutExpired:
-      logs = ["timed out", "timed out"]
-    finally:
-      for p in procs:
-        if p.poll() is None:
-          p.kill()
-    if all(p.returncode == 0 for p in procs):
+    ok, logs = _run_two_processes(lambda i: _cmd(  # pylint: disable=cell-var-from-loop
+        cli["gin_file"], model_dir, "--gin.TRAIN_STEPS=16", "--multiprocess_gpu",
+        f"--coordinator_address=localhost:{port}", "--process_count=2", f"--process_index={i}"), env, 150)
+    if ok:
       break
-  assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+  assert ok, logs
 
   def losses(directory):
     records = [json.loads(line) for line in open(os.path.join(directory, "metrics.jsonl"))]
@@ -526,18 +531,9 @@ def test_two_processes_save_best_and_periodic_of_one_step_at_once(tmp_path):
   """
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_SAVES_SCRIPT, str(i), str(port), str(tmp_path)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
-  try:
-    logs = [p.communicate(timeout=120)[1] for p in procs]
-  except subprocess.TimeoutExpired:
-    logs = ["timed out (a barrier never completed)"] * 2
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  assert all(p.returncode == 0 for p in procs), logs[0][-2000:] + logs[1][-2000:]
+  ok, logs = _run_two_processes(
+      lambda i: [sys.executable, "-c", _CONCURRENT_SAVES_SCRIPT, str(i), str(port), str(tmp_path)], env, 120)
+  assert ok, logs
   params, step = checkpoints.restore_params(str(tmp_path), "best")
   assert step == 16
   np.testing.assert_array_equal(np.asarray(params["w"]), 16 * np.arange(6, dtype=np.float32))

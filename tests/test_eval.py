@@ -95,6 +95,10 @@ def test_eval_writes_metrics_that_predictions_reproduce(trained):
   again = eval_lib.metrics_from_predictions(predictions)
   for key, value in again.items():
     assert found[key] == pytest.approx(value)
+  at_rank = found["hit_fraction_at_rank"]
+  assert list(at_rank) == [str(r) for r in range(1, 21)]
+  top5 = sum(row["topk"].index(row["target"]) < 5 for row in rows if row["target"] in row["topk"])
+  assert sum(at_rank[str(r)] for r in range(1, 6)) == pytest.approx(top5 / 40)
 
 
 @pytest.mark.slow

@@ -46,3 +46,16 @@ def test_score_ties_count_against_the_target():
 def test_shapes_are_checked():
   with pytest.raises(ValueError, match="ranked must be"):
     metrics.target_ranks(np.zeros([3, 4], int), np.zeros([2], int))
+
+
+def test_hit_fraction_at_rank_adds_up_to_recall_and_ndcg():
+  ranks = np.array([0, 0, 4, 9, -1, 2, 12])
+  frac = metrics.hit_fraction_at_rank(ranks, max_rank=10)
+  assert list(frac) == list(range(1, 11))
+  assert frac[1] == pytest.approx(2 / 7) and frac[3] == pytest.approx(1 / 7) and frac[5] == pytest.approx(1 / 7)
+  assert frac[10] == pytest.approx(1 / 7) and frac[2] == 0.0  # rank 12 is beyond max_rank, -1 a miss
+  m = metrics.ranking_metrics(ranks)
+  assert sum(frac[r] for r in range(1, 6)) == pytest.approx(m["recall@5"])
+  assert sum(f / math.log2(r + 1) for r, f in frac.items()) == pytest.approx(m["ndcg@10"])
+  with pytest.raises(ValueError, match="max_rank"):
+    metrics.hit_fraction_at_rank(ranks, 0)

@@ -96,9 +96,12 @@ class Retriever:
 
 def retrieval_metrics(raw_items: np.ndarray, target: np.ndarray, ks: Sequence[int] = (5, 10),
                       invalid_ks: Sequence[int] = tuple(range(1, 21))) -> dict[str, Any]:
-  """Recall/NDCG@K on the cleaned ranked lists plus the raw invalid-ID fraction per K."""
+  """Recall/NDCG@K on the cleaned ranked lists, the share of targets at each rank, and the raw invalid-ID
+  fraction per K."""
   ranks = metrics_lib.target_ranks(metrics_lib.clean_ranked(raw_items), target)
   out: dict[str, Any] = metrics_lib.ranking_metrics(ranks, ks)
+  at_rank = metrics_lib.hit_fraction_at_rank(ranks, raw_items.shape[1])
+  out["hit_fraction_at_rank"] = {str(r): v for r, v in at_rank.items()}
   invalid = metrics_lib.invalid_fraction_at_k(raw_items, invalid_ks)
   out["invalid_fraction_at_k"] = {str(k): v for k, v in invalid.items()}
   out["num_users"] = int(len(target))

@@ -75,6 +75,19 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[s
   return out
 
 
+def hit_fraction_at_rank(ranks: np.ndarray, max_rank: int) -> dict[int, float]:
+  """Share of users whose target is at each 1-based rank 1..max_rank.
+
+  Recall@K is the sum over ranks <= K and NDCG@K weights each by 1/log2(rank+1), so this says whether a change
+  finds more targets or ranks the same targets higher (NDCG@5 / Recall@5 alone mixes the two).
+  """
+  ranks = np.asarray(ranks)
+  if max_rank < 1:
+    raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+  counts = np.bincount(ranks[(ranks >= 0) & (ranks < max_rank)], minlength=max_rank)
+  return {r + 1: float(c) / max(len(ranks), 1) for r, c in enumerate(counts.tolist())}
+
+
 def invalid_fraction_at_k(raw_ranked: np.ndarray, ks: Iterable[int] = range(1, 21)) -> dict[int, float]:
   """Fraction of invalid IDs (-1) among the raw top-K beams, averaged over users (the paper's Figure 6)."""
   raw_ranked = np.asarray(raw_ranked)

@@ -135,7 +135,8 @@ def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
                                                         ("sports_refit", 30000, (128, 1024), 0.0),
                                                         ("sports_tuned", 20000, (256, 2048), 0.0),
                                                         ("sports_cf_tuned", 10000, (256, 2048), 0.0),
-                                                        ("sports_cf_smoothed", 10000, (256, 2048), 0.2)])
+                                                        ("sports_cf_smoothed", 10000, (256, 2048), 0.2),
+                                                        ("beauty_cf_smoothed", 20000, (128, 1024), 0.2)])
 def test_refit_files_train_on_train_and_validation_without_validation_metrics(name, steps, width, smoothing):
   gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"], ['MODEL_DIR = "/tmp/m"'])
   assert gin.query_parameter("%TRAIN_STEPS") == steps

@@ -133,6 +133,51 @@ def test_loss_matches_hand_computation(label_smoothing, z_loss, factor):
   assert float(metrics['sequence_accuracy']) == pytest.approx(np.mean(seq_ok))
 
 
+@pytest.mark.parametrize('label_smoothing', [0.1, 0.3])
+def test_level_scoped_smoothing_matches_hand_computation(label_smoothing):
+  """Smoothing mass over the label's level codewords only; EOS and user-token labels unsmoothed."""
+  batch = make_batch(seed=3)
+  tgt = np.asarray(batch['decoder_target_tokens'])
+  weights = np.asarray(batch['decoder_loss_weights'])
+  logits = 3.0 * np.random.default_rng(4).standard_normal(tgt.shape + (24,))
+  loss, _ = models.compute_loss_and_metrics(
+      jnp.asarray(logits, jnp.float32), batch, label_smoothing=label_smoothing,
+      loss_normalizing_factor=None, level_smoothing_layout=LAYOUT)
+  lp = log_softmax(logits)
+  expected, kinds = 0.0, set()
+  for b, t in zip(*np.nonzero(weights)):
+    label = tgt[b, t]
+    level = (label - 2) // 4 if 2 <= label < 18 else None  # LAYOUT: codewords are tokens 2..17
+    kinds.add(level is None)
+    if level is None:
+      expected += -lp[b, t, label]
+      continue
+    q = np.zeros(24)
+    q[2 + 4 * level: 6 + 4 * level] = label_smoothing / 3
+    q[label] = 1.0 - label_smoothing
+    support = q > 0
+    expected += -np.sum(q * lp[b, t]) + np.sum(q[support] * np.log(q[support]))
+  assert kinds == {True, False}  # the batch has both smoothed and unsmoothed labels
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_level_scope_is_a_model_option(tiny):
+  _, params = tiny
+  batch = make_batch(seed=2)
+  level = models.EncoderDecoderModel(tiny[0].module, label_smoothing=0.2, layout=LAYOUT,
+                                     label_smoothing_scope='level')
+  everywhere = models.EncoderDecoderModel(tiny[0].module, label_smoothing=0.2, layout=LAYOUT)
+  logits = jnp.asarray(logits_of(level, params, batch), jnp.float32)
+  expected, _ = models.compute_loss_and_metrics(logits, batch, label_smoothing=0.2,
+                                                loss_normalizing_factor='NUM_REAL_TARGET_TOKENS',
+                                                level_smoothing_layout=LAYOUT)
+  level_loss = float(jax.jit(level.eval_fn)(params, batch)[0])
+  np.testing.assert_allclose(level_loss, float(expected), rtol=1e-5)
+  assert abs(level_loss - float(jax.jit(everywhere.eval_fn)(params, batch)[0])) > 1e-3
+  with pytest.raises(ValueError, match='label_smoothing_scope'):
+    models.EncoderDecoderModel(tiny[0].module, label_smoothing_scope='codebook')
+
+
 def test_loss_fn_uses_network_logits(tiny):
   _, params = tiny
   model = models.EncoderDecoderModel(tiny[0].module, label_smoothing=0.1, z_loss=1e-3)

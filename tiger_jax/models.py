@@ -126,14 +126,34 @@ def loss_normalizing_factor_and_weights(factor: LossNormalizingFactor,
   return jnp.asarray(factor, jnp.float32), weights
 
 
+def level_smoothing_support(targets: Array, layout: vocab_lib.TokenLayout, vocab_size: int) -> Array:
+  """[B, L, V] bool: the codeword tokens of each label's own level (all False for other labels).
+
+  These are the tokens constrained decoding can choose between at that position, so smoothing
+  over them is a prior over real competitors rather than over tokens the position never emits.
+  """
+  span = layout.num_levels * layout.codebook_size
+
+  def level_of(tokens):
+    rel = tokens.astype(jnp.int32) - layout.codeword_offset
+    return jnp.where((rel >= 0) & (rel < span), rel // layout.codebook_size, -1)
+
+  target_level = level_of(targets)
+  vocab_level = level_of(jnp.arange(vocab_size))
+  return (vocab_level == target_level[..., None]) & (target_level >= 0)[..., None]
+
+
 def cross_entropy_with_logits(logits: Array, targets: Array, label_smoothing: float = 0.0,
-                              z_loss: float = 0.0) -> tuple[Array, Array]:
+                              z_loss: float = 0.0, smoothing_support: Optional[Array] = None
+                              ) -> tuple[Array, Array]:
   """Per-token (cross-entropy, z-loss) [B, L], as T5 trains.
 
   With label smoothing the target puts 1 - label_smoothing on the label and spreads the rest
-  evenly over the other V - 1 tokens; the entropy of that target is subtracted so a perfect
-  prediction still scores 0. The z-loss, z_loss * logsumexp(logits)**2, keeps the softmax
-  normaliser near 1 (helps bfloat16 stability); it is included in the first output too.
+  evenly over the other V - 1 tokens (t5x), or, given `smoothing_support` [B, L, V] bool, over
+  the other supported tokens only (a token whose support holds nothing besides its label is not
+  smoothed); the entropy of that target is subtracted so a perfect prediction still scores 0.
+  The z-loss, z_loss * logsumexp(logits)**2, keeps the softmax normaliser near 1 (helps bfloat16
+  stability); it is included in the first output too.
   """
   logits = logits.astype(jnp.float32)
   vocab = logits.shape[-1]
@@ -141,7 +161,18 @@ def cross_entropy_with_logits(logits: Array, targets: Array, label_smoothing: fl
   log_probs = logits - log_z[..., None]
   target_log_prob = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32),
                                         axis=-1)[..., 0]
-  if label_smoothing:
+  if label_smoothing and smoothing_support is not None:
+    on_label = jnp.take_along_axis(smoothing_support, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    others = jnp.sum(smoothing_support, axis=-1) - on_label
+    smoothed = others > 0
+    low = label_smoothing / jnp.maximum(others, 1)
+    others_log_prob = jnp.sum(jnp.where(smoothing_support, log_probs, 0.0), axis=-1) - jnp.where(
+        on_label, target_log_prob, 0.0)
+    confidence = 1.0 - label_smoothing
+    soft = low * others_log_prob + confidence * target_log_prob
+    entropy = -(confidence * np.log(confidence) + label_smoothing * jnp.log(low))
+    loss = jnp.where(smoothed, -soft - entropy, -target_log_prob)
+  elif label_smoothing:
     confidence = 1.0 - label_smoothing
     low = label_smoothing / (vocab - 1)
     # sum_v q_v log p_v with q = low everywhere plus (confidence - low) on the label.
@@ -156,18 +187,26 @@ def cross_entropy_with_logits(logits: Array, targets: Array, label_smoothing: fl
 
 def compute_loss_and_metrics(logits: Array, batch: Batch, label_smoothing: float = 0.0,
                              z_loss: float = 0.0,
-                             loss_normalizing_factor: LossNormalizingFactor = None
+                             loss_normalizing_factor: LossNormalizingFactor = None,
+                             level_smoothing_layout: Optional[vocab_lib.TokenLayout] = None
                              ) -> tuple[Array, dict[str, Array]]:
-  """Loss and metrics of `EncoderDecoderModel.loss_fn` from logits [B, L, V] (see there)."""
+  """Loss and metrics of `EncoderDecoderModel.loss_fn` from logits [B, L, V] (see there).
+
+  `level_smoothing_layout` given: label smoothing spreads over each label's level codewords
+  (`level_smoothing_support`) instead of the whole vocabulary.
+  """
   targets = batch['decoder_target_tokens']
   weights = batch.get('decoder_loss_weights')
   if weights is None:
     weights = targets > 0
   raw_weights = weights.astype(jnp.float32)
   factor, weights = loss_normalizing_factor_and_weights(loss_normalizing_factor, raw_weights)
+  support = None
+  if level_smoothing_layout is not None and label_smoothing:
+    support = level_smoothing_support(targets, level_smoothing_layout, logits.shape[-1])
   token_loss, token_z_loss = cross_entropy_with_logits(logits, targets,
                                                        label_smoothing=label_smoothing,
-                                                       z_loss=z_loss)
+                                                       z_loss=z_loss, smoothing_support=support)
   loss = jnp.sum(token_loss * weights)
   total_z_loss = jnp.sum(token_z_loss * weights)
   if factor is not None:
@@ -197,10 +236,17 @@ class EncoderDecoderModel:
   def __init__(self, module: nn.Module, input_vocabulary: Any = None,
                output_vocabulary: Any = None, label_smoothing: float = 0.0, z_loss: float = 0.0,
                loss_normalizing_factor: LossNormalizingFactor = 'NUM_REAL_TARGET_TOKENS',
-               layout: Optional[vocab_lib.TokenLayout] = None):
-    """`layout` (where codeword tokens live) defaults to output_vocabulary's, else TIGER's."""
+               layout: Optional[vocab_lib.TokenLayout] = None,
+               label_smoothing_scope: str = 'vocabulary'):
+    """`layout` (where codeword tokens live) defaults to output_vocabulary's, else TIGER's.
+
+    `label_smoothing_scope`: 'vocabulary' spreads the smoothing mass over every other token (t5x);
+    'level' only over the other codewords of the label's level (`level_smoothing_support`).
+    """
     if not 0.0 <= label_smoothing < 1.0:
       raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
+    if label_smoothing_scope not in ('vocabulary', 'level'):
+      raise ValueError(f"label_smoothing_scope must be 'vocabulary' or 'level', got {label_smoothing_scope!r}")
     if layout is None:
       layout = getattr(output_vocabulary, 'layout', None) or vocab_lib.DEFAULT_LAYOUT
     self.module = module
@@ -208,6 +254,7 @@ class EncoderDecoderModel:
     self.output_vocabulary = output_vocabulary
     self.layout = layout
     self._label_smoothing = label_smoothing
+    self._level_smoothing_layout = layout if label_smoothing_scope == 'level' else None
     self._z_loss = z_loss
     self._loss_normalizing_factor = _as_special(loss_normalizing_factor)
 
@@ -252,7 +299,8 @@ class EncoderDecoderModel:
     logits = self._compute_logits(params, batch, dropout_rng)
     return compute_loss_and_metrics(logits, batch, label_smoothing=self._label_smoothing,
                                     z_loss=self._z_loss,
-                                    loss_normalizing_factor=self._loss_normalizing_factor)
+                                    loss_normalizing_factor=self._loss_normalizing_factor,
+                                    level_smoothing_layout=self._level_smoothing_layout)
 
   def eval_fn(self, params: PyTree, batch: Batch) -> tuple[Array, dict[str, Array]]:
     """Deterministic loss and metrics (t5x's name)."""

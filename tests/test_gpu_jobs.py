@@ -152,3 +152,28 @@ def test_stored_plans_name_defined_datasets_and_existing_files(plan_name):
   for spec in plan["datasets"].values():
     assert os.path.exists(os.path.join(REPO, spec.get("rqvae_gin", "gin/rqvae/paper.gin")))
     assert spec["tasks"] and all(t.startswith("tiger_") for t in spec["tasks"])
+
+
+@pytest.mark.parametrize("plan_name", sorted(os.listdir(os.path.join(REPO, "benchmarks", "gpu_plans"))))
+def test_stored_plans_bindings_name_real_parameters_and_macros(plan_name):
+  """A misspelt binding would train the wrong experiment for a whole call: gin rejects an unknown
+  parameter when parsing, and a macro binding must name a macro the job's gin files define."""
+  import importlib.util  # noqa: F401  (gin 0.5 needs it imported first, see DESIGN.md)
+  import gin  # pylint: disable=g-import-not-at-top
+  from tiger_jax import gin_utils  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, "benchmarks", "gpu_plans", plan_name)) as f:
+    plan = json.load(f)
+  try:
+    for job in plan["jobs"]:
+      bindings = job.get("bindings", [])
+      gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [job["gin_file"]], ['MODEL_DIR = "/m"'])
+      for binding in bindings:
+        name = binding.split("=", 1)[0].strip()
+        if "." not in name and "/" not in name:
+          gin.query_parameter(f"%{name}")  # ValueError for a macro no gin file defines
+      gin.clear_config(clear_constants=True)
+      gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [job["gin_file"]],
+                                ['MODEL_DIR = "/m"'] + bindings)
+      gin.clear_config(clear_constants=True)
+  finally:
+    gin.clear_config(clear_constants=True)

@@ -94,6 +94,13 @@ def test_learning_rate_is_t5x_rsqrt_decay():
   assert float(warm(50)) == pytest.approx(0.5 / 10)
   with pytest.raises(ValueError, match="unknown factor"):
     utils.create_learning_rate_scheduler("constant * bogus")
+  cool = utils.create_learning_rate_scheduler("constant * rsqrt_decay * linear_cooldown", cooldown_steps=3000,
+                                              total_steps=10000)
+  # 0.01 until step 7000, then a straight line to the floor at step 10000.
+  np.testing.assert_allclose([float(cool(s)) for s in (0, 7000, 8500, 9700, 10000, 12000)],
+                             [0.01, 0.01, 0.005, 0.001, 1e-8, 1e-8], rtol=1e-5)
+  with pytest.raises(ValueError, match="cooldown_steps"):
+    utils.create_learning_rate_scheduler("constant * linear_cooldown", cooldown_steps=3000)
 
 
 def test_adafactor_has_t5x_settings():

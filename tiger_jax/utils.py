@@ -89,19 +89,26 @@ def create_learning_rate_scheduler(factors: str = "constant * rsqrt_decay",
                                    steps_per_decay: int = 20000,
                                    steps_per_cycle: int = 100000,
                                    step_offset: int = 0,
-                                   min_learning_rate: float = 1e-8) -> Callable[[Any], Any]:
+                                   min_learning_rate: float = 1e-8,
+                                   cooldown_steps: int = 0,
+                                   total_steps: Optional[int] = None) -> Callable[[Any], Any]:
   """t5x's product-of-factors schedule; the default gives 0.01 up to step 10k, then 1/sqrt(step).
 
-  Factors: constant, linear_warmup, rsqrt_decay, rsqrt_normalized_decay, decay_every, cosine_decay,
-  linear_decay.
+  Factors: t5x's constant, linear_warmup, rsqrt_decay, rsqrt_normalized_decay, decay_every,
+  cosine_decay, linear_decay; and linear_cooldown (not t5x's), which scales the rate linearly down to
+  0 over the last `cooldown_steps` of `total_steps`, so a short run ends on settled weights instead
+  of wherever a constant rate left them.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   names = [n.strip() for n in factors.split("*") if n.strip()]
   known = {"constant", "linear_warmup", "rsqrt_decay", "rsqrt_normalized_decay", "decay_every",
-           "cosine_decay", "linear_decay"}
+           "cosine_decay", "linear_decay", "linear_cooldown"}
   unknown = [n for n in names if n not in known]
   if unknown:
     raise ValueError(f"create_learning_rate_scheduler: unknown factor(s) {unknown}; known: {sorted(known)}")
+  if "linear_cooldown" in names and not (total_steps and 0 < cooldown_steps <= total_steps):
+    raise ValueError("create_learning_rate_scheduler: linear_cooldown needs 0 < cooldown_steps <= total_steps, "
+                     f"got cooldown_steps={cooldown_steps}, total_steps={total_steps}")
 
   def schedule(step):
     step = jnp.maximum(0, jnp.asarray(step, jnp.float32) - step_offset)
@@ -123,6 +130,8 @@ def create_learning_rate_scheduler(factors: str = "constant * rsqrt_decay",
       elif name == "linear_decay":
         progress = jnp.maximum(0.0, (step - warmup_steps) / float(steps_per_cycle))
         ret *= 1.0 - (progress % 1.0)
+      elif name == "linear_cooldown":
+        ret *= jnp.clip((total_steps - step) / cooldown_steps, 0.0, 1.0)
     return jnp.maximum(ret, min_learning_rate)
 
   return schedule

@@ -20,6 +20,8 @@ import pytest
 from tiger_jax import checkpoints
 from tiger_jax import models
 from tiger_jax import network
+from tiger_jax import partitioning
+from tiger_jax import train
 from tiger_jax import utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,12 +195,12 @@ def test_dataset_arrays_read_fit_and_errors(cache_dir, tmp_path):
 
 def test_joined_splits_concatenate_rows_in_order(cache_dir, tmp_path):
   """'train+validation' (refit) is the train rows then the validation rows; bad joins are refused."""
-  train = utils.get_dataset_arrays(_cfg(cache_dir))
+  train_rows = utils.get_dataset_arrays(_cfg(cache_dir))
   val = utils.get_dataset_arrays(_cfg(cache_dir, split="validation"))
   both = utils.get_dataset_arrays(_cfg(cache_dir, split="train+validation"))
-  assert set(both) == set(train)
-  for k in train:
-    np.testing.assert_array_equal(both[k], np.concatenate([train[k], val[k]]))
+  assert set(both) == set(train_rows)
+  for k in train_rows:
+    np.testing.assert_array_equal(both[k], np.concatenate([train_rows[k], val[k]]))
   with pytest.raises(ValueError, match="distinct split names"):
     utils.get_dataset_arrays(_cfg(cache_dir, split="train+train"))
   with pytest.raises(ValueError, match="distinct split names"):
@@ -207,7 +209,7 @@ def test_joined_splits_concatenate_rows_in_order(cache_dir, tmp_path):
     utils.get_dataset_arrays(_cfg(cache_dir, split="train+extra"))
   other = tmp_path / TASK
   other.mkdir()
-  fields = {k: v[:4] for k, v in train.items()}
+  fields = {k: v[:4] for k, v in train_rows.items()}
   np.savez(other / "train.npz", **fields)
   np.savez(other / "validation.npz", **{k: v for k, v in fields.items() if k != "target_item"})
   with pytest.raises(ValueError, match="'validation' has fields"):
@@ -217,6 +219,30 @@ def test_joined_splits_concatenate_rows_in_order(cache_dir, tmp_path):
 def test_nonpad_lengths():
   tokens = np.array([[5, 6, 0, 0], [0, 0, 0, 0], [1, 2, 3, 4]])
   np.testing.assert_array_equal(utils.nonpad_lengths(tokens), [2, 0, 4])
+
+
+def test_resident_split_is_padded_to_a_power_of_two_without_changing_training(cache_dir, tmp_path, monkeypatch):
+  assert [train.resident_rows(n) for n in (1, 2, 3, 256, 257)] == [1, 2, 4, 256, 512]
+  # A split and its refit (one more example per user) share one shape, so one compiled loop serves both.
+  assert train.resident_rows(131413) == train.resident_rows(153776) == train.resident_rows(225141) == 262144
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  replicated = []
+  real_replicate = partitioning.PjitPartitioner.replicate
+  monkeypatch.setattr(partitioning.PjitPartitioner, "replicate",
+                      lambda self, x: replicated.append(x) or real_replicate(self, x))
+  losses = {}
+  for resident in (True, False):
+    r = train.train(model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),
+                    model_dir=str(tmp_path / str(resident)), total_steps=8, eval_period=None,
+                    steps_per_dispatch=4, use_tensorboard=False, resident_data=resident, eval_metric_fns=(),
+                    best_metric=None)
+    losses[resident] = r.losses
+  num_examples = len(utils.get_dataset_arrays(_cfg(cache_dir))[utils.ENCODER_INPUT])
+  assert num_examples & (num_examples - 1), "the synthetic split must not already be a power of two"
+  resident_shapes = {x[utils.ENCODER_INPUT].shape[0] for x in replicated
+                     if isinstance(x, dict) and utils.ENCODER_INPUT in x}
+  assert resident_shapes == {train.resident_rows(num_examples)}
+  np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
 
 
 def test_trimmed_encoder_gives_the_same_loss(cache_dir):

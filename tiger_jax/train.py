@@ -72,6 +72,19 @@ def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray
   return out
 
 
+def resident_rows(num_examples: int) -> int:
+  """Rows of the device-resident training split: the next power of two.
+
+  The split is an argument of the compiled loop, so its row count is part of the program. A refit
+  on train + validation adds one example per user (17-19% more on Beauty and Sports), which most
+  likely kept its loops from a compilation cache filled by the train-split run (H200, 2026-12-04: three Beauty
+  refits compiled for 49-50 s; loops found in a carried cache took 10-13 s). Rounded up, both
+  splits of Beauty (131,413 and 153,776 examples) and of Sports (189,543 and 225,141) take 262,144
+  rows. Padding rows are never sampled; they cost at most the split's own device memory again.
+  """
+  return 1 << max(0, num_examples - 1).bit_length()
+
+
 def validation_loss(ctx: EvalContext) -> dict[str, float]:
   """Per-token negative log-likelihood of the targets on the `train_eval` split (via score_batch)."""
   cfg = ctx.train_eval_dataset_cfg
@@ -352,7 +365,9 @@ def train(*,
                                  buckets=length_buckets, chunk_steps=steps_per_dispatch, max_length=width)
   log.info("train split: %d examples, batch %d, %d steps per epoch, encoder buckets %s",
            schedule.num_examples, batch_size, schedule.steps_per_epoch, list(schedule.buckets))
-  device_data = partitioner.replicate(arrays) if resident_data else None
+  device_data = None
+  if resident_data:
+    device_data = partitioner.replicate(pad_rows(arrays, resident_rows(schedule.num_examples)))
 
   # Model, optimizer and state.
   tx = optimizer_fn(learning_rate_fn)

@@ -245,6 +245,44 @@ def test_resident_split_is_padded_to_a_power_of_two_without_changing_training(ca
   np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
 
 
+def test_parameter_ema_is_what_validation_best_and_restore_use(cache_dir, tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  seen = {}
+
+  def capture(ctx):
+    seen[ctx.step] = jax.device_get(ctx.params)
+    return {"validation/custom": float(ctx.step == 5)}  # the best ('max') is step 5
+
+  decay, model_dir = 0.75, str(tmp_path / "ema")
+  train.train(model=model, train_dataset_cfg=_cfg(cache_dir), model_dir=model_dir, total_steps=8, eval_period=1,
+              steps_per_dispatch=1, use_tensorboard=False, eval_metric_fns=(capture,),
+              best_metric="validation/custom", best_mode="max", ema_decay=decay,
+              checkpoint_cfg=utils.CheckpointConfig(save=utils.SaveCheckpointConfig(async_save=False)))
+  mngr = checkpoints._manager(os.path.join(model_dir, checkpoints.PERIODIC_DIR), None, False, read_only=True)
+  states = {step: jax.device_get(mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+                                 ["state"]) for step in range(1, 9)}
+  mngr.close()
+  leaves = lambda tree: jax.tree_util.tree_leaves(tree)
+  for step in range(2, 9):  # ema_t = d * ema_(t-1) + (1 - d) * params_t
+    for ema, prev, raw in zip(leaves(states[step]["ema_params"]), leaves(states[step - 1]["ema_params"]),
+                              leaves(states[step]["params"])):
+      np.testing.assert_allclose(ema, decay * prev + (1 - decay) * raw, rtol=1e-5, atol=1e-7)
+    for got, ema in zip(leaves(seen[step]), leaves(states[step]["ema_params"])):
+      np.testing.assert_array_equal(got, ema)  # validation saw the average
+  assert max(abs(a - b).max() for a, b in zip(leaves(states[8]["ema_params"]), leaves(states[8]["params"]))) > 1e-4
+  best, best_step = checkpoints.restore_params(model_dir, "best")
+  latest, _ = checkpoints.restore_params(model_dir, "latest")
+  assert best_step == 5
+  for got, ema in zip(leaves(best), leaves(states[5]["ema_params"])):
+    np.testing.assert_array_equal(got, ema)
+  for got, ema in zip(leaves(latest), leaves(states[8]["ema_params"])):
+    np.testing.assert_array_equal(got, ema)
+  with pytest.raises(ValueError, match="ema_decay"):
+    train.train(model=model, train_dataset_cfg=_cfg(cache_dir), model_dir=str(tmp_path / "bad"), total_steps=1,
+                ema_decay=1.0)
+
+
 def test_trimmed_encoder_gives_the_same_loss(cache_dir):
   """Length bucketing is exact: padding beyond the longest example does not change the loss."""
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))

@@ -1,7 +1,7 @@
 """Orbax checkpoints of the train state under MODEL_DIR, and the best-by-validation copy.
 
 Layout:
-  MODEL_DIR/checkpoints/<step>/{state,meta}   periodic: params, optimizer state, step (+ JSON meta)
+  MODEL_DIR/checkpoints/<step>/{state,meta}   periodic: params (+ their EMA), optimizer state, step, JSON meta
   MODEL_DIR/best/<step>/{state,meta}          the params of the best validation metric so far
 The data position is not stored: the batch schedule is a pure function of (seed, step). Orbax writes each
 step to a temporary directory and renames it when complete, so a process killed mid-save leaves the
@@ -126,7 +126,8 @@ def restore_params(path: str, which: Union[str, int] = "best", abstract_params: 
       # Restore every leaf onto one local device: the saving run's sharding need not exist here.
       target = jax.tree_util.tree_map(_as_host_struct, _to_builtin(state_meta))
       restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-      params = restored["state"]["params"]
+      # A run with ema_decay evaluates its moving average, so that is what eval and infer get too.
+      params = restored["state"].get("ema_params", restored["state"]["params"])
       if abstract_params is not None:
         params = jax.tree_util.tree_map(
             lambda x, a: jax.device_put(x.astype(a.dtype), getattr(a, "sharding", None)), params,

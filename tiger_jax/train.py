@@ -72,6 +72,11 @@ def pad_rows(batch: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray
   return out
 
 
+def eval_params(state: Mapping[str, Any]) -> Any:
+  """The parameters that evaluation, the best checkpoint and serving use: the EMA when training keeps one."""
+  return state.get("ema_params", state["params"])
+
+
 def resident_rows(num_examples: int) -> int:
   """Rows of the device-resident training split: the next power of two.
 
@@ -196,8 +201,9 @@ class StepRunner:
   """Builds and caches one compiled multi-step function per encoder length."""
 
   def __init__(self, model, tx, learning_rate_fn, partitioner: partitioning.PjitPartitioner,
-               steps_per_dispatch: int, resident: bool):
+               steps_per_dispatch: int, resident: bool, ema_decay: Optional[float] = None):
     self.model = model
+    self.ema_decay = ema_decay
     self.tx = tx
     self.learning_rate_fn = learning_rate_fn
     self.partitioner = partitioner
@@ -213,11 +219,16 @@ class StepRunner:
         lambda p: self.model.loss_fn(p, batch, rng), has_aux=True)(state["params"])
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
+    if self.ema_decay is not None:
+      d = self.ema_decay
+      new_state["ema_params"] = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p,
+                                                       state["ema_params"], params)
     out = {"loss": jnp.asarray(loss, jnp.float32), "grad_norm": optax.global_norm(grads),
            "learning_rate": jnp.asarray(self.learning_rate_fn(step), jnp.float32)}
     for k, v in _scalar_metrics(metrics).items():
       out.setdefault(k, jnp.asarray(v, jnp.float32))
-    return {"step": step + 1, "params": params, "opt_state": opt_state}, out
+    return new_state, out
 
   def _build(self, length: int):
     k = self.k
@@ -320,6 +331,7 @@ def train(*,
           eval_steps: Optional[int] = None,
           use_hardware_rng: bool = False,
           use_tensorboard: bool = True,
+          ema_decay: Optional[float] = None,
           throttle_seconds: float = 0.0) -> TrainResult:
   """Trains `model` for `total_steps` steps, resuming from MODEL_DIR's latest checkpoint if any.
 
@@ -334,6 +346,10 @@ def train(*,
     eval_steps: evaluate only the first eval_steps batches of train_eval (t5x's name); None: all of it.
     use_hardware_rng: t5x's option: dropout masks from the faster 'unsafe_rbg' generator instead of
       threefry (still deterministic on one device topology; results then depend on the device count).
+    ema_decay: keep an exponential moving average of the parameters, ema = d * ema + (1 - d) * params
+      after every step (not t5x's; started from the initial parameters). Validation, the best
+      checkpoint and `checkpoints.restore_params` (eval, infer) then use the average; training and
+      resuming use the raw parameters, both of which periodic checkpoints hold.
     throttle_seconds: sleep after each dispatch (fault-injection tests only).
   """
   partitioner = partitioner or partitioning.PjitPartitioner()
@@ -348,6 +364,8 @@ def train(*,
     raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
   if total_steps < 0:
     raise ValueError(f"total_steps must be >= 0, got {total_steps}")
+  if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+    raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
   if use_hardware_rng:
     jax.config.update("jax_default_prng_impl", "unsafe_rbg")
   os.makedirs(model_dir, exist_ok=True)
@@ -377,7 +395,10 @@ def train(*,
 
   def init_state(rng):
     params = model.get_initial_variables(rng, input_shapes)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if ema_decay is not None:
+      state["ema_params"] = params
+    return state
 
   rep = partitioner.replicated
   init_rng, dropout_base = jax.random.split(jax.random.PRNGKey(random_seed))
@@ -404,7 +425,7 @@ def train(*,
 
   step = int(jax.device_get(state["step"]))
   start_step = step
-  runner = StepRunner(model, tx, learning_rate_fn, partitioner, steps_per_dispatch, resident_data)
+  runner = StepRunner(model, tx, learning_rate_fn, partitioner, steps_per_dispatch, resident_data, ema_decay)
   eval_ctx_cache: dict = {}
   losses: list[np.ndarray] = []
   evals: list[dict] = []
@@ -416,7 +437,7 @@ def train(*,
 
   def run_eval(at_step: int, state_now) -> None:
     nonlocal best
-    ctx = EvalContext(model=model, params=state_now["params"], step=at_step, partitioner=partitioner,
+    ctx = EvalContext(model=model, params=eval_params(state_now), step=at_step, partitioner=partitioner,
                       train_eval_dataset_cfg=train_eval_dataset_cfg,
                       infer_eval_dataset_cfg=infer_eval_dataset_cfg, length_buckets=length_buckets,
                       model_dir=model_dir, cache=eval_ctx_cache, eval_steps=eval_steps)
@@ -434,7 +455,7 @@ def train(*,
       better = best is None or (value < best["value"] if best_mode == "min" else value > best["value"])
       if better and math.isfinite(value):
         best = {"step": at_step, "metric": best_metric, "value": value, "mode": best_mode}
-        ckpt.save_best(at_step, state_now["params"], best)
+        ckpt.save_best(at_step, eval_params(state_now), best)
       line += f" | best {best_metric} {best['value']:.4f} @ {best['step']}" if best else ""
     elif best_metric:
       log.warning("best_metric %r is not among the eval metrics %s", best_metric, sorted(results))
@@ -605,6 +626,8 @@ def _restore_initial(restore_cfg: utils.RestoreCheckpointConfig, abstract_state,
                                                       dtype=restore_cfg.dtype)
         state = init_fn(init_rng)
         state["params"] = utils.cast_floating(params, "float32")
+        if "ema_params" in state:  # the average starts from the restored parameters, not the random ones
+          state["ema_params"] = state["params"]
         log.info("initialized params from %s (step %d); optimizer and step start afresh", path, step)
         return state
       ckpt = checkpoints_lib.TrainCheckpointer(path, keep_best=False, async_save=False)

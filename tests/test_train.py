@@ -278,6 +278,18 @@ def test_parameter_ema_is_what_validation_best_and_restore_use(cache_dir, tmp_pa
     np.testing.assert_array_equal(got, ema)
   for got, ema in zip(leaves(latest), leaves(states[8]["ema_params"])):
     np.testing.assert_array_equal(got, ema)
+  # Fine-tuning from it (params only): the new run starts from, and averages from, the restored average.
+  tuned_dir = str(tmp_path / "tuned")
+  restore = utils.RestoreCheckpointConfig(path=model_dir, mode="latest", params_only=True)
+  train.train(model=model, train_dataset_cfg=_cfg(cache_dir), model_dir=tuned_dir, total_steps=2, eval_period=1,
+              steps_per_dispatch=1, use_tensorboard=False, eval_metric_fns=(), best_metric=None, ema_decay=decay,
+              checkpoint_cfg=utils.CheckpointConfig(save=utils.SaveCheckpointConfig(async_save=False),
+                                                    restore=restore))
+  mngr = checkpoints._manager(os.path.join(tuned_dir, checkpoints.PERIODIC_DIR), None, False, read_only=True)
+  tuned = jax.device_get(mngr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"])
+  mngr.close()
+  for ema, start, raw in zip(leaves(tuned["ema_params"]), leaves(latest), leaves(tuned["params"])):
+    np.testing.assert_allclose(ema, decay * start + (1 - decay) * raw, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="ema_decay"):
     train.train(model=model, train_dataset_cfg=_cfg(cache_dir), model_dir=str(tmp_path / "bad"), total_steps=1,
                 ema_decay=1.0)

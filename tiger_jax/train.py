@@ -627,7 +627,8 @@ def _restore_initial(restore_cfg: utils.RestoreCheckpointConfig, abstract_state,
         state = init_fn(init_rng)
         state["params"] = utils.cast_floating(params, "float32")
         if "ema_params" in state:  # the average starts from the restored parameters, not the random ones
-          state["ema_params"] = state["params"]
+          # (copies: the training loop donates the state, and one buffer cannot be donated twice)
+          state["ema_params"] = jax.tree_util.tree_map(jnp.copy, state["params"])
         log.info("initialized params from %s (step %d); optimizer and step start afresh", path, step)
         return state
       ckpt = checkpoints_lib.TrainCheckpointer(path, keep_best=False, async_save=False)

@@ -245,8 +245,18 @@ def test_resident_split_is_padded_to_a_power_of_two_without_changing_training(ca
   np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
 
 
-def test_parameter_ema_is_what_validation_best_and_restore_use(cache_dir, tmp_path):
+def _raw_states(model_dir, steps):
+  """Full train states (raw params, EMA, optimizer) of periodic checkpoints, as saved."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  mngr = checkpoints._manager(os.path.join(model_dir, checkpoints.PERIODIC_DIR), None, False, read_only=True)
+  try:
+    return {step: jax.device_get(mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+                                 ["state"]) for step in steps}
+  finally:
+    mngr.close()
+
+
+def test_parameter_ema_is_what_validation_best_and_restore_use(cache_dir, tmp_path):
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
   seen = {}
 
@@ -259,10 +269,7 @@ def test_parameter_ema_is_what_validation_best_and_restore_use(cache_dir, tmp_pa
               steps_per_dispatch=1, use_tensorboard=False, eval_metric_fns=(capture,),
               best_metric="validation/custom", best_mode="max", ema_decay=decay,
               checkpoint_cfg=utils.CheckpointConfig(save=utils.SaveCheckpointConfig(async_save=False)))
-  mngr = checkpoints._manager(os.path.join(model_dir, checkpoints.PERIODIC_DIR), None, False, read_only=True)
-  states = {step: jax.device_get(mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-                                 ["state"]) for step in range(1, 9)}
-  mngr.close()
+  states = _raw_states(model_dir, range(1, 9))
   leaves = lambda tree: jax.tree_util.tree_leaves(tree)
   for step in range(2, 9):  # ema_t = d * ema_(t-1) + (1 - d) * params_t
     for ema, prev, raw in zip(leaves(states[step]["ema_params"]), leaves(states[step - 1]["ema_params"]),
@@ -285,9 +292,7 @@ def test_parameter_ema_is_what_validation_best_and_restore_use(cache_dir, tmp_pa
               steps_per_dispatch=1, use_tensorboard=False, eval_metric_fns=(), best_metric=None, ema_decay=decay,
               checkpoint_cfg=utils.CheckpointConfig(save=utils.SaveCheckpointConfig(async_save=False),
                                                     restore=restore))
-  mngr = checkpoints._manager(os.path.join(tuned_dir, checkpoints.PERIODIC_DIR), None, False, read_only=True)
-  tuned = jax.device_get(mngr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"])
-  mngr.close()
+  tuned = _raw_states(tuned_dir, [1])[1]
   for ema, start, raw in zip(leaves(tuned["ema_params"]), leaves(latest), leaves(tuned["params"])):
     np.testing.assert_allclose(ema, decay * start + (1 - decay) * raw, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="ema_decay"):

@@ -131,16 +131,18 @@ def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
   assert flags.data_dir == "d" and gin.query_parameter("%TRAIN_STEPS") == steps
 
 
-@pytest.mark.parametrize("name,steps,width,smoothing", [("beauty_refit", 20000, (128, 1024), 0.0),
-                                                        ("sports_refit", 30000, (128, 1024), 0.0),
-                                                        ("sports_tuned", 20000, (256, 2048), 0.0),
-                                                        ("sports_cf_tuned", 10000, (256, 2048), 0.0),
-                                                        ("sports_cf_smoothed", 10000, (256, 2048), 0.2),
-                                                        ("beauty_cf_smoothed", 20000, (128, 1024), 0.2)])
-def test_refit_files_train_on_train_and_validation_without_validation_metrics(name, steps, width, smoothing):
+@pytest.mark.parametrize("name,steps,width,smoothing,ema", [("beauty_refit", 20000, (128, 1024), 0.0, None),
+                                                            ("sports_refit", 30000, (128, 1024), 0.0, None),
+                                                            ("sports_tuned", 20000, (256, 2048), 0.0, None),
+                                                            ("sports_cf_tuned", 10000, (256, 2048), 0.0, None),
+                                                            ("sports_cf_smoothed", 10000, (256, 2048), 0.2, None),
+                                                            ("sports_cf_ema", 10000, (256, 2048), 0.2, 0.999),
+                                                            ("beauty_cf_smoothed", 20000, (128, 1024), 0.2, None)])
+def test_refit_files_train_on_train_and_validation_without_validation_metrics(name, steps, width, smoothing, ema):
   gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"], ['MODEL_DIR = "/tmp/m"'])
   assert gin.query_parameter("%TRAIN_STEPS") == steps
   assert gin.query_parameter("%LABEL_SMOOTHING") == smoothing
+  assert gin.query_parameter("%EMA_DECAY") == ema
   assert (gin.query_parameter("network.T5Config.emb_dim"), gin.query_parameter("network.T5Config.mlp_dim")) == width
   heads = (gin.query_parameter("network.T5Config.num_heads"), gin.query_parameter("network.T5Config.head_dim"))
   assert heads == (6, 64)

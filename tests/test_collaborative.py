@@ -55,7 +55,7 @@ def test_svd_vectors_separate_disconnected_groups_and_are_deterministic():
     for i in group:
       for j in group:
         m[i, j] = 1.0 if i != j else 0.0
-  m[3:6, 3:6] *= 2.0  # distinct singular values, so the result is unique up to sign
+  m[3:6, 3:6] *= 1.5  # singular values 3, 1.5, 1.5 and 2, 1, 1: the top two distinct, so unique up to sign
   v = collaborative.svd_vectors(sp.csr_matrix(m), dim=2)
   assert v.shape == (7, 2) and v.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(v[:6], axis=1), 1.0, atol=1e-5)

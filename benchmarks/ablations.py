@@ -245,7 +245,7 @@ def stage_ids(args, settings: list[Setting]) -> None:
   for ids in sorted({s.ids for s in settings}):
     out = ids_path(args, ids)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    cmd = [sys.executable, "-m", "tiger_jax.rqvae", f"--gin_file={ID_GIN.get(ids, args.rqvae_gin)}",
+    cmd = [sys.executable, "-m", "tiger_jax.semantic_ids", f"--gin_file={ID_GIN.get(ids, args.rqvae_gin)}",
            f"--work_dir={_abs(args.work_dir)}", f"--gin.make_semantic_ids.output_file='{_abs(out)}'"]
     if ids == "combined":
       cmd.append(f"--gin.make_semantic_ids.extra_embedding_dirs=['{_abs(args.extra_embeddings_dir)}']")

@@ -7,7 +7,7 @@ Stages (each skipped when its artifact is current; pick with --stages):
   train  the sequence model on that cache                -> MODEL_DIR                     (jax; GPU)
   eval   beam search over seen IDs + unseen buckets, KNN -> OUT_DIR/NAME.{json,md,png}    (jax + gin; GPU)
 
-The ids/cache/train stages call the existing entry points (python -m tiger_jax.rqvae, tasks.cache_tasks,
+The ids/cache/train stages call the existing entry points (python -m tiger_jax.semantic_ids, tasks.cache_tasks,
 tiger_jax.train) in subprocesses with the experiment's gin files, as run.sh does. WORK must hold
 embeddings.npy + embeddings.json of the dataset (python -m tiger_jax.embed), or --embeddings_dir points at
 them and they are copied.
@@ -135,7 +135,7 @@ def stage_ids(args) -> None:
     src, dst = os.path.join(args.embeddings_dir, name), os.path.join(args.work_dir, name)
     if _abs(src) != _abs(dst) and not os.path.exists(dst):
       shutil.copyfile(src, dst)
-  cmd = [sys.executable, "-m", "tiger_jax.rqvae", f"--gin_file={args.rqvae_gin}",
+  cmd = [sys.executable, "-m", "tiger_jax.semantic_ids", f"--gin_file={args.rqvae_gin}",
          f"--work_dir={_abs(args.work_dir)}",
          f"--gin.make_semantic_ids.cold_start_split='{_abs(split_path(args))}'"]
   _run(cmd + (["--force"] if args.force else []))
@@ -173,7 +173,7 @@ def load_embeddings_for(asins: np.ndarray, embeddings_dir: str) -> np.ndarray:
 
 def evaluate(args) -> dict:
   """TIGER and Semantic_KNN candidates for the test users, and Figure 5's recall tables."""
-  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from tiger_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   from tiger_jax import checkpoints, decoding, infer, utils  # pylint: disable=g-import-not-at-top
   from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
 

@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tasks import vocab  # noqa: E402
+from tiger_jax import vocab  # noqa: E402
 from tiger_jax import decoding, network  # noqa: E402
 
 LAYOUT = vocab.DEFAULT_LAYOUT

@@ -29,6 +29,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tiger_jax import rqvae  # noqa: E402
+from tiger_jax import semantic_ids  # noqa: E402
 
 
 def _overrides(text: str) -> dict:
@@ -84,7 +85,7 @@ def main() -> None:
     cfg = dataclasses.replace(rqvae.RQVAEConfig(), **{**shared, **_overrides(over)})
     print(f"== {name}: {cfg.to_dict()}", flush=True)
     t0 = time.time()
-    ids, result = rqvae.rqvae_semantic_ids(x, asins, cfg, lambda s: print(f"[{name}] {s}",
+    ids, result = semantic_ids.rqvae_semantic_ids(x, asins, cfg, lambda s: print(f"[{name}] {s}",
                                                                          flush=True))
     wall = time.time() - t0
     st = ids.stats

@@ -142,7 +142,7 @@ def main() -> None:
     import dataclasses
     from tiger_jax import rqvae
     cfg = dataclasses.replace(rqvae.RQVAEConfig(), num_epochs=args.epochs, seed=args.seed)
-    ids["RQ-VAE"], _ = rqvae.rqvae_semantic_ids(x, asins, cfg, print)
+    ids["RQ-VAE"], _ = sid.rqvae_semantic_ids(x, asins, cfg, print)
   ids["LSH"] = sid.lsh_semantic_ids(x, asins, args.seed)
   ids["Random"] = sid.random_semantic_ids(asins, args.seed)
   results = {}

@@ -64,7 +64,7 @@ CONFIGS = {  # name -> (activation dtype, length buckets?, hardware RNG for drop
 
 def build_examples_in_memory(data_dir: str, seed: int = 0) -> dict:
   """Beauty's leave-one-out splits as the task cache holds them, with random Semantic IDs (numpy only)."""
-  from tasks import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from tiger_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   from tiger_jax.data import splits as splits_lib  # pylint: disable=g-import-not-at-top
   from tiger_jax.data.types import Sessions  # pylint: disable=g-import-not-at-top
   layout = vocab_lib.DEFAULT_LAYOUT

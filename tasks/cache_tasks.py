@@ -29,9 +29,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from tasks import tiger_tasks
-from tasks import vocab as vocab_lib
 from tiger_jax.data import splits as splits_lib
 from tiger_jax import utils
+from tiger_jax import vocab as vocab_lib
 
 logger = logging.getLogger("tasks.cache_tasks")
 

@@ -28,10 +28,10 @@ from typing import Optional
 
 import numpy as np
 
-from tasks import vocab as vocab_lib
 from tiger_jax import data as data_lib
 from tiger_jax import semantic_ids as sid_lib
 from tiger_jax.data import splits as splits_lib
+from tiger_jax import vocab as vocab_lib
 
 MAX_HISTORY = splits_lib.MAX_HISTORY
 NUM_SID_TOKENS = vocab_lib.DEFAULT_LAYOUT.num_levels

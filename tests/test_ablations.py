@@ -21,7 +21,7 @@ from tiger_jax import semantic_ids as sid_lib  # noqa: E402
 TASK = "tiger_abl"
 NUM_ITEMS, NUM_USERS = 60, 200
 SMALL = dict(emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64)
-USER_TOKEN_MIN = 1026  # tasks/vocab.py: user tokens are 1026 + bucket
+USER_TOKEN_MIN = 1026  # tiger_jax/vocab.py: user tokens are 1026 + bucket
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_combined_catalogue_fits_the_rqvae_on_both_catalogues(tmp_path, monkeypa
   monkeypatch.setattr(rqvae, "train_rqvae", lambda x, *a, **k: fitted.append(np.array(x)) or real(x, *a, **k))
   gin.clear_config()
   try:
-    rqvae.main(["--gin_file=gin/rqvae/quick.gin", f"--work_dir={tmp_path / 'beauty'}",
+    sid_lib.main(["--gin_file=gin/rqvae/quick.gin", f"--work_dir={tmp_path / 'beauty'}",
                 "--gin.RQVAEConfig.hidden_dims=(16,)", "--gin.RQVAEConfig.latent_dim=4",
                 "--gin.RQVAEConfig.codebook_size=64", "--gin.RQVAEConfig.num_epochs=2",
                 "--gin.RQVAEConfig.batch_size=64", "--gin.RQVAEConfig.kmeans_iters=3",
@@ -171,7 +171,7 @@ def test_combined_catalogue_fits_the_rqvae_on_both_catalogues(tmp_path, monkeypa
   assert ids.stats["rqvae_fit_items"] == 200 and ids.stats["num_items"] == 120
   assert ids.stats["extra_embedding_dirs"][0]["shared_asins_skipped"] == 1
   with pytest.raises(ValueError, match="extra_embedding_dirs apply to method 'rqvae'"):
-    rqvae.make_semantic_ids(work_dir=str(tmp_path / "beauty"), method="lsh",
+    sid_lib.make_semantic_ids(work_dir=str(tmp_path / "beauty"), method="lsh",
                             extra_embedding_dirs=[str(tmp_path / "sports")])
 
 

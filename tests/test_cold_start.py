@@ -98,7 +98,7 @@ def test_rqvae_fits_on_seen_items_and_codes_unseen_ones_with_the_trained_model()
   unseen[[3, 10, 17, 30, 63]] = True
   cfg = rqvae.RQVAEConfig(hidden_dims=(16,), latent_dim=4, codebook_size=16, num_epochs=4, batch_size=32,
                           kmeans_iters=3, epochs_per_dispatch=4, dead_code_reset_every=0)
-  ids, result = rqvae.rqvae_semantic_ids(x, asins, cfg, unseen_mask=unseen)
+  ids, result = sid_lib.rqvae_semantic_ids(x, asins, cfg, unseen_mask=unseen)
   assert result["stats"]["num_items"] == 59 and ids.stats["num_items"] == 64  # fit on seen items only
   np.testing.assert_array_equal(ids.codes[:, :3], rqvae.assign_codes(result["params"], x, cfg))
   assert len({tuple(r) for r in ids.codes.tolist()}) == 64  # unique, so no unseen ID equals a seen one

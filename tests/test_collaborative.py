@@ -84,8 +84,8 @@ def test_stage_writes_text_beside_weighted_cooccurrence_vectors(tmp_path):
   assert info["collaborative"] == {"holdout": 2, "window": 3, "decay": 0.5, "dim": 3, "weight": 0.5}
   assert info["model_name"] == "text+cooccurrence" and info["items_without_cooccurrence"] == 0
   # The Semantic-ID stage reads the fused file like the text one.
-  from tiger_jax import rqvae  # pylint: disable=g-import-not-at-top
-  x, order = rqvae.load_embeddings(str(out))
+  from tiger_jax import semantic_ids  # pylint: disable=g-import-not-at-top
+  x, order = semantic_ids.load_embeddings(str(out))
   assert x.shape == (8, 8) and list(order) == list(asins)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tasks import vocab
+from tiger_jax import vocab
 from tiger_jax import decoding
 from tiger_jax import models
 from tiger_jax import network

@@ -142,13 +142,13 @@ def test_bad_embeddings_are_clear_errors(bad, match):
 def test_rqvae_semantic_ids_are_unique_with_stats():
   x = _data(300)
   asins = [f"A{i}" for i in range(300)]
-  ids, _ = rqvae.rqvae_semantic_ids(x, asins, TINY)
+  ids, _ = sid.rqvae_semantic_ids(x, asins, TINY)
   assert ids.codes.shape == (300, 4)
   assert len({tuple(r) for r in ids.codes.tolist()}) == 300
   for key in ("codebook_usage", "unique_prefixes", "largest_bucket", "reconstruction_loss"):
     assert key in ids.stats
   with pytest.raises(ValueError, match="299 asins"):
-    rqvae.rqvae_semantic_ids(x, asins[:-1], TINY)
+    sid.rqvae_semantic_ids(x, asins[:-1], TINY)
 
 
 def test_entry_point_writes_and_skips(tmp_path):
@@ -161,7 +161,7 @@ def test_entry_point_writes_and_skips(tmp_path):
   quick = os.path.join(repo, "gin", "rqvae", "quick.gin")
   gin.clear_config()
   try:
-    rqvae.main([f"--gin_file={quick}", f"--work_dir={tmp_path}", "--data_dir=unused",
+    sid.main([f"--gin_file={quick}", f"--work_dir={tmp_path}", "--data_dir=unused",
                 "--gin.RQVAEConfig.hidden_dims=(16,)", "--gin.RQVAEConfig.latent_dim=4",
                 "--gin.RQVAEConfig.codebook_size=8", "--gin.RQVAEConfig.num_epochs=2",
                 "--gin.RQVAEConfig.batch_size=64", "--gin.RQVAEConfig.kmeans_iters=3"])
@@ -169,7 +169,7 @@ def test_entry_point_writes_and_skips(tmp_path):
     assert ids.method == "rqvae" and len(ids) == 300
     assert (tmp_path / "semantic_ids_config.gin").exists()
     logs = []
-    again = rqvae.make_semantic_ids(work_dir=str(tmp_path), log_fn=logs.append)
+    again = sid.make_semantic_ids(work_dir=str(tmp_path), log_fn=logs.append)
     assert "skipping" in logs[0]
     assert again.content_hash() == ids.content_hash()
   finally:
@@ -183,7 +183,7 @@ def test_entry_point_lsh_and_random_need_no_training(tmp_path):
   for method in ("lsh", "random"):
     gin.clear_config()
     try:
-      rqvae.main([f"--gin_file=gin/rqvae/{method}.gin", f"--work_dir={tmp_path}"])
+      sid.main([f"--gin_file=gin/rqvae/{method}.gin", f"--work_dir={tmp_path}"])
     finally:
       gin.clear_config()
     ids = sid.SemanticIds.load(str(tmp_path / f"semantic_ids_{method}.npz"))
@@ -193,4 +193,4 @@ def test_entry_point_lsh_and_random_need_no_training(tmp_path):
 def test_missing_asin_order_is_a_clear_error(tmp_path):
   np.save(tmp_path / "embeddings.npy", _data(300))
   with pytest.raises(FileNotFoundError, match="no asin order"):
-    rqvae.load_embeddings(str(tmp_path))
+    sid.load_embeddings(str(tmp_path))

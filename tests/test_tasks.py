@@ -7,7 +7,8 @@ import pytest
 
 seqio = pytest.importorskip("seqio")
 
-from tasks import cache_tasks, tiger_tasks, vocab  # noqa: E402
+from tasks import cache_tasks, tiger_tasks  # noqa: E402
+from tiger_jax import vocab  # noqa: E402
 from tiger_jax import semantic_ids as sid_lib  # noqa: E402
 from tiger_jax.data import load_dataset  # noqa: E402
 

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from tasks import vocab
+from tiger_jax import vocab
 
 
 def test_layout_sizes():
@@ -28,7 +28,7 @@ def test_codes_tokens_round_trip_and_levels_do_not_overlap():
 
 
 def test_user_hash_is_stable_across_processes():
-  code = "from tasks.vocab import user_bucket; print(user_bucket('A1YJEY40YUW4SE', 2000))"
+  code = "from tiger_jax.vocab import user_bucket; print(user_bucket('A1YJEY40YUW4SE', 2000))"
   outs = {subprocess.run([sys.executable, "-c", code], env={"PYTHONHASHSEED": seed, "PATH": ""},
                          capture_output=True, text=True, check=True, cwd=".").stdout for seed in ("1", "2")}
   assert outs == {f"{vocab.user_bucket('A1YJEY40YUW4SE', 2000)}\n"}

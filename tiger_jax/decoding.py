@@ -2,7 +2,7 @@
 
 A TIGER Semantic ID is exactly `num_levels` (4) codeword tokens, so decoding always runs a fixed
 number of steps; step l may only emit level l's codeword tokens (`codeword_offset +
-codebook_size * l + code`, see `tasks/vocab.py`). Every other token (pad, EOS, other levels, user
+codebook_size * l + code`, see `tiger_jax/vocab.py`). Every other token (pad, EOS, other levels, user
 tokens) is impossible there and is masked to -inf; that is the *unconstrained* decoder. The
 *constrained* decoder also masks extensions that lead to no item of the catalogue.
 
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import vocab
+from tiger_jax import vocab
 
 Array = jax.Array
 PyTree = Any

@@ -34,6 +34,24 @@ EMBEDDINGS_FILE = "embeddings.npy"
 INFO_FILE = "embeddings.json"
 
 
+def check_embeddings(embeddings: np.ndarray, name: str, num_items: Optional[int] = None) -> np.ndarray:
+  """Float32 [num_items, d] embeddings, or a ValueError naming `name`: wrong rank or row count, non-float
+  values, non-finite rows (any of which would silently produce meaningless IDs)."""
+  x = np.asarray(embeddings)
+  if num_items is not None and (x.ndim != 2 or x.shape[0] != num_items):
+    raise ValueError(f"{name}: expected shape [{num_items}, d], got {x.shape}")
+  if x.ndim != 2:
+    raise ValueError(f"{name}: expected a 2-D [num_items, dim] array, got shape {x.shape}")
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f"{name}: expected floating embeddings, got dtype {x.dtype}")
+  bad = ~np.isfinite(x).all(axis=1)
+  if bad.any():
+    raise ValueError(f"{name}: {int(bad.sum())} rows contain NaN or infinite values "
+                     f"(first: row {int(np.argmax(bad))})")
+  return x.astype(np.float32)
+
+
+
 def item_sentence(item: Item) -> str:
   """The item's content as one sentence (template in the module docstring)."""
   parts = []

@@ -23,11 +23,11 @@ import gin
 import jax
 import numpy as np
 
-from tasks import vocab as vocab_lib
 from tiger_jax import checkpoints
 from tiger_jax import decoding
 from tiger_jax import metrics as metrics_lib
 from tiger_jax import utils
+from tiger_jax import vocab as vocab_lib
 
 log = logging.getLogger("tiger_jax.eval")
 ITEMS_FILE = "items.npz"

@@ -22,10 +22,10 @@ from typing import Optional, Sequence
 import gin
 import numpy as np
 
-from tasks import vocab as vocab_lib
 from tiger_jax import checkpoints
 from tiger_jax import eval as eval_lib
 from tiger_jax.data import splits
+from tiger_jax import vocab as vocab_lib
 
 
 class UnknownItemError(KeyError):

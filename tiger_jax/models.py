@@ -69,8 +69,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tasks import vocab as vocab_lib
 from tiger_jax import decoding
+from tiger_jax import vocab as vocab_lib
 
 Array = jax.Array
 Batch = Mapping[str, Array]

@@ -16,9 +16,14 @@ import hashlib
 import io
 import json
 import os
-from typing import Any, Mapping, Optional, Sequence
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
 
+import gin
 import numpy as np
+
+from tiger_jax import rqvae
+from tiger_jax.embed import check_embeddings
 
 NUM_LEVELS = 4
 CODEBOOK_SIZE = 256
@@ -280,22 +285,6 @@ def random_semantic_ids(asins: Sequence[str], seed: int, num_codes: int = NUM_LE
   return SemanticIds(asins, codes4, "random", stats, codebook_size)
 
 
-def check_embeddings(embeddings: np.ndarray, name: str, num_items: Optional[int] = None) -> np.ndarray:
-  """Float32 [num_items, d] embeddings, or a ValueError naming `name`: wrong rank or row count, non-float
-  values, non-finite rows (any of which would silently produce meaningless IDs)."""
-  x = np.asarray(embeddings)
-  if num_items is not None and (x.ndim != 2 or x.shape[0] != num_items):
-    raise ValueError(f"{name}: expected shape [{num_items}, d], got {x.shape}")
-  if x.ndim != 2:
-    raise ValueError(f"{name}: expected a 2-D [num_items, dim] array, got shape {x.shape}")
-  if not np.issubdtype(x.dtype, np.floating):
-    raise ValueError(f"{name}: expected floating embeddings, got dtype {x.dtype}")
-  bad = ~np.isfinite(x).all(axis=1)
-  if bad.any():
-    raise ValueError(f"{name}: {int(bad.sum())} rows contain NaN or infinite values "
-                     f"(first: row {int(np.argmax(bad))})")
-  return x.astype(np.float32)
-
 
 def lsh_codes(embeddings: np.ndarray, seed: int, num_bits: int = 8,
               num_codes: int = NUM_LEVELS) -> np.ndarray:
@@ -412,10 +401,227 @@ def code_purity(first_codes: np.ndarray, labels: Sequence[str]) -> dict:
   }
 
 
+# ----------------------------------------------------------------------------- RQ-VAE IDs and the stage
+def rqvae_semantic_ids(embeddings: np.ndarray, asins: Sequence[str],
+                       cfg: Optional[rqvae.RQVAEConfig] = None,
+                       log_fn: Optional[Callable[[str], None]] = None,
+                       unseen_mask: Optional[np.ndarray] = None,
+                       extra_fit_embeddings: Optional[np.ndarray] = None
+                       ) -> tuple[SemanticIds, dict]:
+  """Trains the RQ-VAE and turns its codes into unique 4-code Semantic IDs.
+
+  The 4th code is the collision token: the item's index among items with the same 3 codes, in
+  catalogue order (`semantic_ids.add_collision_token`). Returns (ids, the rqvae.train_rqvae result).
+
+  Cold start: with `unseen_mask` [N] the RQ-VAE is fit on the other (seen) items only, the unseen items
+  get codes from the trained encoder and codebooks (`rqvae.assign_codes`), and collision tokens number seen
+  items first (`semantic_ids.seen_first_order`), so an unseen item never takes a seen item's ID.
+
+  Combined catalogue (paper Table 10): `extra_fit_embeddings` [M, d] (another catalogue's items) are added to
+  the items the RQ-VAE is fit on; only `asins` get IDs (the encoder and codebooks code them, `rqvae.assign_codes`),
+  and the collision token numbers them among themselves, since only they share a vocabulary with the model.
+  """
+  cfg = cfg or rqvae.RQVAEConfig()
+  asins = np.asarray(list(asins), dtype=str)
+  x = np.asarray(embeddings)
+  if x.ndim >= 1 and x.shape[0] != asins.shape[0]:
+    raise ValueError(f"rqvae_semantic_ids: {x.shape[0]} embedding rows but {asins.shape[0]} asins")
+  extra = None
+  if extra_fit_embeddings is not None:
+    extra = check_embeddings(extra_fit_embeddings, "rqvae_semantic_ids(extra_fit_embeddings)")
+    if extra.shape[1] != x.shape[1]:
+      raise ValueError(f"rqvae_semantic_ids: extra_fit_embeddings have dimension {extra.shape[1]}, the "
+                       f"catalogue's {x.shape[1]} (embed both with the same model)")
+  if unseen_mask is None and extra is None:
+    result = rqvae.train_rqvae(x, cfg, log_fn)
+    codes4 = add_collision_token(result["codes3"], cfg.codebook_size)
+  else:
+    if unseen_mask is not None:
+      unseen_mask = np.asarray(unseen_mask, bool)
+      if unseen_mask.shape != asins.shape:
+        raise ValueError(f"rqvae_semantic_ids: unseen_mask has shape {unseen_mask.shape}, expected "
+                         f"{asins.shape}")
+    fit = x if unseen_mask is None else x[~unseen_mask]
+    result = rqvae.train_rqvae(fit if extra is None else np.concatenate([fit, extra]), cfg, log_fn)
+    codes3 = rqvae.assign_codes(result["params"], x, cfg)
+    order = None if unseen_mask is None else seen_first_order(unseen_mask)
+    codes4 = add_collision_token(codes3, cfg.codebook_size, order=order)
+  stats = code_stats(codes4, cfg.codebook_size)
+  fit_items = stats.get("num_items")
+  stats.update(result["stats"])
+  stats["rqvae_fit_items"], stats["num_items"] = stats["num_items"], fit_items
+  if extra is not None:
+    stats["extra_fit_items"] = int(len(extra))
+  if unseen_mask is not None:
+    stats["cold_start"] = cold_start_id_stats(codes4, unseen_mask)
+  return SemanticIds(asins, codes4, "rqvae", stats, cfg.codebook_size), result
+
+
+def cold_start_id_stats(codes4: np.ndarray, unseen_mask: np.ndarray) -> dict:
+  """How unseen items landed: how many share a 3-code prefix with some seen item (retrievable by TIGER)."""
+  seen_prefixes = {tuple(r) for r in codes4[~unseen_mask, :3].tolist()}
+  shared = sum(tuple(r) in seen_prefixes for r in codes4[unseen_mask, :3].tolist())
+  return {"num_seen": int((~unseen_mask).sum()), "num_unseen": int(unseen_mask.sum()),
+          "unseen_sharing_a_seen_prefix": int(shared),
+          "collision_rule": "seen items first within a 3-code bucket, then unseen (catalogue order)"}
+
+
+# ----------------------------------------------------------------------------- artifact stage
+EMBEDDINGS_FILE = "embeddings.npy"
+ASIN_FILES = ("asins.txt", "item_asins.txt", "embeddings_asins.txt")
+ASIN_META_FILES = ("embeddings.json", "embeddings_meta.json", "embeddings_info.json")
+
+
+def load_embeddings(work_dir: str, embeddings_file: str = EMBEDDINGS_FILE,
+                    asins_file: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
+  """Reads `embeddings.npy` and the item order (a text file, one asin a line, or JSON `asins`)."""
+  path = embeddings_file if os.path.isabs(embeddings_file) else os.path.join(work_dir,
+                                                                             embeddings_file)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no embeddings; run the embedding stage first")
+  x = np.load(path, allow_pickle=False)
+  candidates = [asins_file] if asins_file else list(ASIN_META_FILES + ASIN_FILES)
+  candidates = [c if os.path.isabs(c) else os.path.join(work_dir, c) for c in candidates]
+  for c in candidates:
+    if not os.path.exists(c):
+      continue
+    if c.endswith(".json"):
+      with open(c) as f:
+        meta = json.load(f)
+      if "asins" not in meta:
+        continue
+      asins = np.asarray(meta["asins"], dtype=str)
+    else:
+      with open(c) as f:
+        asins = np.asarray([line.strip() for line in f if line.strip()], dtype=str)
+    if asins.shape[0] != x.shape[0]:
+      raise ValueError(f"{c}: {asins.shape[0]} asins but {path} has {x.shape[0]} rows")
+    return x, asins
+  raise FileNotFoundError(f"{work_dir}: no asin order beside {path} (looked for "
+                          f"{', '.join(candidates)})")
+
+
+def input_hash(x: np.ndarray, asins: np.ndarray, method: str, cfg: dict) -> str:
+  """What the artifact depends on; stored in its stats so the stage can be skipped on re-runs."""
+  h = hashlib.sha256()
+  h.update(np.ascontiguousarray(x, dtype="<f4").tobytes())
+  h.update("\n".join(asins.tolist()).encode())
+  h.update(json.dumps({"method": method, "config": cfg}, sort_keys=True).encode())
+  return h.hexdigest()
+
+
+def _extra_fit_embeddings(dirs: Sequence[str], asins: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+  """Rows of other catalogues' embeddings to fit the RQ-VAE on, minus items `asins` already holds."""
+  own, rows, sources = set(asins.tolist()), [], []
+  for d in dirs:
+    x, extra_asins = load_embeddings(d)
+    keep = np.array([a not in own for a in extra_asins.tolist()], bool)
+    rows.append(np.asarray(x)[keep])
+    own.update(extra_asins[keep].tolist())
+    sources.append({"dir": os.path.abspath(d), "items": int(keep.sum()), "shared_asins_skipped": int((~keep).sum()),
+                    "hash": input_hash(np.asarray(x), extra_asins, "extra", {})})
+  return np.concatenate(rows).astype(np.float32), sources
+
+
+@gin.configurable
+def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", seed: int = 0,
+                      output_file: str = FILENAME, embeddings_file: str = EMBEDDINGS_FILE,
+                      asins_file: Optional[str] = None, lsh_bits: int = 8, lsh_codes: int = 4,
+                      cold_start_split: Optional[str] = None,
+                      extra_embedding_dirs: Sequence[str] = (),
+                      force: bool = False, log_fn: Callable[[str], None] = print
+                      ) -> SemanticIds:
+  """Stage 3 of the pipeline: `method` in {rqvae, lsh, random}; skipped when up to date.
+
+  The RQ-VAE settings come from `rqvae.RQVAEConfig` (gin); `seed` replaces its seed. `cold_start_split` (a
+  `cold_start_split.json` of tiger_jax.data.cold_start) fits the RQ-VAE on the seen items only and gives the
+  unseen items IDs from the trained model (`rqvae_semantic_ids`); only the RQ-VAE is fit on data, so
+  the other methods reject it. `extra_embedding_dirs` (each with embeddings.npy + asin order of another
+  catalogue, e.g. Sports for the paper's Table 10) are added to the RQ-VAE's training items; only this work
+  dir's items get IDs. Items of an extra catalogue that this one also holds (same asin) are fit once.
+  """
+  if not work_dir:
+    raise ValueError("make_semantic_ids: no work dir (pass --work_dir or bind "
+                     "make_semantic_ids.work_dir)")
+  x, asins = load_embeddings(work_dir, embeddings_file, asins_file)
+  unseen_mask = None
+  if cold_start_split:
+    if method != "rqvae":
+      raise ValueError(f"make_semantic_ids: cold_start_split applies to method 'rqvae', not {method!r}")
+    from tiger_jax.data import cold_start  # pylint: disable=g-import-not-at-top
+    split = cold_start.ColdStartSplit.load(cold_start_split)
+    unseen_mask = split.unseen_mask(asins.tolist())
+  extra = None
+  if extra_embedding_dirs:
+    if method != "rqvae":
+      raise ValueError(f"make_semantic_ids: extra_embedding_dirs apply to method 'rqvae', not {method!r}")
+    extra, extra_sources = _extra_fit_embeddings(extra_embedding_dirs, asins)
+  if method == "rqvae":
+    cfg = dataclasses.replace(rqvae.RQVAEConfig(), seed=seed)
+    cfg_dict = cfg.to_dict()
+    if unseen_mask is not None:
+      cfg_dict["cold_start_split"] = split.content_hash()
+    if extra is not None:
+      cfg_dict["extra_fit_embeddings"] = [{k: v for k, v in e.items() if k != "dir"} for e in extra_sources]
+  elif method == "lsh":
+    cfg, cfg_dict = None, {"seed": seed, "num_bits": lsh_bits, "num_codes": lsh_codes}
+  elif method == "random":
+    cfg, cfg_dict = None, {"seed": seed}
+  else:
+    raise ValueError(f"make_semantic_ids: unknown method {method!r} (rqvae, lsh, random)")
+  out = output_file if os.path.isabs(output_file) else os.path.join(work_dir, output_file)
+  digest = input_hash(x, asins, method, cfg_dict)
+  if os.path.exists(out) and not force:
+    old = SemanticIds.load(out)
+    if old.stats.get("input_hash") == digest:
+      log_fn(f"{out} is up to date (input hash {digest[:12]}); skipping")
+      return old
+  t0 = time.time()
+  if method == "rqvae":
+    ids, result = rqvae_semantic_ids(x, asins, cfg, log_fn, unseen_mask, extra)
+    if extra is not None:
+      ids.stats["extra_embedding_dirs"] = extra_sources
+    np.save(os.path.join(os.path.dirname(out), "rqvae_history.npy"), result["history"])
+  elif method == "lsh":
+    ids = lsh_semantic_ids(x, asins, seed, lsh_bits, lsh_codes)
+  else:
+    ids = random_semantic_ids(asins, seed)
+  ids.stats["input_hash"] = digest
+  ids.stats["seconds"] = time.time() - t0
+  ids.save(out)
+  # The effective config beside the artifact, as t5x writes config.gin.
+  with open(os.path.join(os.path.dirname(out), "semantic_ids_config.gin"), "w") as f:
+    f.write(gin.operative_config_str())
+  summary = {k: ids.stats.get(k) for k in ("codebook_usage", "unique_prefixes", "largest_bucket",
+                                           "items_in_collisions", "reconstruction_loss")}
+  log_fn(f"wrote {out}: {json.dumps(summary)}")
+  return ids
+
+
+# ----------------------------------------------------------------------------- CLI
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  """`python -m tiger_jax.semantic_ids`: the Semantic-ID stage (see `tiger_jax.rqvae.main`)."""
-  from tiger_jax import rqvae  # pylint: disable=g-import-not-at-top  Keeps this module numpy-only.
-  rqvae.main(argv)
+  """t5x-style stage CLI: gin flags (tiger_jax.gin_utils), plus --work_dir / --data_dir / --force.
+
+  --work_dir overrides the binding `make_semantic_ids.work_dir`;
+  --data_dir is accepted so every stage takes the same flags, and unused. Bindings for
+  configurables this stage does not import (the trainer's) are skipped, so the experiment's gin
+  file can be passed too.
+  """
+  from tiger_jax import gin_utils  # pylint: disable=g-import-not-at-top
+
+  def extra(parser):
+    parser.add_argument("--work_dir", default=None, help="Holds embeddings.npy; gets the IDs.")
+    parser.add_argument("--data_dir", default=None, help="Accepted for a uniform stage CLI.")
+    parser.add_argument("--force", action="store_true", help="Rebuild even when up to date.")
+
+  flags = gin_utils.parse_flags(argv, extra, prog="tiger_jax.semantic_ids")
+  gin_utils.setup_logging(flags.log_level)
+  gin_utils.parse_gin_flags(flags.gin_search_paths, flags.gin_file, flags.gin_bindings,
+                            skip_unknown=True)
+  kwargs = {"force": True} if flags.force else {}
+  if flags.work_dir:
+    kwargs["work_dir"] = flags.work_dir
+  make_semantic_ids(**kwargs)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,4 @@
-"""What every experiment script stores beside its numbers: the command, date, revision and card.
-
-Imported by benchmarks/cold_start.py, diversity.py and make_report.py (they put benchmarks/ on sys.path).
-"""
+"""What every benchmark stores beside its numbers: the command, date, revision and card."""
 from __future__ import annotations
 
 import datetime
@@ -19,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def git_revision() -> str:
   """Short HEAD, with "+dirty" when tracked files differ from it (the numbers then need the diff too).
 
-  $TIGER_GIT_REVISION wins: a device's copy of the tree may carry a stale .git (benchmarks/gpu_jobs.py sets it).
+  $TIGER_GIT_REVISION wins, for copies of the tree without their .git (experiments/run_plan.py sets it).
   """
   if os.environ.get("TIGER_GIT_REVISION"):
     return os.environ["TIGER_GIT_REVISION"]
@@ -45,9 +42,19 @@ def device_info() -> dict:
   return info
 
 
+def command_line(argv: Sequence[str]) -> str:
+  """The command that reproduces this run: `python -m package.module ...` for a script of this repository."""
+  argv = list(argv)
+  script = os.path.abspath(argv[0]) if argv and argv[0].endswith(".py") else ""
+  rel = os.path.relpath(script, REPO) if script else ""
+  if rel and not rel.startswith(".."):
+    argv = ["-m", rel[:-len(".py")].replace(os.sep, ".")] + argv[1:]
+  return " ".join(shlex.quote(a) for a in ["python"] + argv)
+
+
 def run_metadata(argv: Optional[Sequence[str]] = None, **extra: Any) -> dict:
   argv = sys.argv if argv is None else argv
-  meta = {"command": " ".join(shlex.quote(a) for a in ["python"] + list(argv)),
+  meta = {"command": command_line(argv),
           "date": datetime.datetime.now().isoformat(timespec="seconds"), "git_revision": git_revision()}
   meta.update(device_info())
   meta.update(extra)
@@ -76,8 +83,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], digits:
   return lines
 
 
-def gpu_jobs_card(status: dict) -> str:
-  """The card named in a benchmarks/gpu_jobs.py status.json ("NVIDIA H200"; "" when the runner recorded none),
+def plan_results_card(status: dict) -> str:
+  """The card named in an experiments/run_plan.py status.json ("NVIDIA H200"; "" when the runner recorded none),
   without nvidia-smi's "GPU 0: " prefix and UUID suffix."""
   device = status.get("datasets", {}).get("_runner", {}).get("device") or ""
   return re.sub(r"^GPU \d+: | \(UUID.*\)$", "", device)
@@ -88,7 +95,7 @@ def try_plot(plot_fn, result: dict, path: str, logger) -> bool:
   try:
     import matplotlib  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    logger.warning("matplotlib is not installed: %s not drawn (benchmarks/make_report.py draws it from the "
+    logger.warning("matplotlib is not installed: %s not drawn (experiments/make_report.py draws it from the "
                    "JSON)", path)
     return False
   plot_fn(result, path)

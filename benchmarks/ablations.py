@@ -22,17 +22,17 @@ training returns; a rerun with the same command skips that model (and a killed r
 SIGTERM/SIGINT are passed to the running stage (training checkpoints and exits), then this script exits.
 
   # CPU side (TensorFlow): IDs (quick schedule, or copy paper-schedule IDs from a GPU run) and caches
-  python benchmarks/ablations.py --ablation=id_types --stages=ids,cache --work_dir=work/beauty_ablations \
+  python -m benchmarks.ablations --ablation=id_types --stages=ids,cache --work_dir=work/beauty_ablations \
       --embeddings_dir=work/beauty
   # GPU side: train and evaluate; rerun until done (each call resumes)
-  python benchmarks/ablations.py --ablation=id_types --stages=train,eval --work_dir=work/beauty_ablations
+  python -m benchmarks.ablations --ablation=id_types --stages=train,eval --work_dir=work/beauty_ablations
 
-The same table from jobs that benchmarks/gpu_jobs.py ran side by side (one job per setting; the plan must give
+The same table from jobs that experiments/run_plan.py ran side by side (one job per setting; the plan must give
 them the settings' IDs, layers and tasks): --gpu_results names a collected results directory (repeated for jobs of
 several calls) and --gpu_job maps each setting key to its job, e.g.
-  python benchmarks/ablations.py --ablation=layers \
-      --gpu_results=benchmarks/results/gpu_jobs_h200_beauty_base_layers3 \
-      --gpu_results=benchmarks/results/gpu_jobs_h200_ablations_ids_user_layers5 \
+  python -m benchmarks.ablations --ablation=layers \
+      --gpu_results=experiments/results/gpu_jobs_h200_beauty_base_layers3 \
+      --gpu_results=experiments/results/gpu_jobs_h200_ablations_ids_user_layers5 \
       --gpu_job=3=beauty_layers3_20k --gpu_job=4=beauty_paper_20k --gpu_job=5=beauty_layers5_20k \
       --name=ablation_layers_beauty_h200
 """
@@ -51,17 +51,15 @@ import sys
 import time
 from typing import Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import _common  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
 log = logging.getLogger("ablations")
 STAGES = ("ids", "cache", "train", "eval")
 ABLATIONS = ("id_types", "layers", "user_token", "combined_catalogue")
 EXPERIMENT = {"id_types": "ablation_id_types", "layers": "ablation_layers", "user_token": "ablation_user_token",
-              "combined_catalogue": "combined_catalogue"}  # benchmarks/make_report.py's ABLATIONS keys
+              "combined_catalogue": "combined_catalogue"}  # experiments/make_report.py's ABLATIONS keys
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 ID_GIN = {"random": "gin/rqvae/random.gin", "lsh": "gin/rqvae/lsh.gin"}  # rqvae, combined: --rqvae_gin
 TRAIN_MARKER = "ablation_train.json"
@@ -126,10 +124,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--eval_bindings", action="append", default=[], help="Extra eval bindings only.")
   p.add_argument("--layers", default="3,4,5", help="layers: encoder (= decoder) layer counts.")
   p.add_argument("--base_layers", type=int, default=4, help="Layers of every other setting (paper: 4).")
-  p.add_argument("--out_dir", default="benchmarks/results")
+  p.add_argument("--out_dir", default="experiments/results")
   p.add_argument("--name", default=None, help="Result file name (default ablation_<ablation>_<dataset>).")
   p.add_argument("--force", action="store_true", help="Redo the ids/cache stages even if current.")
-  p.add_argument("--gpu_results", action="append", default=[], help="A benchmarks/gpu_jobs.py results "
+  p.add_argument("--gpu_results", action="append", default=[], help="A experiments/run_plan.py results "
                  "directory: build the table from its jobs (--gpu_job) instead of running stages. Repeat it for "
                  "jobs of several device calls: each job is read from the first directory that has it.")
   p.add_argument("--gpu_job", action="append", default=[], help="KEY=JOB: setting KEY's numbers are job JOB's.")
@@ -332,7 +330,7 @@ def collect(args, settings: list[Setting]) -> dict:
 
 
 def collect_gpu_jobs(args, settings: list[Setting]) -> dict:
-  """The table from benchmarks/gpu_jobs.py results: JOB_eval_test_metrics.json and JOB_metrics.jsonl per row.
+  """The table from experiments/run_plan.py results: JOB_eval_test_metrics.json and JOB_metrics.jsonl per row.
 
   A row's job may come from any of the --gpu_results directories (device calls), each with its own revision."""
   unknown = set(args.gpu_job) - {s.key for s in settings}
@@ -342,7 +340,7 @@ def collect_gpu_jobs(args, settings: list[Setting]) -> dict:
   for results_dir in args.gpu_results:
     with open(os.path.join(results_dir, "status.json")) as f:
       status = json.load(f)
-    runs[results_dir] = {"card": _common.gpu_jobs_card(status), "revision": status["revision"]}
+    runs[results_dir] = {"card": _common.plan_results_card(status), "revision": status["revision"]}
   rows, missing = [], []
   for s in settings:
     job = args.gpu_job.get(s.key)

@@ -3,9 +3,9 @@ r"""Baselines beside TIGER: most-popular and SASRec on one category, scored by t
 Needs numpy, jax, flax, optax, orbax and gin-config only (no TensorFlow, seqio or torch), so it runs on the
 GPU machine:
 
-  PYTHONPATH=. python benchmarks/baselines.py --data_dir=data/beauty --out_dir="$OUT" \
+  python -m benchmarks.baselines --data_dir=data/beauty --out_dir=out \
       --gin_file=gin/baselines/sasrec_beauty.gin
-  PYTHONPATH=. python benchmarks/baselines.py --data_dir=/path/to/sports --out_dir="$OUT" \
+  python -m benchmarks.baselines --data_dir=/path/to/sports --out_dir=out \
       --gin_file=gin/baselines/sasrec_sports.gin
 
 t5x's gin flags pass through (`--gin.NUM_EPOCHS=100`, `--gin_bindings=...`). SASRec trains in
@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 

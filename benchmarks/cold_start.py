@@ -13,10 +13,10 @@ embeddings.npy + embeddings.json of the dataset (python -m tiger_jax.embed), or 
 them and they are copied.
 
   # CPU side (TensorFlow): split, and after the IDs exist, the cache
-  python benchmarks/cold_start.py --stages=split,ids,cache --work_dir=work/beauty_coldstart \
+  python -m benchmarks.cold_start --stages=split,ids,cache --work_dir=work/beauty_coldstart \
       --embeddings_dir=work/beauty --rqvae_gin=gin/rqvae/paper.gin
   # GPU side: train and evaluate
-  python benchmarks/cold_start.py --stages=train,eval --work_dir=work/beauty_coldstart \
+  python -m benchmarks.cold_start --stages=train,eval --work_dir=work/beauty_coldstart \
       --gin_file=gin/beauty_coldstart.gin --name=cold_start_beauty_h100
 """
 from __future__ import annotations
@@ -30,12 +30,10 @@ import sys
 import time
 from typing import Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from tiger_jax import cold_start  # noqa: E402
 from tiger_jax.data import cold_start as split_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402
@@ -85,7 +83,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--rounding", default="floor", choices=cold_start.ROUNDINGS)
   p.add_argument("--prefix_levels", type=int, default=cold_start.PREFIX_LEVELS,
                  help="Codes an unseen item must share with a beam to become a candidate (paper: 3).")
-  p.add_argument("--out_dir", default="benchmarks/results")
+  p.add_argument("--out_dir", default="experiments/results")
   p.add_argument("--name", default="cold_start_beauty")
   p.add_argument("--force", action="store_true", help="Redo the split/ids/cache stages even if current.")
   args = p.parse_args(argv)

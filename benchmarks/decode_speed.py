@@ -4,8 +4,8 @@ Paper-sized T5 with random weights (speed does not depend on them), random user 
 `--input_length` tokens and `--num_items` random unique Semantic IDs (Beauty's sizes by default).
 Needs only jax, flax and numpy (no gin, TensorFlow or seqio), so it runs on the GPU box:
 
-  PYTHONPATH=. python benchmarks/decode_speed.py --out_dir "$OUT"
-  PYTHONPATH=. python benchmarks/decode_speed.py --out_dir /tmp/d --num_users 256 --batch_size 64
+  python -m benchmarks.decode_speed --out_dir=out
+  python -m benchmarks.decode_speed --out_dir /tmp/d --num_users 256 --batch_size 64
 
 Each mode jits one `predict` (encode once per user, project the cross-attention keys/values once
 per user, beam search over the self-attention KV cache) for a fixed batch (the last batch is
@@ -27,7 +27,6 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax  # noqa: E402
 import jax  # noqa: E402

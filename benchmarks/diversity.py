@@ -6,7 +6,7 @@ distinct items among the K draws, and Recall@10 of 10 draws; beam search as the 
 the most frequent target categories, the categories their 10 predictions fall in at T = 1 and T = 2
 (Table 4's view). Definitions: tiger_jax/diversity.py.
 
-  python benchmarks/diversity.py --model_dir=work/beauty/model --cache_dir=work/beauty/cache \
+  python -m benchmarks.diversity --model_dir=work/beauty/model --cache_dir=work/beauty/cache \
       --task=tiger_beauty --data_dir=data/beauty --name=diversity_beauty_h100
 
 Needs jax, flax, gin and the task cache (no TensorFlow); writes OUT_DIR/NAME.{json,md,png}.
@@ -20,12 +20,10 @@ import sys
 import time
 from typing import Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from tiger_jax import diversity  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
@@ -61,7 +59,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--length_buckets", default="17,33,49,81",
                  help="Encoder lengths decoding batches are trimmed to (one compile each); '' = full width.")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out_dir", default="benchmarks/results")
+  p.add_argument("--out_dir", default="experiments/results")
   p.add_argument("--name", default="diversity_beauty")
   return p.parse_args(argv)
 

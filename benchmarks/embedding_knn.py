@@ -6,9 +6,9 @@ for every validation and test user it ranks the catalogue by cosine similarity t
 item (the Semantic_KNN baseline of the paper's cold-start section, `tiger_jax.cold_start.knn_candidates`)
 and reports Recall/NDCG@5/10 with the project's metrics code. Runs on the CPU in seconds:
 
-  PYTHONPATH=. python benchmarks/embedding_knn.py --data_dir data/beauty \
+  python -m benchmarks.embedding_knn --data_dir data/beauty \
       --embeddings MiniLM-L6=work/beauty --embeddings mpnet-base=work/beauty_mpnet \
-      --out benchmarks/results/embedding_knn_beauty_cpu
+      --out experiments/results/embedding_knn_beauty_cpu
 
 Writes OUT.json and OUT.md.
 """
@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import _common  # noqa: E402
-from cold_start import load_embeddings_for  # noqa: E402
+from benchmarks import _common  # noqa: E402
+from benchmarks.cold_start import load_embeddings_for  # noqa: E402
 from tiger_jax import cold_start, metrics, utils  # noqa: E402
 from tiger_jax.data import load_dataset, splits  # noqa: E402
 

@@ -4,7 +4,7 @@ Runs the exact compiled loop of tiger_jax.train.StepRunner (resident data, K ste
 each variant and encoder length, times it, then traces one dispatch with jax.profiler and sums the
 device kernels by name. Needs jax, flax, optax, numpy and gin-config only (runs on the GPU box):
 
-  PYTHONPATH=. python benchmarks/profile_step.py --out_dir "$OUT" \
+  python -m benchmarks.profile_step --out_dir=out \
       --variants bf16,bf16_onehot,bf16_onehot_rbg --lengths 81,17
 
 Prints, per variant and length: ms/step, device-busy ms/step (the rest is launch gaps and host
@@ -19,18 +19,15 @@ import glob
 import gzip
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _common  # noqa: E402  (benchmarks/_common.py: command, date, revision, card)
-import train_speed  # noqa: E402  (benchmarks/train_speed.py: data and model builders)
+from benchmarks import _common  # noqa: E402  (benchmarks/_common.py: command, date, revision, card)
+from benchmarks import train_speed  # noqa: E402  (benchmarks/train_speed.py: data and model builders)
 from tiger_jax import partitioning  # noqa: E402
 from tiger_jax import train as train_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402

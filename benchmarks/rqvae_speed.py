@@ -2,9 +2,9 @@
 
 Needs only jax, flax, optax and numpy (no gin, TensorFlow or seqio), so it runs on the GPU box:
 
-  PYTHONPATH=. python benchmarks/rqvae_speed.py \
+  python -m benchmarks.rqvae_speed \
       --embeddings .cache/dev/beauty_embeddings.npy --asins .cache/dev/beauty_asins.txt \
-      --out_dir "$OUT" --variant paper --variant paper_noreset:dead_code_reset_every=0
+      --out_dir=out --variant paper --variant paper_noreset:dead_code_reset_every=0
 
 Each `--variant NAME[:key=value,...]` trains once with RQVAEConfig overrides (on top of
 `--set` overrides shared by all variants) and writes NAME.json (timings, stats, usage during
@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -9,9 +9,9 @@ It reports examples/s, scaling efficiency against the 1-device run of the same m
 after the same number of examples; strong-scaling runs must match the 1-device loss (same global batches,
 threefry dropout masks that do not depend on the sharding). Needs jax, flax, optax, orbax, numpy, gin:
 
-  PYTHONPATH=. python benchmarks/scaling.py --out_dir "$OUT" --device_counts 1,2,4,8 --steps 3000
+  python -m benchmarks.scaling --out_dir=out --device_counts 1,2,4,8 --steps 3000
   # a CPU check of the plumbing:
-  XLA_FLAGS=--xla_force_host_platform_device_count=4 PYTHONPATH=. python benchmarks/scaling.py \
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m benchmarks.scaling \
       --out_dir /tmp/scaling --device_counts 1,2,4 --steps 8 --steps_per_dispatch 4 --dtype float32
 
 Without --cache_dir the Beauty examples are built in memory from data/beauty with random Semantic IDs
@@ -23,16 +23,13 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-import _common  # noqa: E402  (benchmarks/_common.py: command, date, revision, card)
-import train_speed  # noqa: E402  (benchmarks/train_speed.py: in-memory data and model builders)
+from benchmarks import _common  # noqa: E402  (benchmarks/_common.py: command, date, revision, card)
+from benchmarks import train_speed  # noqa: E402  (benchmarks/train_speed.py: in-memory data and model builders)
 from tiger_jax import partitioning  # noqa: E402
 from tiger_jax import train as train_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402

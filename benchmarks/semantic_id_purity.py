@@ -4,9 +4,9 @@ For RQ-VAE, LSH and random Semantic IDs of the same items: per first code, its m
 second-level category (Beauty paths look like ["Beauty", "Makeup", "Nails", ...]; index 1)
 and that category's share; "first-code purity" is the item-weighted mean share.
 
-  python benchmarks/semantic_id_purity.py --rqvae WORK_DIR/semantic_ids.npz \
+  python -m benchmarks.semantic_id_purity --rqvae WORK_DIR/semantic_ids.npz \
       --embeddings WORK_DIR/embeddings.npy --asins WORK_DIR/asins.txt \
-      --items data/beauty/items.jsonl.gz --out_dir benchmarks/results --name semantic_id_purity
+      --items data/beauty/items.jsonl.gz --out_dir experiments/results --name semantic_id_purity
 
 Without --rqvae it trains the RQ-VAE here with the quick schedule (--epochs). LSH and random
 IDs are built on the fly with --seed. Writes NAME.json, NAME.png and NAME.md.
@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
@@ -123,7 +122,7 @@ def main() -> None:
   p.add_argument("--rqvae", default=None, help="semantic_ids.npz from the RQ-VAE stage")
   p.add_argument("--epochs", type=int, default=100, help="RQ-VAE epochs when training here")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out_dir", default="benchmarks/results")
+  p.add_argument("--out_dir", default="experiments/results")
   p.add_argument("--name", default="semantic_id_purity")
   args = p.parse_args()
 

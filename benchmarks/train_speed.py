@@ -2,7 +2,7 @@
 
 Needs jax, flax, optax, orbax, numpy and gin-config only (no TensorFlow/seqio), so it runs on the GPU box:
 
-  PYTHONPATH=. python benchmarks/train_speed.py --out_dir="$OUT" [--cache_dir=work/beauty/cache] \
+  python -m benchmarks.train_speed --out_dir=out [--cache_dir=work/beauty/cache] \
       [--steps=2000] [--configs=fp32,bf16,fp32_buckets,bf16_buckets] [--parts=micro,e2e]
 
 On an H100 each 100-step loop takes ~40 s to compile (three per bucketed config), so one 10-minute call
@@ -30,11 +30,9 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

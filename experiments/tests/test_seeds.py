@@ -1,14 +1,12 @@
-"""benchmarks/seeds.py: mean and standard error over seeds, checked against hand-computed values."""
+"""experiments/seeds.py: mean and standard error over seeds, checked against hand-computed values."""
 import json
 import math
 import os
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import seeds  # pylint: disable=wrong-import-position
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import seeds  # pylint: disable=wrong-import-position
 
 
 def test_mean_and_standard_error_by_hand():

@@ -1,28 +1,22 @@
-"""Several TIGER trainings side by side on one GPU host, each then evaluated on test (the lent device).
+"""Runs a plan of TIGER jobs on one GPU host, each with a share of the GPU's memory, and packs their results.
 
-A device command may run 10 minutes. The runner is started detached and `--collect` waits for it, then packs
-its small results into $OUT. A detached runner outlives its command while the machine stays warm, so a later
-call could collect it; but a machine idle for 30 s is handed back with the runner on it (this lost a whole
-plan once), so plan what must survive to fit one call, or ship models (`--ship_models`) at each collect.
+The plan (JSON) names datasets and jobs. A dataset's embeddings become Semantic IDs (`rqvae_gin`, default the
+paper's schedule; `rqvae_bindings` for more bindings) and its task caches (numpy backend, so the host needs
+no TensorFlow), unless its work dir already holds them. `cold_start_split` (a cold_start_split.json) fits the
+RQ-VAE on the seen items and leaves the unseen ones out of the training tasks, `embeddings_from` copies the
+embeddings from another dataset's work dir first, and `collaborative` ({"text_dir": ..., "bindings": [...]})
+fuses the text embeddings there with co-occurrence vectors (tiger_jax.collaborative) first. The IDs are copied
+into the results. A job is an experiment gin file plus bindings; it trains, then tests the checkpoint named by
+`eval_checkpoint` ('best' on validation, or 'latest'), then runs its `post` commands (argv lists; {model_dir},
+{cache_dir}, {work_dir}, {data_dir} and {results} are filled in), e.g. the cold-start or diversity evaluation.
+Jobs start in plan order, each once its dataset is ready, at most --concurrency at a time (a job still waiting
+for its dataset keeps a slot; later jobs may take the free ones), each process with --mem_fraction of the GPU.
 
-The plan (JSON) names datasets and jobs. A dataset's embeddings become paper-schedule RQ-VAE Semantic IDs
-(GPU) and its task caches (numpy backend; no TensorFlow on the device), unless its work dir already holds
-them; `rqvae_gin`/`rqvae_bindings` pick other IDs (random, LSH, a combined catalogue), `cold_start_split`
-(a cold_start_split.json) fits the RQ-VAE on the seen items and leaves the unseen ones out of the training
-tasks, `embeddings_from` copies the embeddings from another dataset's work dir first, and `collaborative`
-({"text_dir": ..., "bindings": [...]}) fuses the text embeddings there with co-occurrence vectors
-(tiger_jax.collaborative) into the work dir first. The IDs are copied
-into the results, so a later call can carry them and skip the stage. A job is an experiment gin file plus
-bindings; it trains, then tests the checkpoint named by `eval_checkpoint` ('best' on validation, or
-'latest'), then runs its `post` commands (argv lists; {model_dir}, {cache_dir}, {work_dir}, {data_dir} and
-{results} are filled in), e.g. the cold-start or diversity evaluation. Jobs start in plan order, each once
-its dataset is ready, at most --concurrency at a time (a job still waiting for its dataset keeps a slot; later
-jobs may take the free ones), time-sharing the GPU (each process gets --mem_fraction of its memory).
+  setsid nohup python3 -m experiments.run_plan --plan=experiments/plans/h200_refit.json &
+  python3 -m experiments.run_plan --collect=RESULTS_DIR --wait=540 [--ship_models=beauty_refit] [--ship_cache]
 
-  setsid nohup python3 benchmarks/gpu_jobs.py --plan=benchmarks/gpu_plans/h200_refit.json &
-  python3 benchmarks/gpu_jobs.py --collect="$OUT" --wait=540 [--ship_models=beauty_refit] [--ship_cache]
-
-benchmarks/gpu_call.sh does both, after staging the carried files, in one device command.
+`--collect` waits for the runner, then packs its small results (and, on request, model directories and the
+XLA compilation cache, in 15 MiB chunks) into RESULTS_DIR.
 """
 from __future__ import annotations
 
@@ -38,7 +32,7 @@ import time
 from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROOT = "/tmp/gpu_jobs"
+ROOT = "/tmp/tiger_jobs"
 CHUNK_BYTES = 15 << 20
 RESULT_FILES = ("metrics.jsonl", "config.gin", "eval_test/metrics.json")
 
@@ -47,8 +41,7 @@ def next_actions(pending: list[dict], num_running: int, concurrency: int, datase
   """The pending jobs to start ("start") or drop ("skip") now; `dataset_state(name)` is ready, failed or waiting.
 
   Plan order is priority order: a job whose dataset is still being prepared holds a slot for itself, and a
-  later job takes only a slot left free (on 2026-11-29 two jobs on a ready dataset sat idle for 150 s behind
-  one whose Semantic IDs were being made, when the plan's three slots would have allowed them to run)."""
+  later job takes only a slot left free."""
   actions, held = [], num_running
   for spec in pending:
     if held >= concurrency:
@@ -70,7 +63,7 @@ class Runner:
     self.plan, self.root = plan, root
     self.results = os.path.join(root, "results")
     os.makedirs(self.results, exist_ok=True)
-    self.env = dict(os.environ, PYTHONPATH=f"/tmp/site:{REPO}", PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
+    self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
                     JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jaxcache"), TIGER_GIT_REVISION=revision,
                     XLA_PYTHON_CLIENT_MEM_FRACTION=str(mem_fraction))
     self.concurrency = concurrency
@@ -114,12 +107,12 @@ class Runner:
     ids = os.path.join(work, "semantic_ids.npz")
     if not os.path.exists(ids):
       self.note("datasets", name, stage="ids")
-      if spec.get("embeddings_from"):  # one carried copy serves every ID type of a catalogue
+      if spec.get("embeddings_from"):  # one copy of the embeddings serves every ID type of a catalogue
         os.makedirs(work, exist_ok=True)
         for f in ("embeddings.npy", "embeddings.json"):
           shutil.copyfile(os.path.join(spec["embeddings_from"], f), os.path.join(work, f))
       cf = spec.get("collaborative")
-      if cf is not None:  # fused text + co-occurrence embeddings, made here from the carried text ones
+      if cf is not None:  # fused text + co-occurrence embeddings, made from the text ones
         ok = self.sh([sys.executable, "-m", "tiger_jax.collaborative", f"--data_dir={spec['data_dir']}",
                       f"--text_dir={cf['text_dir']}", f"--work_dir={work}"]
                      + [f"--gin.{b}" for b in cf.get("bindings", [])], f"{name}_ids.log") == 0
@@ -199,7 +192,7 @@ class Runner:
 
 
 def _ship(src: str, arcname: str, out_base: str, root: str, tar_filter=None) -> None:
-  """A directory as a .tgz in OUT, in chunks OUT_BASE.00, .01, ... under the 16 MiB file limit of $OUT."""
+  """A directory as a .tgz in chunks OUT_BASE.00, .01, ... of at most CHUNK_BYTES each."""
   packed = os.path.join(root, os.path.basename(out_base))
   with tarfile.open(packed, "w:gz") as tar:
     tar.add(src, arcname=arcname, filter=tar_filter)
@@ -212,14 +205,14 @@ def _ship(src: str, arcname: str, out_base: str, root: str, tar_filter=None) -> 
 def collect(out: str, wait: float, ship_models: list[str], root: str, ship_cache: bool = False) -> None:
   """Waits up to `wait` s for the runner to finish, then packs results (and named models' dirs) into OUT.
 
-  `ship_cache` packs the persistent XLA compilation cache too, for a later call's ROOT/jaxcache: on the H200
-  the next call's training loops then compiled in 41-44 s instead of 115-130 s (README, GPU section)."""
+  `ship_cache` packs the persistent XLA compilation cache too, so that a later run on another host of the
+  same kind can start from it (unpack into ROOT/jaxcache)."""
   status_path = os.path.join(root, "results", "status.json")
   start = time.time()
   while time.time() < start + wait:
     if not os.path.exists(status_path):
       if time.time() > start + 60:
-        print(f"no runner: {status_path} is missing (a fresh machine? the runner lives only while it is warm)")
+        print(f"no runner: {status_path} is missing (was --plan started on this host with the same --root?)")
         break
     else:
       with open(status_path) as f:
@@ -232,8 +225,7 @@ def collect(out: str, wait: float, ship_models: list[str], root: str, ship_cache
   left_out = []
 
   def without_predictions(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
-    # Left out by name: a post eval's predictions.jsonl (35k users x 50 beams) once pushed results.tgz over the
-    # 16 MiB file limit of $OUT, and the whole call's results stayed behind; its metrics.json still travels.
+    # Predictions of post evals (35k users x 50 beams) are large; their metrics.json files are kept.
     if info.isfile() and os.path.basename(info.name) == "predictions.jsonl":
       left_out.append(info.name)
       return None
@@ -242,8 +234,8 @@ def collect(out: str, wait: float, ship_models: list[str], root: str, ship_cache
   with tarfile.open(os.path.join(out, "results.tgz"), "w:gz") as tar:
     tar.add(os.path.join(root, "results"), arcname="results", filter=without_predictions)
   if left_out:
-    print(f"left out of results.tgz (predictions, too large to travel): {', '.join(left_out)}")
-  for name in ship_models:  # the model dir, in chunks under the 16 MiB file limit of $OUT
+    print(f"left out of results.tgz (predictions): {', '.join(left_out)}")
+  for name in ship_models:  # the model dir, in chunks
     model_dir = os.path.join(root, "models", name)
     if not os.path.isdir(model_dir):
       print(f"--ship_models: {model_dir} does not exist; not shipped")
@@ -263,7 +255,7 @@ def main() -> None:
   parser.add_argument("--root", default=ROOT)
   parser.add_argument("--concurrency", type=int, default=4)
   parser.add_argument("--mem_fraction", type=float, default=0.18)
-  parser.add_argument("--revision", default="unknown", help="git revision (the device's .git may be stale)")
+  parser.add_argument("--revision", default="unknown", help="git revision of the code being run")
   parser.add_argument("--collect", help="pack the results into this directory instead of running")
   parser.add_argument("--wait", type=float, default=0.0, help="--collect: seconds to wait for the runner")
   parser.add_argument("--ship_models", default="", help="--collect: comma-separated job names")

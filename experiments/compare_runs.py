@@ -4,11 +4,11 @@ For each run (LABEL=MODEL_DIR) it reads what training and evaluation left in the
 metrics.jsonl (the validation curve, whose best NDCG@10 picks the checkpoint) and eval_test/metrics.json (that
 checkpoint on the test split). No number is typed by hand:
 
-  python benchmarks/compare_runs.py --title "Beauty: dropout" --card "NVIDIA H100 80GB HBM3" \
+  python -m experiments.compare_runs --title "Beauty: dropout" --card "NVIDIA H100 80GB HBM3" \
       --revision 6765e0b --run "dropout 0.0=work/beauty_d0" --run "dropout 0.1=work/beauty_paper/..." \
-      --out benchmarks/results/tuning_beauty_dropout_h100
+      --out experiments/results/tuning_beauty_dropout_h100
 
-A job of benchmarks/gpu_jobs.py counts as a run too: `--gpu_run LABEL=RESULTS_DIR/JOB` reads the
+A job of experiments/run_plan.py counts as a run too: `--gpu_run LABEL=RESULTS_DIR/JOB` reads the
 JOB_metrics.jsonl and JOB_eval_test_metrics.json that the runner copied into its results directory.
 
 Writes OUT.json and OUT.md: a table of each run's best checkpoint (validation and test metrics) and a table of
@@ -23,10 +23,8 @@ import os
 import sys
 from typing import Optional
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from table1_report import METRICS, validation_curve  # noqa: E402
+from experiments.table1_report import METRICS, validation_curve  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
 
@@ -54,7 +52,7 @@ def summarize(label: str, model_dir: str, files: Optional[tuple[str, str]] = Non
 
 
 def gpu_job_run(label: str, job_path: str) -> dict:
-  """RESULTS_DIR/JOB of benchmarks/gpu_jobs.py: its model directory stayed on the device machine."""
+  """RESULTS_DIR/JOB of experiments/run_plan.py: its model directory stayed on the device machine."""
   results, job = os.path.split(job_path.rstrip("/"))
   files = (os.path.join(results, f"{job}_metrics.jsonl"), os.path.join(results, f"{job}_eval_test_metrics.json"))
   if not os.path.exists(files[0]):

@@ -4,10 +4,10 @@ Issue 6 asks whether decoding explains a gap to the paper. Each --run is the eva
 the same checkpoint on the same split (`python -m tiger_jax.eval ... --gin.NUM_BEAMS=50`, `CONSTRAIN_IDS=False`,
 `EVAL_OUTPUT_DIR=...`); the first run is the reference the others are compared with:
 
-  python benchmarks/decoding_choices.py --title "Sports test, wide network, best validation checkpoint" \
+  python -m experiments.decoding_choices --title "Sports test, wide network, best validation checkpoint" \
       --run "constrained, 20 beams=work/sports_wide_h200/cpu/model/eval_test/metrics.json" \
       --run "unconstrained, 20 beams=work/sports_wide_h200/decode_unconstrained/metrics.json" \
-      --out benchmarks/results/decoding_sports_wide_cpu
+      --out experiments/results/decoding_sports_wide_cpu
 
 Writes OUT.json and OUT.md.
 """
@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import _common  # noqa: E402
-from seeds import load_runs  # noqa: E402
-from table1_report import METRICS  # noqa: E402
+from benchmarks import _common  # noqa: E402
+from experiments.seeds import load_runs  # noqa: E402
+from experiments.table1_report import METRICS  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
 
@@ -65,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument("--out", required=True, help="output path without extension")
   args = p.parse_args(argv)
   runs = load_runs(args.run)
-  command = sys.argv if argv is None else ["benchmarks/decoding_choices.py"] + list(argv)
+  command = sys.argv if argv is None else ["experiments/decoding_choices.py"] + list(argv)
   result = {"title": args.title, "note": args.note, "runs": runs, "change": compare(runs),
             "meta": _common.run_metadata(command)}
   utils.write_json(args.out + ".json", result)

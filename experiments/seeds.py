@@ -4,10 +4,10 @@ The paper reports TIGER's spread over seeds (its Table 9); a single run moves by
 seed (README, Table 1), so a claim "at or above the paper" rests on the mean and its standard error. Each
 --run is one seed's eval metrics.json (eval_test/metrics.json, or gpu_jobs' JOB_eval_test_metrics.json):
 
-  python benchmarks/seeds.py --dataset beauty --title "Beauty refit (gin/beauty_refit.gin), 20k steps" \
-      --run "seed 0=benchmarks/results/refit_beauty_h200/beauty_refit_20k_eval_test_metrics.json" \
-      --run "seed 1=benchmarks/results/gpu_jobs_h200_combined_refit_seeds/beauty_refit_seed1_eval_test_metrics.json" \
-      --out benchmarks/results/seeds_beauty_refit_h200
+  python -m experiments.seeds --dataset beauty --title "Beauty refit (gin/beauty_refit.gin), 20k steps" \
+      --run "seed 0=experiments/results/refit_beauty_h200/beauty_refit_20k_eval_test_metrics.json" \
+      --run "seed 1=experiments/results/gpu_jobs_h200_combined_refit_seeds/beauty_refit_seed1_eval_test_metrics.json" \
+      --out experiments/results/seeds_beauty_refit_h200
 
 Writes OUT.json and OUT.md. The standard error is the sample standard deviation (n - 1) over sqrt(n).
 """
@@ -20,11 +20,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import _common  # noqa: E402
-from table1_report import METRICS, PAPER, PAPER_SEEDS  # noqa: E402
+from benchmarks import _common  # noqa: E402
+from experiments.table1_report import METRICS, PAPER, PAPER_SEEDS  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
 
@@ -99,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument("--out", required=True, help="Output path without extension.")
   args = p.parse_args(argv)
   runs = load_runs(args.run)
-  command = sys.argv if argv is None else ["benchmarks/seeds.py"] + list(argv)
+  command = sys.argv if argv is None else ["experiments/seeds.py"] + list(argv)
   result = {"title": args.title, "dataset": args.dataset, "runs": runs, "stats": summarize(runs, args.dataset),
             "note": args.note, "meta": _common.run_metadata(command)}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

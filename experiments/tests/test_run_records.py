@@ -2,22 +2,20 @@
 import gzip
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import compare_runs  # noqa: E402
-import decoding_choices  # noqa: E402
-import embedding_knn  # noqa: E402
-import semantic_id_purity  # noqa: E402
-import sports_style_text  # noqa: E402
-import table1_report  # noqa: E402
-import target_frequency  # noqa: E402
-from tiger_jax.data import splits  # noqa: E402
+from benchmarks import embedding_knn
+from benchmarks import semantic_id_purity
+from experiments import compare_runs
+from experiments import decoding_choices
+from experiments import sports_style_text
+from experiments import table1_report
+from experiments import target_frequency
+from tiger_jax.data import splits
 
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 

@@ -5,9 +5,9 @@ ranking only 5%. This script measures the two halves of that: how often the vali
 as targets in the training split, and Recall@K of stored predictions (eval's predictions.jsonl) per bucket of
 that count:
 
-  PYTHONPATH=. python benchmarks/target_frequency.py --data_dir data/beauty \
+  python -m experiments.target_frequency --data_dir data/beauty \
       --predictions TIGER=work/beauty_paper/model_final/model_beauty/eval_test/predictions.jsonl \
-      --out benchmarks/results/target_frequency_beauty
+      --out experiments/results/target_frequency_beauty
 
 Writes OUT.json and OUT.md.
 """
@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import _common  # noqa: E402
+from benchmarks import _common  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 from tiger_jax.data import load_dataset, splits  # noqa: E402
 

@@ -1,12 +1,11 @@
-"""The issue-7 experiments end to end at CPU size: cold start (all five stages), diversity, and the report.
+"""The paper's Sec. 4.3 experiments end to end at CPU size: cold start (all five stages), diversity, and the report.
 
 One tiny dataset (60 items in 3 categories, 80 users), clustered embeddings written by the test, an RQ-VAE of
 32 codes per level, a 1+1-layer T5 trained for 24 steps; then benchmarks/diversity.py on that model and
-benchmarks/make_report.py over the produced files.
+experiments/make_report.py over the produced files.
 """
 import json
 import os
-import sys
 import textwrap
 
 import numpy as np
@@ -15,12 +14,11 @@ import pytest
 pytest.importorskip("seqio")
 pytest.importorskip("matplotlib")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import cold_start as cold_start_script  # noqa: E402
-import diversity as diversity_script  # noqa: E402
-import make_report  # noqa: E402
+from benchmarks import cold_start as cold_start_script  # noqa: E402
+from benchmarks import diversity as diversity_script  # noqa: E402
+from experiments import make_report  # noqa: E402
 from conftest import TINY_RQVAE_GIN, write_category_walk_dataset, write_clustered_embeddings  # noqa: E402
 from tiger_jax.data import cold_start as split_lib  # noqa: E402
 from tiger_jax.data import load_dataset  # noqa: E402
@@ -106,7 +104,7 @@ def test_cold_start_run_writes_figure5_tables_without_leaking_unseen_items(exper
     assert res["recall_vs_epsilon"][method]["unseen_targets"]["0"] == 0.0
   # epsilon = 0.1 rounds down to no unseen item below K = 10 (floor), so TIGER cannot hit unseen targets there.
   assert res["recall_at_k"]["TIGER"]["unseen_targets"]["9"] == 0.0
-  assert saved["meta"]["git_revision"] and saved["meta"]["command"].startswith("python benchmarks/cold_start.py")
+  assert saved["meta"]["git_revision"] and saved["meta"]["command"].startswith("python -m benchmarks.cold_start")
   assert set(saved["meta"]["stage_seconds"]) == {"split", "ids", "cache", "train", "eval"}
   assert result["diagnostics"]["unseen_items"] == len(unseen)
 

@@ -1,4 +1,4 @@
-"""benchmarks/refit_report.py from a hand-made gpu_jobs results directory: the numbers it reports are the files'."""
+"""experiments/refit_report.py from a hand-made run_plan results directory: the numbers it reports are the files'."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_processed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
@@ -42,7 +42,7 @@ def setup(tmp_path):
 
 def _report(setup, *extra):
   out = setup["tmp"] / "report"
-  subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "refit_report.py"), f"--gpu_dir={setup['gpu']}",
+  subprocess.run([sys.executable, "-m", "experiments.refit_report", f"--gpu_dir={setup['gpu']}",
                   "--dataset=beauty", f"--data_dir={setup['data_dir']}", "--refit_job=refit", "--plan=plan.json",
                   f"--out={out}", *extra], cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
   return json.load(open(f"{out}.json")), open(f"{out}.md").read()

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_jobs.py on the CPU: a tiny plan runs IDs, cache, two jobs side by side, and is collected."""
+"""experiments/run_plan.py on the CPU: a tiny plan runs IDs, cache, two jobs side by side, and is collected."""
 import json
 import os
 import subprocess
@@ -11,9 +11,9 @@ import pytest
 
 from conftest import write_clustered_embeddings, write_processed
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import gpu_jobs  # pylint: disable=wrong-import-position
+from experiments import run_plan
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = dict(emb_dim=32, num_heads=2, num_encoder_layers=1, num_decoder_layers=1, head_dim=16, mlp_dim=64)
 
 
@@ -68,14 +68,13 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
   plan_path.write_text(json.dumps(plan))
   root, out = tmp_path / "root", tmp_path / "out"
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  script = os.path.join(REPO, "benchmarks", "gpu_jobs.py")
-  subprocess.run([sys.executable, script, f"--plan={plan_path}", f"--root={root}", "--concurrency=2",
+  subprocess.run([sys.executable, "-m", "experiments.run_plan", f"--plan={plan_path}", f"--root={root}", "--concurrency=2",
                   "--revision=abc1234"], cwd=REPO, env=env, check=True, timeout=900)
   decoded = root / "results" / "beams50_test"  # what a post eval writes under {results}
   decoded.mkdir()
   (decoded / "metrics.json").write_text("{}")
   (decoded / "predictions.jsonl").write_text("{}\n")
-  collected = subprocess.run([sys.executable, script, f"--collect={out}", f"--root={root}", "--ship_models=refit",
+  collected = subprocess.run([sys.executable, "-m", "experiments.run_plan", f"--collect={out}", f"--root={root}", "--ship_models=refit",
                               "--ship_cache"],
                              cwd=REPO, env=env, check=True, capture_output=True, text=True, timeout=120)
 
@@ -121,7 +120,7 @@ def test_jobs_start_in_plan_order_and_a_waiting_job_keeps_its_slot():
   states = {"slow": "waiting", "fast": "ready", "broken": "failed"}.get
 
   def plan(num_running, concurrency):
-    return [(a, s["name"]) for a, s in gpu_jobs.next_actions(jobs, num_running, concurrency, states)]
+    return [(a, s["name"]) for a, s in run_plan.next_actions(jobs, num_running, concurrency, states)]
 
   # Three slots: j0 waits for its IDs and holds one, j1 and j2 take the other two; j3, j4 wait their turn.
   assert plan(0, 3) == [("start", "j1"), ("start", "j2")]
@@ -131,49 +130,3 @@ def test_jobs_start_in_plan_order_and_a_waiting_job_keeps_its_slot():
   # One slot: the first job in the plan keeps it even while it waits (plan order is priority order).
   assert plan(0, 1) == []
   assert plan(2, 2) == []
-
-
-@pytest.mark.parametrize("plan_name", sorted(os.listdir(os.path.join(REPO, "benchmarks", "gpu_plans"))))
-def test_stored_plans_name_defined_datasets_and_existing_files(plan_name):
-  """A plan is spent in one device call: a typo found there costs the call, so check what can be checked here."""
-  with open(os.path.join(REPO, "benchmarks", "gpu_plans", plan_name)) as f:
-    plan = json.load(f)
-  names = [j["name"] for j in plan["jobs"]]
-  assert len(names) == len(set(names)), "job names must be unique (they name the result files)"
-  for job in plan["jobs"]:
-    assert job["dataset"] in plan["datasets"]
-    assert os.path.exists(os.path.join(REPO, job["gin_file"])), job["gin_file"]
-    assert job.get("eval_checkpoint", "best") in ("best", "latest")
-    for argv in job.get("post", []):  # a script, or `-m module`
-      script = argv[1].replace(".", "/") + ".py" if argv[0] == "-m" else argv[0]
-      assert os.path.exists(os.path.join(REPO, script)), argv[:2]
-      gin_files = [a.split("=", 1)[1] for a in argv if a.startswith("--gin_file=")]
-      assert all(os.path.exists(os.path.join(REPO, g)) for g in gin_files), gin_files
-  for spec in plan["datasets"].values():
-    assert os.path.exists(os.path.join(REPO, spec.get("rqvae_gin", "gin/rqvae/paper.gin")))
-    assert spec["tasks"] and all(t.startswith("tiger_") for t in spec["tasks"])
-
-
-@pytest.mark.parametrize("plan_name", sorted(os.listdir(os.path.join(REPO, "benchmarks", "gpu_plans"))))
-def test_stored_plans_bindings_name_real_parameters_and_macros(plan_name):
-  """A misspelt binding would train the wrong experiment for a whole call: gin rejects an unknown
-  parameter when parsing, and a macro binding must name a macro the job's gin files define."""
-  import importlib.util  # noqa: F401  (gin 0.5 needs it imported first, see DESIGN.md)
-  import gin  # pylint: disable=g-import-not-at-top
-  from tiger_jax import gin_utils  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(REPO, "benchmarks", "gpu_plans", plan_name)) as f:
-    plan = json.load(f)
-  try:
-    for job in plan["jobs"]:
-      bindings = job.get("bindings", [])
-      gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [job["gin_file"]], ['MODEL_DIR = "/m"'])
-      for binding in bindings:
-        name = binding.split("=", 1)[0].strip()
-        if "." not in name and "/" not in name:
-          gin.query_parameter(f"%{name}")  # ValueError for a macro no gin file defines
-      gin.clear_config(clear_constants=True)
-      gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [job["gin_file"]],
-                                ['MODEL_DIR = "/m"'] + bindings)
-      gin.clear_config(clear_constants=True)
-  finally:
-    gin.clear_config(clear_constants=True)

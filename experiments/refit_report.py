@@ -1,13 +1,13 @@
-"""Refit on train + validation: TIGER runs from benchmarks/gpu_jobs.py beside the transition baseline.
+"""Refit on train + validation: TIGER runs from experiments/run_plan.py beside the transition baseline.
 
 The gain is measured on validation first without TIGER (the transition baseline counting each user's most
 recent training item or not: holdout 3 vs 2), then TIGER's paper configuration and its refit are compared
 on test at the same number of steps. Every number is read from stored results or computed here:
 
-  python benchmarks/refit_report.py --gpu_dir benchmarks/results/refit_beauty_h200 --dataset beauty \
+  python -m experiments.refit_report --gpu_dir experiments/results/refit_beauty_h200 --dataset beauty \
       --data_dir data/beauty --paper_job beauty_paper_20k --refit_job beauty_refit_20k \
-      --plan benchmarks/gpu_plans/h200_refit_beauty20k.json \
-      --out benchmarks/results/refit_beauty_h200 --transitions beauty=data/beauty \
+      --plan experiments/plans/h200_refit_beauty20k.json \
+      --out experiments/results/refit_beauty_h200 --transitions beauty=data/beauty \
       --transitions sports=../shared/data/amazon2014/sports
 
 Writes OUT.json and OUT.md (the GPU card and revision come from the runner's status.json).
@@ -18,13 +18,10 @@ import argparse
 import json
 import os
 import re
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import _common  # noqa: E402
-from table1_report import METRICS, PAPER  # noqa: E402
+from benchmarks import _common  # noqa: E402
+from experiments.table1_report import METRICS, PAPER  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 from tiger_jax.baselines import sequences  # noqa: E402
 from tiger_jax.baselines import transitions  # noqa: E402
@@ -67,7 +64,7 @@ def report(args, study: dict) -> dict:
     others[label] = {"file": path, "test": pick(_read_json(path))}
   return {
       "meta": _common.run_metadata(), "gpu_revision": status["revision"],
-      "card": _common.gpu_jobs_card(status) or "?",
+      "card": _common.plan_results_card(status) or "?",
       "dataset": args.dataset, "plan": args.plan,
       "semantic_ids_seconds": status["datasets"][args.dataset].get("prepare_s"),
       "paper_table1": PAPER[args.dataset], "tiger_paper_config": paper_cfg, "tiger_refit": refit,
@@ -133,7 +130,7 @@ def markdown(r: dict, args) -> str:
   lines += [""] + [f"- {label}: [{o['file']}]({os.path.relpath(o['file'], os.path.dirname(args.out))})"
                    for label, o in others.items()]
   lines += tail
-  lines += ["", f"Commands: the device call ran `python3 benchmarks/gpu_jobs.py --plan={r['plan']}` (then "
+  lines += ["", f"Commands: the device call ran `python -m experiments.run_plan --plan={r['plan']}` (then "
             "`--collect`; benchmarks/gpu_call.sh); this report: `" + r["meta"]["command"] + "`."]
   return "\n".join(lines) + "\n"
 

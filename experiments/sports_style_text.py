@@ -7,11 +7,11 @@ words) and brands. Rewriting Beauty's items into the Sports form and measuring t
 embeddings before and after (benchmarks/embedding_knn.py) isolates the cost of the text form from
 everything else that differs between the two catalogues:
 
-  python benchmarks/sports_style_text.py --data_dir data/beauty --out_dir work/beauty_sports_style
+  python -m experiments.sports_style_text --data_dir data/beauty --out_dir work/beauty_sports_style
   python -m tiger_jax.embed --data_dir=work/beauty_sports_style --work_dir=work/beauty_sports_style
-  PYTHONPATH=. python benchmarks/embedding_knn.py --data_dir data/beauty \
+  python -m benchmarks.embedding_knn --data_dir data/beauty \
       --embeddings "real titles=.devcarry/beauty" --embeddings "Sports-style text=work/beauty_sports_style" \
-      --out benchmarks/results/embedding_knn_beauty_sports_style_cpu
+      --out experiments/results/embedding_knn_beauty_sports_style_cpu
 
 The sequences are copied unchanged, so the two embeddings are evaluated on the same users and targets.
 """

@@ -1,18 +1,16 @@
 """benchmarks/ablations.py end to end at CPU size (ID types, user token, layers), and the combined-catalogue IDs.
 
 One tiny dataset (60 items in 3 categories, 200 users), clustered embeddings written by the test, an RQ-VAE of
-32 codes per level, 1- and 2-layer T5s trained for 12 steps each; then benchmarks/make_report.py over the results.
+32 codes per level, 1- and 2-layer T5s trained for 12 steps each; then experiments/make_report.py over the results.
 """
 import json
 import os
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from conftest import TINY_RQVAE_GIN, write_category_walk_dataset, write_clustered_embeddings  # noqa: E402
 from tiger_jax import rqvae  # noqa: E402
@@ -27,8 +25,8 @@ USER_TOKEN_MIN = 1026  # tiger_jax/vocab.py: user tokens are 1026 + bucket
 @pytest.fixture(scope="module")
 def ablations(tmp_path_factory):
   pytest.importorskip("seqio")
-  import ablations as script  # pylint: disable=g-import-not-at-top
-  import make_report  # pylint: disable=g-import-not-at-top
+  from benchmarks import ablations as script  # pylint: disable=g-import-not-at-top
+  from experiments import make_report  # pylint: disable=g-import-not-at-top
   tmp = tmp_path_factory.mktemp("ablations")
   rng = np.random.default_rng(0)
   data_dir, asins = write_category_walk_dataset(tmp / "data", rng, NUM_ITEMS, NUM_USERS, length_cycle=4,
@@ -124,7 +122,7 @@ def test_results_have_one_finite_row_per_setting_and_the_report_shows_them(ablat
     for row in saved["rows"]:
       assert all(0.0 <= row[k] <= 1.0 for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"))
       assert row["train_steps"] == 12 and 0 < row["best_step"] <= 12 and row["dataset"] == "Tiny"
-    assert saved["meta"]["command"].startswith("python benchmarks/ablations.py")
+    assert saved["meta"]["command"].startswith("python -m benchmarks.ablations")
   # The default setting (RQ-VAE IDs, base layers, user token) is one model shared by every table.
   models = sorted(p.name for p in (ablations["work"] / "models" / "tiny").iterdir())
   assert models == ["lsh_l1_user", "random_l1_user", "rqvae_l1_nouser", "rqvae_l1_user", "rqvae_l2_user"]
@@ -184,7 +182,7 @@ def test_nouser_tasks_are_registered_without_the_user_token():
 
 
 def test_combined_catalogue_settings_and_flags():
-  import ablations as script  # pylint: disable=g-import-not-at-top
+  from benchmarks import ablations as script  # pylint: disable=g-import-not-at-top
   with pytest.raises(SystemExit):
     script.parse_args(["--ablation=combined_catalogue", "--stages=ids"])  # no --extra_embeddings_dir
   args = script.parse_args(["--ablation=combined_catalogue", "--extra_embeddings_dir=work/sports"])
@@ -198,7 +196,7 @@ def test_combined_catalogue_settings_and_flags():
 
 def test_table_from_gpu_jobs_results_reads_each_settings_job(tmp_path):
   """--gpu_results: rows are the named jobs' test metrics and trained steps; the card is the device run's."""
-  import ablations as script  # pylint: disable=g-import-not-at-top
+  from benchmarks import ablations as script  # pylint: disable=g-import-not-at-top
 
   def device_call(name, revision, jobs):
     results = tmp_path / name

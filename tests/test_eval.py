@@ -37,7 +37,6 @@ def trained(tmp_path_factory):
       from __gin__ import dynamic_registration
       from tiger_jax import network
       include 'gin/runs/train.gin'
-      include 'gin/runs/retrieval_validation.gin'
       include 'gin/models/tiger_t5.gin'
       MIXTURE_OR_TASK_NAME = '{TASK}'
       TASK_CACHE_DIR = '{cache_dir}'

@@ -1,10 +1,13 @@
 """t5x-style flags: the --gin. shorthand, file order, search paths, includes and distributed set-up."""
 import os
+import re
 
 import gin
 import pytest
 
 from tiger_jax import gin_utils
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -84,9 +87,9 @@ def test_missing_file_names_search_paths(tmp_path):
 
 def test_repo_run_file_parses():
   """gin/runs/train.gin resolves from any directory and declares t5x's macros."""
-  gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, ["gin/runs/train.gin"],
-                            ["MODEL = None", "MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 't'",
-                             "TRAIN_STEPS = 1"], finalize_config=False)
+  gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, ["gin/runs/train.gin", "gin/models/tiger_t5.gin"],
+                            ["MODEL_DIR = '/tmp/x'", "MIXTURE_OR_TASK_NAME = 't'", "TRAIN_STEPS = 1"],
+                            finalize_config=False)
   text = gin.config_str()
   for macro in ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS", "BATCH_SIZE",
                 "USE_CACHED_TASKS", "EVAL_PERIOD", "RANDOM_SEED", "DROPOUT_RATE"):
@@ -125,19 +128,15 @@ def test_experiment_files_parse_for_training_and_for_data_stages(name, steps):
   assert gin.query_parameter("%BATCH_SIZE") == (64 if name == "beauty_quick" else 256)
   from tiger_jax import train  # pylint: disable=g-import-not-at-top
   assert gin.get_configurable(train.train) is not None
+  assert gin.query_parameter("make_semantic_ids.collaborative") is False  # the paper's text IDs
   gin.clear_config(clear_constants=True)
   # Data stages (embed, semantic ids) read the same file but must not trip over the trainer's bindings.
   flags = gin_utils.parse_stage_flags([f"--gin_file=gin/{name}.gin", "--data_dir=d", "--work_dir=w"], "stage")
   assert flags.data_dir == "d" and gin.query_parameter("%TRAIN_STEPS") == steps
 
 
-@pytest.mark.parametrize("name,steps,width,smoothing,ema", [("beauty_refit", 20000, (128, 1024), 0.0, None),
-                                                            ("sports_refit", 30000, (128, 1024), 0.0, None),
-                                                            ("sports_tuned", 20000, (256, 2048), 0.0, None),
-                                                            ("sports_cf_tuned", 10000, (256, 2048), 0.0, None),
-                                                            ("sports_cf_smoothed", 10000, (256, 2048), 0.2, None),
-                                                            ("sports_cf_ema", 10000, (256, 2048), 0.2, 0.999),
-                                                            ("beauty_cf_smoothed", 20000, (128, 1024), 0.2, None)])
+@pytest.mark.parametrize("name,steps,width,smoothing,ema", [("beauty_tuned", 20000, (128, 1024), 0.2, None),
+                                                            ("sports_tuned", 10000, (256, 2048), 0.2, 0.999)])
 def test_refit_files_train_on_train_and_validation_without_validation_metrics(name, steps, width, smoothing, ema):
   gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [f"gin/{name}.gin"], ['MODEL_DIR = "/tmp/m"'])
   assert gin.query_parameter("%TRAIN_STEPS") == steps
@@ -152,4 +151,59 @@ def test_refit_files_train_on_train_and_validation_without_validation_metrics(na
   assert gin.query_parameter("train_script.train.eval_metric_fns") == []
   assert gin.query_parameter("train_script.train.best_metric") is None
   assert gin.get_configurable(train.train) is not None
+  assert gin.query_parameter("make_semantic_ids.collaborative") is True
   gin.clear_config(clear_constants=True)
+
+
+EXPERIMENT_FILES = sorted(f[:-len(".gin")] for f in os.listdir(os.path.join(REPO, "gin")) if f.endswith(".gin"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
+def test_experiment_files_are_shallow_and_say_what_they_are(name):
+  """A header of three lines at most, no history, and includes of a run file, a model file and one other."""
+  with open(os.path.join(REPO, "gin", f"{name}.gin")) as f:
+    lines = f.read().splitlines()
+  header = []
+  for line in lines:
+    if not line.startswith("#"):
+      break
+    header.append(line)
+  assert 1 <= len(header) <= 3, header
+  assert not re.search(r"20\d\d-\d\d|H100|H200|plan|issue|gpu_jobs", "\n".join(lines), re.I)
+  includes = [re.match(r"include '(.*)'", line).group(1) for line in lines if line.startswith("include ")]
+  runs = [i for i in includes if i.startswith("gin/runs/")]
+  models = [i for i in includes if i.startswith("gin/models/")]
+  others = [i for i in includes if i not in runs + models]
+  assert len(runs) <= 1 and len(models) <= 1 and len(others) <= 1, includes
+  for other in others:  # the other file is an experiment or a Semantic-ID recipe, never a chain of them
+    assert other.startswith("gin/rqvae/") or other.count("/") == 1, other
+
+
+@pytest.mark.parametrize("binding,message", [
+    ("TRAIN_STEP = 5", "TRAIN_STEP (did you mean TRAIN_STEPS"),
+    ("RQVAEConfg.num_epochs = 5", "unknown configurable 'RQVAEConfg' (did you mean RQVAEConfig?)"),
+    ("RQVAEConfig.num_epoch = 5", "has no parameter 'num_epoch' (did you mean num_epochs?)"),
+    ("embed_item.model_name = 'x'", "unknown configurable 'embed_item' (did you mean embed_items?)"),
+    ("TRAIN_STEPS = abc", "--gin.TRAIN_STEPS=abc: 'abc' is not a gin value"),
+    ("MODEL_DIR = /tmp/x", "a string needs quotes, e.g. --gin.MODEL_DIR=\"'/tmp/x'\""),
+])
+def test_unknown_names_and_unreadable_values_are_errors_that_name_the_flag(binding, message):
+  with pytest.raises(gin_utils.GinConfigError, match=re.escape(message)):
+    gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, ["gin/beauty_quick.gin"],
+                              ['MODEL_DIR = "/tmp/m"', binding])
+
+
+def test_data_stage_rejects_a_misspelt_binding_with_one_line_and_exit_code_2(capsys):
+  with pytest.raises(SystemExit) as e:
+    gin_utils.parse_stage_flags(["--gin_file=gin/beauty_quick.gin", "--data_dir=d", "--work_dir=w",
+                                 "--gin.RQVAEConfg.num_epochs=5"], "stage")
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and "did you mean RQVAEConfig?" in err
+
+
+def test_a_macro_only_a_gin_file_sets_and_nothing_reads_is_an_error(tmp_path):
+  (tmp_path / "exp.gin").write_text("include 'gin/beauty_quick.gin'\nEVAL_PERIODS = 10\n")
+  with pytest.raises(gin_utils.GinConfigError, match="EVAL_PERIODS"):
+    gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [str(tmp_path / "exp.gin")],
+                              ['MODEL_DIR = "/tmp/m"'])

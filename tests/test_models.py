@@ -1,6 +1,6 @@
 """EncoderDecoderModel: loss by hand, scoring, Semantic-ID decoding, overfitting."""
 import functools
-import importlib.util  # noqa: F401  (gin 0.5 needs it imported first, see DESIGN.md)
+import importlib.util  # noqa: F401  (gin 0.5 needs it imported first)
 import itertools
 import pathlib
 

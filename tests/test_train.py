@@ -322,9 +322,13 @@ def _tiny_gin(tmp, cache_dir, steps=32, extra=""):
   with open(path, "w") as f:
     f.write(textwrap.dedent(f"""\
       from __gin__ import dynamic_registration
+      import tiger_jax.train as train_script
       from tiger_jax import network
       include 'gin/runs/train.gin'
       include 'gin/models/tiger_t5.gin'
+      train_script.train.eval_metric_fns = [@train_script.validation_loss]  # no beam search: fast
+      train_script.train.best_metric = 'validation/loss'
+      train_script.train.best_mode = 'min'
       MIXTURE_OR_TASK_NAME = '{TASK}'
       TASK_CACHE_DIR = '{cache_dir}'
       ACTIVATION_DTYPE = 'float32'
@@ -445,6 +449,19 @@ def test_initial_checkpoint_from_another_model_dir(cli):
   assert out.returncode == 0, out.stderr[-4000:]
   assert f"initialized the train state from {cli['model_dir']} at step 32" in out.stderr
   assert _final_params(model_dir)[1] == 36
+
+
+def test_initial_checkpoint_of_a_specific_step(cli):
+  """mode 'specific' (t5x's): the path names one step directory, and that step is restored, not the latest."""
+  specific = os.path.join(cli["model_dir"], "checkpoints", "24")
+  model_dir = os.path.join(cli["tmp"], "finetune_specific")
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir, "--gin.TRAIN_STEPS=28",
+                            f"--gin.INITIAL_CHECKPOINT_PATH='{specific}'",
+                            "--gin.utils.RestoreCheckpointConfig.mode='specific'"),
+                       cwd=REPO, env=cli["env"], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert f"initialized the train state from {specific} at step 24" in out.stderr
+  assert _final_params(model_dir)[1] == 28
 
 
 def test_sigterm_checkpoints_and_exits(cli):

@@ -53,6 +53,9 @@ class TrainCheckpointer:
   def latest_step(self) -> Optional[int]:
     return self.periodic.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return list(self.periodic.all_steps())
+
   def save(self, step: int, state: Any, meta: dict) -> None:
     """Queues an (async) save of the full train state at `step`."""
     if step in self.periodic.all_steps():

@@ -1,4 +1,4 @@
-r"""Stage 2b (optional): text embeddings fused with co-occurrence vectors, so IDs also group items bought together.
+r"""Collaborative embeddings: text embeddings fused with co-occurrence vectors, so IDs also group items bought together.
 
 TIGER's Semantic IDs come from item text alone, so two items that users buy one after the other share an ID
 prefix only if their descriptions are alike. Where text is poor (Amazon Sports: truncated titles, few
@@ -11,13 +11,14 @@ leaves the RQ-VAE and everything after it unchanged:
      sequence out: 2 keeps the validation and test targets unseen, so the IDs can be chosen on validation;
   2. positive pointwise mutual information of those counts, then a truncated SVD: item vector U * sqrt(S),
      scaled to unit length (items that co-occur with nothing, e.g. unseen ones, get zeros: text only);
-  3. fused row = [text embedding, weight * co-occurrence vector], written as embeddings.npy + embeddings.json
-     in `--work_dir`, where the Semantic-ID stage reads it as it reads text embeddings.
+  3. fused row = [text embedding, weight * co-occurrence vector].
 
-  python -m tiger_jax.collaborative --data_dir=data/beauty --text_dir=/tmp/tiger/beauty \
-      --work_dir=/tmp/tiger/beauty_cf [--gin.fuse_collaborative.weight=1.0]
-  python -m tiger_jax.semantic_ids --data_dir=data/beauty --work_dir=/tmp/tiger/beauty_cf \
-      --gin_file=gin/rqvae/paper.gin
+The Semantic-ID stage fuses them itself when its recipe says so (gin/rqvae/collaborative.gin:
+`make_semantic_ids.collaborative = True`). This module's entry point writes the fused embeddings to a work
+dir instead, for other uses (nearest-neighbour baselines, other ID methods):
+
+  python -m tiger_jax.collaborative --data_dir=data/beauty --text_dir=work/beauty/embeddings \
+      --work_dir=work/beauty/cf_embeddings [--gin.fuse_collaborative.weight=1.0]
 """
 from __future__ import annotations
 
@@ -79,14 +80,16 @@ def svd_vectors(matrix: sp.csr_matrix, dim: int) -> np.ndarray:
 
 
 @gin.configurable
-def fuse_collaborative(dataset: Dataset, text_dir: str, work_dir: str, holdout: int = 2, window: int = 3,
-                       decay: float = 0.5, dim: int = 64, weight: float = 1.0) -> tuple[np.ndarray, dict]:
-  """Writes `work_dir`/embeddings.{npy,json}: the text embeddings of `text_dir` beside weighted CF vectors.
+def fuse_collaborative(dataset: Dataset, text_dir: str, work_dir: Optional[str], holdout: int = 2,
+                       window: int = 3, decay: float = 0.5, dim: int = 64, weight: float = 1.0
+                       ) -> tuple[np.ndarray, dict]:
+  """The text embeddings of `text_dir` beside weighted co-occurrence vectors.
 
-  Returns (fused [items, d_text + dim] float32, the info written beside them)."""
+  Returns (fused [items, d_text + dim] float32, its info); with a `work_dir` both are also written there as
+  embeddings.{npy,json}. The Semantic-ID stage calls it without one (gin/rqvae/collaborative.gin)."""
   if weight < 0:
     raise ValueError(f"fuse_collaborative.weight must be >= 0, got {weight}")
-  if os.path.realpath(text_dir) == os.path.realpath(work_dir):
+  if work_dir is not None and os.path.realpath(text_dir) == os.path.realpath(work_dir):
     raise ValueError(f"fuse_collaborative: work_dir {work_dir} is text_dir; the fused embeddings would "
                      "overwrite the text ones")
   text, asins, text_info = embed.load_embeddings(text_dir)
@@ -105,9 +108,11 @@ def fuse_collaborative(dataset: Dataset, text_dir: str, work_dir: str, holdout: 
           "cooccurrence_pairs": int(counts.nnz),
           "items_without_cooccurrence": int((np.diff(counts.indptr) == 0).sum()),
           "seconds": round(time.time() - start, 2)}
-  embed.save_embeddings(work_dir, fused, info)
-  logger.info("fused %d items: text %d-d + co-occurrence %d-d (weight %g; %d items without co-occurrence) "
-              "-> %s", len(asins), text.shape[1], dim, weight, info["items_without_cooccurrence"], work_dir)
+  if work_dir is not None:
+    embed.save_embeddings(work_dir, fused, info)
+  logger.info("fused %d items: text %d-d + co-occurrence %d-d (weight %g; %d items without co-occurrence)%s",
+              len(asins), text.shape[1], dim, weight, info["items_without_cooccurrence"],
+              f" -> {work_dir}" if work_dir else "")
   return fused, info
 
 

@@ -110,7 +110,7 @@ def retrieval_metrics(raw_items: np.ndarray, target: np.ndarray, ks: Sequence[in
 
 def write_predictions(path: str, tables: CatalogTables, user_index: np.ndarray, target: np.ndarray,
                       raw_items: np.ndarray, scores: np.ndarray) -> None:
-  """predictions.jsonl in the format of DESIGN.md: the cleaned ranked list, best first, with scores."""
+  """predictions.jsonl in the format of docs/CONTRACTS.md: the cleaned ranked list, best first, with scores."""
   clean = metrics_lib.clean_ranked(raw_items)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

@@ -8,9 +8,13 @@ jax + gin-config.
 from __future__ import annotations
 
 import argparse
+import difflib
+import importlib
 import importlib.util  # noqa: F401  gin-config 0.5.0 uses importlib.util without importing it (Python 3.11).
+import inspect
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -113,20 +117,107 @@ def parse_flags(argv: Optional[Sequence[str]] = None,
   return flags
 
 
+# Library modules whose configurables the project's gin files bind. Every entry point imports them before
+# parsing, so any stage can parse any experiment file strictly: a binding for an unknown name is an error.
+CONFIGURABLE_MODULES = (
+    "tiger_jax.network", "tiger_jax.models", "tiger_jax.utils", "tiger_jax.partitioning", "tiger_jax.train",
+    "tiger_jax.eval", "tiger_jax.embed", "tiger_jax.collaborative", "tiger_jax.rqvae", "tiger_jax.semantic_ids",
+    "tiger_jax.baselines.sasrec",
+)
+
+
+class GinConfigError(ValueError):
+  """A gin file or binding the project cannot run: unknown name, unused macro, or a value gin cannot read."""
+
+
+def register_configurables() -> None:
+  for module in CONFIGURABLE_MODULES:
+    importlib.import_module(module)
+
+
 def parse_gin_flags(gin_search_paths: Sequence[str] = DEFAULT_GIN_SEARCH_PATHS,
                     gin_files: Sequence[str] = (),
                     gin_bindings: Sequence[str] = (),
-                    skip_unknown: bool = False,
                     finalize_config: bool = True) -> None:
-  """Parses gin files then bindings, resolving files and includes through the search paths."""
+  """Parses gin files then bindings strictly, resolving files and includes through the search paths.
+
+  Raises GinConfigError naming the file or flag for an unknown configurable or parameter (with the closest
+  known names), a binding value gin cannot read, or a macro that nothing uses (a misspelt `--gin.TRAIN_STEP`
+  would otherwise be ignored while the default runs). `finalize_config=False` is for the data stages, which
+  parse the experiment file without the trainer's required macros.
+  """
+  register_configurables()
   for path in gin_search_paths:
     if path and os.path.isdir(path):
       gin.add_config_file_search_path(os.path.abspath(path))
-  resolved = []
-  for name in gin_files:
-    resolved.append(_resolve_gin_file(name, gin_search_paths))
-  gin.parse_config_files_and_bindings(resolved, list(gin_bindings), finalize_config=finalize_config,
-                                      skip_unknown=skip_unknown)
+  resolved = [_resolve_gin_file(name, gin_search_paths) for name in gin_files]
+  for path in resolved:
+    try:
+      gin.parse_config_file(path)
+    except (ValueError, SyntaxError) as e:
+      raise GinConfigError(_explain(str(e), f"gin file {path}")) from e
+  for binding in gin_bindings:
+    try:
+      gin.parse_config(binding)
+    except (ValueError, SyntaxError) as e:
+      raise GinConfigError(_explain(str(e), f"binding {_as_flag(binding)}", binding)) from e
+  unused = unused_macros()
+  if unused:
+    defined = sorted(_defined_macros() - set(unused))
+    hints = "; ".join(f"{m}{_did_you_mean(m, defined)}" for m in unused)
+    raise GinConfigError(f"macro(s) set but used by no binding: {hints}. Known macros: {', '.join(defined)}")
+  if finalize_config:
+    gin.finalize()
+
+
+def _defined_macros() -> set:
+  return {scope for scope, selector in gin.config._CONFIG if selector == "gin.macro"}  # pylint: disable=protected-access
+
+
+def unused_macros() -> list[str]:
+  """Macros that some file or binding sets and that no binding (or other macro) reads."""
+  macro_fn = gin.config.get_configurable(gin.config.macro)
+  used = {ref.scopes[-1] for ref in gin.config.iterate_references(gin.config._CONFIG, to=macro_fn)  # pylint: disable=protected-access
+          if ref.scopes}
+  return sorted(_defined_macros() - used)
+
+
+def _as_flag(binding: str) -> str:
+  name, _, value = binding.partition("=")
+  return f"--gin.{name.strip()}={value.strip()}"
+
+
+def _did_you_mean(name: str, candidates: Sequence[str]) -> str:
+  close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+  return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _explain(message: str, where: str, binding: Optional[str] = None) -> str:
+  """gin's message with what it means for the user, and the closest known names where a name was wrong."""
+  first = message.strip().splitlines()[0] if message.strip() else message
+  unknown = re.search(r"No configurable matching '([^']+)'", message)
+  if unknown:
+    registered = [key[1] if isinstance(key, tuple) else str(key)
+                  for key, _ in gin.config._REGISTRY.items()]  # pylint: disable=protected-access
+    names = {n for r in registered for n in (r, r.split(".")[-1])}
+    return f"{where}: unknown configurable {unknown.group(1)!r}{_did_you_mean(unknown.group(1), sorted(names))}"
+  param = re.search(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
+  if param:
+    return f"{where}: {param.group(1)!r} has no parameter {param.group(2)!r}{_param_hint(param.group(1), param.group(2))}"
+  if binding is not None and ("parse" in message.lower() or "malformed" in message.lower()):
+    name, _, value = binding.partition("=")
+    return (f"{where}: {value.strip()!r} is not a gin value (a number, True/False/None, a quoted string, a list, "
+            f"a %MACRO or an @reference); a string needs quotes, e.g. --gin.{name.strip()}=\"'{value.strip()}'\"")
+  return f"{where}: {first}"
+
+
+def _param_hint(configurable: str, param: str) -> str:
+  try:
+    fn = gin.config._REGISTRY.get_match(configurable).wrapped  # pylint: disable=protected-access
+    names = list(inspect.signature(fn).parameters)
+  except Exception:  # pylint: disable=broad-except  (only a hint)
+    return ""
+  return _did_you_mean(param, names)
 
 
 def _resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
@@ -187,7 +278,7 @@ def run(main: Callable[[argparse.Namespace], Any], argv: Optional[Sequence[str]]
   flags = parse_flags(argv, extra_flags)
   setup_logging(flags.log_level)
   maybe_initialize_distributed(flags)
-  parse_gin_flags(flags.gin_search_paths, flags.gin_file, flags.gin_bindings)
+  parse_gin_or_exit(flags)
   return main(flags)
 
 
@@ -205,10 +296,10 @@ def bool_fn(var1: object) -> bool:
 def parse_stage_flags(argv: Optional[Sequence[str]], prog: str,
                       extra_flags: Optional[Callable[[argparse.ArgumentParser], Any]] = None
                       ) -> argparse.Namespace:
-  """Flags of a data stage (embed, rqvae, cache): t5x's gin flags plus --data_dir, --work_dir and `extra_flags`.
+  """Flags of a data stage (embed, Semantic IDs): t5x's gin flags plus --data_dir, --work_dir and `extra_flags`.
 
-  The experiment gin file is shared by every stage, so a stage skips bindings for configurables it does
-  not import (the trainer's, say) instead of failing on them.
+  The experiment gin file is shared by every stage and parsed strictly here too; it is not finalized, since
+  the trainer's required macros (MODEL_DIR) mean nothing to a data stage.
   """
   def extra(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_dir", required=True, help="Dataset directory (processed or raw Amazon 2014).")
@@ -217,9 +308,14 @@ def parse_stage_flags(argv: Optional[Sequence[str]], prog: str,
       extra_flags(parser)
   flags = parse_flags(argv, extra, prog=prog)
   setup_logging(flags.log_level)
-  # Not finalized: finalizing checks every reference and %gin.REQUIRED macro, the trainer's included, which a
-  # data stage neither needs nor always has (gin/beauty.gin's MODEL is bound by the model file through a
-  # configurable this stage never calls). Gin still checks a stage's own required arguments when called.
-  parse_gin_flags(flags.gin_search_paths, flags.gin_file, flags.gin_bindings, skip_unknown=True,
-                  finalize_config=False)
+  parse_gin_or_exit(flags, finalize_config=False)
   return flags
+
+
+def parse_gin_or_exit(flags: argparse.Namespace, finalize_config: bool = True) -> None:
+  """`parse_gin_flags` for an entry point: a configuration error ends it with one line and exit code 2."""
+  try:
+    parse_gin_flags(flags.gin_search_paths, flags.gin_file, flags.gin_bindings, finalize_config=finalize_config)
+  except (GinConfigError, FileNotFoundError) as e:
+    sys.stderr.write(f"error: {e}\n")
+    raise SystemExit(2) from e

@@ -529,9 +529,15 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
                       asins_file: Optional[str] = None, lsh_bits: int = 8, lsh_codes: int = 4,
                       cold_start_split: Optional[str] = None,
                       extra_embedding_dirs: Sequence[str] = (),
+                      embeddings_dir: Optional[str] = None, data_dir: Optional[str] = None,
+                      collaborative: bool = False,
                       force: bool = False, log_fn: Callable[[str], None] = print
                       ) -> SemanticIds:
   """Stage 3 of the pipeline: `method` in {rqvae, lsh, random}; skipped when up to date.
+
+  The item embeddings are read from `embeddings_dir` (default: `work_dir`); the IDs are written to
+  `work_dir`. `collaborative` fuses them with co-occurrence vectors of `data_dir`'s training prefixes first
+  (`tiger_jax.collaborative.fuse_collaborative`, whose gin bindings set the fusion).
 
   The RQ-VAE settings come from `rqvae.RQVAEConfig` (gin); `seed` replaces its seed. `cold_start_split` (a
   `cold_start_split.json` of tiger_jax.data.cold_start) fits the RQ-VAE on the seen items only and gives the
@@ -543,7 +549,16 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
   if not work_dir:
     raise ValueError("make_semantic_ids: no work dir (pass --work_dir or bind "
                      "make_semantic_ids.work_dir)")
-  x, asins = load_embeddings(work_dir, embeddings_file, asins_file)
+  source = embeddings_dir or work_dir
+  x, asins = load_embeddings(source, embeddings_file, asins_file)
+  fusion = None
+  if collaborative:
+    if not data_dir:
+      raise ValueError("make_semantic_ids.collaborative needs the dataset: pass --data_dir")
+    from tiger_jax import collaborative as collaborative_lib  # pylint: disable=g-import-not-at-top
+    from tiger_jax.data import load_dataset  # pylint: disable=g-import-not-at-top
+    x, info = collaborative_lib.fuse_collaborative(load_dataset(data_dir), source, None)
+    fusion = info["collaborative"]
   unseen_mask = None
   if cold_start_split:
     if method != "rqvae":
@@ -569,6 +584,8 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
     cfg, cfg_dict = None, {"seed": seed}
   else:
     raise ValueError(f"make_semantic_ids: unknown method {method!r} (rqvae, lsh, random)")
+  if fusion is not None:
+    cfg_dict["collaborative"] = fusion
   out = output_file if os.path.isabs(output_file) else os.path.join(work_dir, output_file)
   digest = input_hash(x, asins, method, cfg_dict)
   if os.path.exists(out) and not force:
@@ -587,6 +604,8 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
   else:
     ids = random_semantic_ids(asins, seed)
   ids.stats["input_hash"] = digest
+  if fusion is not None:
+    ids.stats["collaborative"] = fusion
   ids.stats["seconds"] = time.time() - t0
   ids.save(out)
   # The effective config beside the artifact, as t5x writes config.gin.
@@ -600,27 +619,27 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  """t5x-style stage CLI: gin flags (tiger_jax.gin_utils), plus --work_dir / --data_dir / --force.
+  """`python -m tiger_jax.semantic_ids`: t5x's gin flags plus --work_dir, --embeddings_dir, --data_dir, --force.
 
-  --work_dir overrides the binding `make_semantic_ids.work_dir`;
-  --data_dir is accepted so every stage takes the same flags, and unused. Bindings for
-  configurables this stage does not import (the trainer's) are skipped, so the experiment's gin
-  file can be passed too.
+  The recipe (method, RQ-VAE settings, collaborative fusion) comes from the gin files: a gin/rqvae/*.gin file,
+  or the experiment file that includes one (every stage of run.sh reads the same experiment file).
   """
   from tiger_jax import gin_utils  # pylint: disable=g-import-not-at-top
 
   def extra(parser):
-    parser.add_argument("--work_dir", default=None, help="Holds embeddings.npy; gets the IDs.")
-    parser.add_argument("--data_dir", default=None, help="Accepted for a uniform stage CLI.")
+    parser.add_argument("--work_dir", default=None, help="Gets semantic_ids.npz.")
+    parser.add_argument("--embeddings_dir", default=None,
+                        help="Holds embeddings.npy and its item order (default: --work_dir).")
+    parser.add_argument("--data_dir", default=None, help="The dataset; needed by the collaborative recipe.")
     parser.add_argument("--force", action="store_true", help="Rebuild even when up to date.")
 
   flags = gin_utils.parse_flags(argv, extra, prog="tiger_jax.semantic_ids")
   gin_utils.setup_logging(flags.log_level)
-  gin_utils.parse_gin_flags(flags.gin_search_paths, flags.gin_file, flags.gin_bindings,
-                            skip_unknown=True)
+  gin_utils.parse_gin_or_exit(flags, finalize_config=False)
   kwargs = {"force": True} if flags.force else {}
-  if flags.work_dir:
-    kwargs["work_dir"] = flags.work_dir
+  for name in ("work_dir", "embeddings_dir", "data_dir"):
+    if getattr(flags, name):
+      kwargs[name] = getattr(flags, name)
   make_semantic_ids(**kwargs)
 
 

@@ -616,13 +616,29 @@ def _host_batches(arrays, idx: np.ndarray, length: int, k: int, partitioner: par
 
 
 def _restore_initial(restore_cfg: utils.RestoreCheckpointConfig, abstract_state, init_fn, init_rng):
-  """Initial state from RestoreCheckpointConfig.path when MODEL_DIR has no checkpoint yet."""
+  """Initial state from RestoreCheckpointConfig.path when MODEL_DIR has no checkpoint yet.
+
+  mode 'latest' takes the latest periodic checkpoint under each path (a MODEL_DIR or its checkpoints/ dir);
+  'specific' takes exactly the checkpoint a path names (a step directory, e.g. MODEL_DIR/checkpoints/4000),
+  as t5x's; 'best' (TIGER's) takes the best-on-validation parameters, so it needs `params_only`.
+  """
+  if restore_cfg.mode not in ("latest", "specific", "best"):
+    raise ValueError(f"RestoreCheckpointConfig.mode: {restore_cfg.mode!r}; expected 'latest', 'specific' or 'best'")
+  if restore_cfg.mode == "best" and not restore_cfg.params_only:
+    raise ValueError("RestoreCheckpointConfig.mode='best' restores parameters only (the best checkpoint keeps no "
+                     "optimizer state): set RestoreCheckpointConfig.params_only = True")
   paths = [restore_cfg.path] if isinstance(restore_cfg.path, str) else list(restore_cfg.path)
-  which = {"latest": "latest", "best": "best"}.get(restore_cfg.mode, "latest")
   for path in paths:
+    which, source = restore_cfg.mode, path
+    if which == "specific":
+      step_name = os.path.basename(os.path.normpath(path))
+      if not step_name.isdigit():
+        raise ValueError(f"RestoreCheckpointConfig.path {path!r}: mode 'specific' needs a checkpoint's step "
+                         "directory (e.g. MODEL_DIR/checkpoints/4000)")
+      which, source = int(step_name), os.path.dirname(os.path.normpath(path))
     try:
       if restore_cfg.params_only:
-        params, step = checkpoints_lib.restore_params(path, which, abstract_state["params"],
+        params, step = checkpoints_lib.restore_params(source, which, abstract_state["params"],
                                                       dtype=restore_cfg.dtype)
         state = init_fn(init_rng)
         state["params"] = utils.cast_floating(params, "float32")
@@ -631,11 +647,13 @@ def _restore_initial(restore_cfg: utils.RestoreCheckpointConfig, abstract_state,
           state["ema_params"] = jax.tree_util.tree_map(jnp.copy, state["params"])
         log.info("initialized params from %s (step %d); optimizer and step start afresh", path, step)
         return state
-      ckpt = checkpoints_lib.TrainCheckpointer(path, keep_best=False, async_save=False)
+      if os.path.basename(os.path.normpath(source)) == checkpoints_lib.PERIODIC_DIR:
+        source = os.path.dirname(os.path.normpath(source))
+      ckpt = checkpoints_lib.TrainCheckpointer(source, keep_best=False, async_save=False)
       try:
-        step = ckpt.latest_step()
-        if step is None:
-          raise FileNotFoundError(f"{path}: no checkpoint")
+        step = ckpt.latest_step() if which == "latest" else which
+        if step is None or step not in ckpt.all_steps():
+          raise FileNotFoundError(f"{path}: no checkpoint" + ("" if which == "latest" else f" at step {which}"))
         state, _ = ckpt.restore(step, abstract_state)
       finally:
         ckpt.close()

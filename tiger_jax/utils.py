@@ -56,18 +56,19 @@ class SaveCheckpointConfig:
   period: Optional[int] = None  # None: every eval period
   keep: Optional[int] = None  # how many periodic checkpoints to keep; None keeps all
   keep_best: bool = True
-  save_dataset: bool = False  # the data position is implied by the step; kept for t5x compatibility
   async_save: bool = True
 
 
 @dataclasses.dataclass
 class RestoreCheckpointConfig:
-  """Where to initialize from when MODEL_DIR holds no checkpoint yet (e.g. fine-tuning)."""
+  """Where to initialize from when MODEL_DIR holds no checkpoint yet (e.g. fine-tuning).
+
+  The data position needs no checkpoint of its own (it follows from the step), and a restore whose tree
+  differs from the model's is always an error, so t5x's restore_dataset and strict have no counterpart.
+  """
   path: Optional[Union[str, Sequence[str]]] = None
-  mode: str = "latest"  # latest | specific | best
+  mode: str = "latest"  # latest | specific (path names a step directory) | best (params_only)
   dtype: str = "float32"
-  restore_dataset: bool = False
-  strict: bool = True
   fallback_to_scratch: bool = False
   params_only: bool = False  # start optimizer state and step afresh (fine-tuning)
 

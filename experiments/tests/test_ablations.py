@@ -39,7 +39,6 @@ def ablations(tmp_path_factory):
       from __gin__ import dynamic_registration
       from tiger_jax import network
       include 'gin/runs/train.gin'
-      include 'gin/runs/retrieval_validation.gin'
       include 'gin/models/tiger_t5.gin'
       ACTIVATION_DTYPE = 'float32'
       TRAIN_STEPS = 12

@@ -43,7 +43,6 @@ def experiment(tmp_path_factory):
       from __gin__ import dynamic_registration
       from tiger_jax import network
       include 'gin/runs/train.gin'
-      include 'gin/runs/retrieval_validation.gin'
       include 'gin/models/tiger_t5.gin'
       ACTIVATION_DTYPE = 'float32'
       TRAIN_STEPS = 24

@@ -30,7 +30,6 @@ def test_plan_runs_ids_cache_and_jobs_then_collects(tmp_path):
       from __gin__ import dynamic_registration
       from tiger_jax import network
       include 'gin/runs/train.gin'
-      include 'gin/runs/retrieval_validation.gin'
       include 'gin/models/tiger_t5.gin'
       MIXTURE_OR_TASK_NAME = 'tiger_jobstiny'
       ACTIVATION_DTYPE = 'float32'

@@ -68,7 +68,7 @@ def write_metrics(root: str, split: str, result: dict[str, Any]) -> str:
 
 def write_predictions(path: str, users: Sequence[str], asins: Sequence[str], user_index: np.ndarray,
                       target: np.ndarray, topk_items: np.ndarray, topk_scores: np.ndarray) -> None:
-  """predictions.jsonl as TIGER's eval writes it (DESIGN.md): reviewerID, target asin, ranked asins."""
+  """predictions.jsonl as TIGER's eval writes it (docs/CONTRACTS.md): reviewerID, target asin, ranked asins."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     for u, t, items, scores in zip(user_index, target, topk_items, topk_scores):

@@ -43,7 +43,7 @@ from tiger_jax.baselines import sequences
 from tiger_jax.baselines.sasrec_model import SASRec, SASRecConfig, count_params, next_item_loss
 
 log = logging.getLogger("tiger_jax.baselines.sasrec")
-TOP_K = 20  # items per user in predictions.jsonl (DESIGN.md asks for at least 20)
+TOP_K = 20  # items per user in predictions.jsonl (docs/CONTRACTS.md asks for at least 20)
 
 
 def make_optimizer(learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.98, weight_decay: float = 0.0,

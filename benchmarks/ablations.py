@@ -129,7 +129,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--force", action="store_true", help="Redo the ids/cache stages even if current.")
   p.add_argument("--gpu_results", action="append", default=[], help="A experiments/run_plan.py results "
                  "directory: build the table from its jobs (--gpu_job) instead of running stages. Repeat it for "
-                 "jobs of several device calls: each job is read from the first directory that has it.")
+                 "jobs of several plan runs: each job is read from the first directory that has it.")
   p.add_argument("--gpu_job", action="append", default=[], help="KEY=JOB: setting KEY's numbers are job JOB's.")
   args = p.parse_args(argv)
   args.stages = _common.parse_stages(p, args.stages, STAGES)
@@ -332,7 +332,7 @@ def collect(args, settings: list[Setting]) -> dict:
 def collect_gpu_jobs(args, settings: list[Setting]) -> dict:
   """The table from experiments/run_plan.py results: JOB_eval_test_metrics.json and JOB_metrics.jsonl per row.
 
-  A row's job may come from any of the --gpu_results directories (device calls), each with its own revision."""
+  A row's job may come from any of the --gpu_results directories (plan runs), each with its own revision."""
   unknown = set(args.gpu_job) - {s.key for s in settings}
   if unknown:
     raise SystemExit(f"--gpu_job: unknown setting keys {sorted(unknown)}; known: {[s.key for s in settings]}")
@@ -377,7 +377,7 @@ def markdown(result: dict, title: str) -> list[str]:
               + " (trained on the device run's card).", ""]
   calls = {r.get("gpu_results") for r in result["rows"] if "gpu_job" in r}
   if len(calls) > 1:
-    lines += ["Device calls: " + "; ".join(f"{r['setting']}: job {r['gpu_job']} of {r['gpu_results']} (revision "
+    lines += ["Plan runs: " + "; ".join(f"{r['setting']}: job {r['gpu_job']} of {r['gpu_results']} (revision "
                                            f"{r['git_revision']})" for r in result["rows"]), ""]
   if result["config"]["missing_settings"]:
     lines += [f"Not evaluated yet: {', '.join(result['config']['missing_settings'])}", ""]

@@ -2,7 +2,7 @@
 
 Paper-sized T5 with random weights (speed does not depend on them), random user histories of
 `--input_length` tokens and `--num_items` random unique Semantic IDs (Beauty's sizes by default).
-Needs only jax, flax and numpy (no gin, TensorFlow or seqio), so it runs on the GPU box:
+Needs only jax, flax and numpy (no gin, TensorFlow or seqio), so it runs on GPU hosts without them:
 
   python -m benchmarks.decode_speed --out_dir=out
   python -m benchmarks.decode_speed --out_dir /tmp/d --num_users 256 --batch_size 64

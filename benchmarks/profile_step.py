@@ -2,7 +2,7 @@
 
 Runs the exact compiled loop of tiger_jax.train.StepRunner (resident data, K steps per dispatch) for
 each variant and encoder length, times it, then traces one dispatch with jax.profiler and sums the
-device kernels by name. Needs jax, flax, optax, numpy and gin-config only (runs on the GPU box):
+device kernels by name. Needs jax, flax, optax, numpy and gin-config only (so it runs on GPU hosts without TensorFlow):
 
   python -m benchmarks.profile_step --out_dir=out \
       --variants bf16,bf16_onehot,bf16_onehot_rbg --lengths 81,17

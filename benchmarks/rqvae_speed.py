@@ -1,6 +1,6 @@
 """Times RQ-VAE training (paper schedule by default) and reports codebook usage and collisions.
 
-Needs only jax, flax, optax and numpy (no gin, TensorFlow or seqio), so it runs on the GPU box:
+Needs only jax, flax, optax and numpy (no gin, TensorFlow or seqio), so it runs on GPU hosts without them:
 
   python -m benchmarks.rqvae_speed \
       --embeddings .cache/dev/beauty_embeddings.npy --asins .cache/dev/beauty_asins.txt \

@@ -1,17 +1,17 @@
 """Training speed of the paper-sized TIGER model: ms/step, examples/s, where the time goes, bf16 and buckets.
 
-Needs jax, flax, optax, orbax, numpy and gin-config only (no TensorFlow/seqio), so it runs on the GPU box:
+Needs jax, flax, optax, orbax, numpy and gin-config only (no TensorFlow/seqio), so it runs on GPU hosts without them:
 
   python -m benchmarks.train_speed --out_dir=out [--cache_dir=work/beauty/cache] \
       [--steps=2000] [--configs=fp32,bf16,fp32_buckets,bf16_buckets] [--parts=micro,e2e]
 
-On an H100 each 100-step loop takes ~40 s to compile (three per bucketed config), so one 10-minute call
-holds either the micro part (--parts=micro --micro_lengths=17,33,81 --configs=bf16) or two or three
-end-to-end configs (--parts=e2e --configs=fp32,bf16_buckets); merge the JSON files afterwards.
+On an H100 each 100-step loop takes ~40 s to compile (three per bucketed config); the micro part
+(--parts=micro --micro_lengths=17,33,81 --configs=bf16) and the end-to-end configs (--parts=e2e
+--configs=fp32,bf16_buckets) can run separately and their JSON files be merged afterwards.
 
 Without --cache_dir the Beauty training examples are built in memory from data/beauty (the bundled
 processed dataset) with random Semantic IDs: speed does not depend on the IDs. Three parts:
-  1. micro: device time per step of the jitted multi-step loop for each compute dtype and encoder length
+  1. micro: accelerator time per step of the jitted multi-step loop for each compute dtype and encoder length
      (forward only; forward + backward; forward + backward + Adafactor), plus one step per dispatch, which
      shows what running many steps per dispatch saves;
   2. end to end: tiger_jax.train.train() for --steps steps per config (resident data, K steps per dispatch,
@@ -134,7 +134,7 @@ def make_model(model_gin: str, dtype: str, dropout: float, one_hot: bool = False
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Part 1: device time per step.
+# Part 1: accelerator time per step.
 
 
 def micro_timings(model, arrays, batch_size: int, k: int, lengths, reps: int, seed: int = 0) -> dict:

@@ -130,8 +130,8 @@ def markdown(r: dict, args) -> str:
   lines += [""] + [f"- {label}: [{o['file']}]({os.path.relpath(o['file'], os.path.dirname(args.out))})"
                    for label, o in others.items()]
   lines += tail
-  lines += ["", f"Commands: the device call ran `python -m experiments.run_plan --plan={r['plan']}` (then "
-            "`--collect`; benchmarks/gpu_call.sh); this report: `" + r["meta"]["command"] + "`."]
+  lines += ["", f"Commands: the GPU run ran `python -m experiments.run_plan --plan={r['plan']}` (then "
+            "`--collect`; experiments/run_plan.py); this report: `" + r["meta"]["command"] + "`."]
   return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,7 @@ everything else that differs between the two catalogues:
   python -m experiments.sports_style_text --data_dir data/beauty --out_dir work/beauty_sports_style
   python -m tiger_jax.embed --data_dir=work/beauty_sports_style --work_dir=work/beauty_sports_style
   python -m benchmarks.embedding_knn --data_dir data/beauty \
-      --embeddings "real titles=.devcarry/beauty" --embeddings "Sports-style text=work/beauty_sports_style" \
+      --embeddings "real titles=work/beauty/embeddings" --embeddings "Sports-style text=work/beauty_sports_style" \
       --out experiments/results/embedding_knn_beauty_sports_style_cpu
 
 The sequences are copied unchanged, so the two embeddings are evaluated on the same users and targets.

@@ -1,7 +1,7 @@
 """Table 1 record for one dataset: test metrics beside the paper's, the validation curve, and stage times.
 
 Reads what a training run leaves in MODEL_DIR (metrics.jsonl, eval_test/metrics.json) and the logs of the
-device calls that trained it (benchmarks/gpu_table1.sh writes run_<dataset>.log), so no number is typed by
+GPU runs that trained it (benchmarks/gpu_table1.sh writes run_<dataset>.log), so no number is typed by
 hand:
 
   python -m experiments.table1_report --dataset beauty --model_dir work/beauty_paper/model_final/model_beauty \
@@ -46,7 +46,7 @@ def _seconds(minutes, seconds) -> float:
 
 
 def training_segments(log_paths) -> list[dict]:
-  """One entry per device call: steps trained, wall time, ms/step while training, overhead."""
+  """One entry per GPU run: steps trained, wall time, ms/step while training, overhead."""
   segments = []
   for path in log_paths:
     with open(path) as f:

@@ -183,10 +183,11 @@ def test_entry_point_lsh_and_random_need_no_training(tmp_path):
   for method in ("lsh", "random"):
     gin.clear_config()
     try:
-      sid.main([f"--gin_file=gin/rqvae/{method}.gin", f"--work_dir={tmp_path}"])
+      sid.main([f"--gin_file=gin/rqvae/{method}.gin", f"--work_dir={tmp_path / method}",
+                f"--embeddings_dir={tmp_path}"])
     finally:
       gin.clear_config()
-    ids = sid.SemanticIds.load(str(tmp_path / f"semantic_ids_{method}.npz"))
+    ids = sid.SemanticIds.load(str(tmp_path / method / "semantic_ids.npz"))
     assert ids.method == method and len(ids) == 300
 
 

@@ -80,12 +80,10 @@ def eval_params(state: Mapping[str, Any]) -> Any:
 def resident_rows(num_examples: int) -> int:
   """Rows of the device-resident training split: the next power of two.
 
-  The split is an argument of the compiled loop, so its row count is part of the program. A refit
-  on train + validation adds one example per user (17-19% more on Beauty and Sports), which most
-  likely kept its loops from a compilation cache filled by the train-split run (H200, 2026-12-04: three Beauty
-  refits compiled for 49-50 s; loops found in a carried cache took 10-13 s). Rounded up, both
-  splits of Beauty (131,413 and 153,776 examples) and of Sports (189,543 and 225,141) take 262,144
-  rows. Padding rows are never sampled; they cost at most the split's own device memory again.
+  The split is an argument of the compiled loop, so its row count is part of the program. Rounded up,
+  a split and its refit on train + validation (one more example per user) share that shape, and so their
+  compiled loops: both splits of Beauty (131,413 and 153,776 examples) and of Sports (189,543 and 225,141)
+  take 262,144 rows. Padding rows are never sampled; they cost at most the split's own device memory again.
   """
   return 1 << max(0, num_examples - 1).bit_length()
 

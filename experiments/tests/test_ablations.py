@@ -222,7 +222,7 @@ def test_table_from_gpu_jobs_results_reads_each_settings_job(tmp_path):
                         f"--out_dir={out}", "--name=t2"])
   assert [r["setting"] for r in result["rows"]] == ["with user token"]
   assert result["config"]["missing_settings"] == ["without user token"]
-  # Jobs of two device calls: each row from the first directory holding its job, with that call's revision.
+  # Jobs of two GPU runs: each row from the first directory holding its job, with that call's revision.
   later = device_call("gpu2", "def5678", [("nouser", 0.04), ("other", 0.01)])
   result = script.main(["--ablation=user_token", f"--gpu_results={results}", f"--gpu_results={later}",
                         "--gpu_job=user=base", "--gpu_job=nouser=other", f"--out_dir={out}", "--name=t3"])

@@ -101,3 +101,27 @@ def test_stage_refuses_embeddings_of_another_catalogue_and_overwriting_the_text(
   with pytest.raises(ValueError, match="weight must be >= 0"):
     collaborative.fuse_collaborative(dataset, text_dir, str(tmp_path / "cf"), weight=-1.0)
   assert not os.path.exists(tmp_path / "cf")
+
+
+def test_collaborative_recipe_fuses_inside_the_semantic_id_stage(tmp_path):
+  """gin/rqvae/collaborative.gin: the stage reads the text embeddings, fuses them, and its IDs follow the fusion."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from tiger_jax import semantic_ids  # pylint: disable=g-import-not-at-top
+  sequences = {f"u{u}": [f"I{(u + k) % 8}" for k in range(6)] for u in range(8)}
+  data_dir = write_processed(tmp_path / "data", sequences, ITEMS)
+  asins = load_dataset(data_dir).catalog.asins
+  write_clustered_embeddings(str(tmp_path / "text"), asins, np.random.default_rng(0), dim=5)
+  common = [f"--embeddings_dir={tmp_path / 'text'}", "--gin_file=gin/rqvae/random.gin"]
+  try:
+    with pytest.raises(ValueError, match="needs the dataset: pass --data_dir"):
+      semantic_ids.main(common + [f"--work_dir={tmp_path / 'ids'}", "--gin.make_semantic_ids.collaborative=True"])
+  finally:
+    gin.clear_config(clear_constants=True)
+  try:
+    semantic_ids.main(common + [f"--work_dir={tmp_path / 'ids'}", f"--data_dir={data_dir}",
+                                "--gin.make_semantic_ids.collaborative=True", "--gin.fuse_collaborative.dim=3"])
+  finally:
+    gin.clear_config(clear_constants=True)
+  ids = semantic_ids.SemanticIds.load(str(tmp_path / "ids"))
+  assert ids.stats["collaborative"]["dim"] == 3 and list(ids.asins) == list(asins)
+  assert not os.path.exists(tmp_path / "ids" / "embeddings.npy")  # fused in memory, text left as it was

@@ -22,6 +22,13 @@ dir instead, for other uses (nearest-neighbour baselines, other ID methods):
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # `python -m tiger_jax.collaborative` runs the importable module instead, so that gin registers its configurables
+  # once, under their library names.
+  from tiger_jax import collaborative as _module  # pylint: disable=import-self
+  _module.main()
+  raise SystemExit(0)
+
 import json
 import logging
 import os
@@ -128,6 +135,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     **{k: info[k] for k in ("model_name", "collaborative", "cooccurrence_pairs",
                                             "items_without_cooccurrence", "seconds")}}, indent=1))
 
-
-if __name__ == "__main__":
-  main()

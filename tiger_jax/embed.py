@@ -13,6 +13,13 @@ Embeddings are cached in the work dir, keyed by model name and the hash of all s
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # `python -m tiger_jax.embed` runs the importable module instead, so that gin registers its configurables
+  # once, under their library names.
+  from tiger_jax import embed as _module  # pylint: disable=import-self
+  _module.main()
+  raise SystemExit(0)
+
 import hashlib
 import json
 import logging
@@ -163,6 +170,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                     "model_name": info["model_name"], "encode_seconds": info["seconds"],
                     "path": os.path.join(flags.work_dir, EMBEDDINGS_FILE)}, indent=1))
 
-
-if __name__ == "__main__":
-  main()

@@ -11,6 +11,13 @@ Every ID has `NUM_LEVELS` = 4 codes, each in `[0, codebook_size)`, and IDs are u
 """
 from __future__ import annotations
 
+if __name__ == "__main__":
+  # `python -m tiger_jax.semantic_ids` runs the importable module instead, so that gin registers its configurables
+  # once, under their library names.
+  from tiger_jax import semantic_ids as _module  # pylint: disable=import-self
+  _module.main()
+  raise SystemExit(0)
+
 import dataclasses
 import hashlib
 import io
@@ -642,6 +649,3 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       kwargs[name] = getattr(flags, name)
   make_semantic_ids(**kwargs)
 
-
-if __name__ == "__main__":
-  main()

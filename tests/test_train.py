@@ -584,9 +584,8 @@ def test_two_processes_match_one_process(cli):
   """--multiprocess_gpu with 2 CPU processes x 2 devices: each feeds half the batch, same losses."""
   env = dict(cli["env"], XLA_FLAGS=cli["env"]["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2",
              JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
-  # The free port can be taken by another process before the coordinator binds it, and in a full-suite run
-  # (2026-11-29, .ci/run on a fresh clone) the test took 417 s: a first attempt ran into the old 400 s limit
-  # and the retry passed (alone it takes 20-26 s; not reproduced alone). Two attempts, 150 s each.
+  # The free port can be taken by another process before the coordinator binds it, and a loaded 2-core
+  # machine can stall the pair far beyond its 20-26 s alone: two attempts, 150 s each.
   for attempt in range(2):
     model_dir = os.path.join(cli["tmp"], f"two_processes_{attempt}")
     port = _free_port()
@@ -629,10 +628,9 @@ _CONCURRENT_SAVES_SCRIPT = textwrap.dedent("""
 def test_two_processes_save_best_and_periodic_of_one_step_at_once(tmp_path):
   """Both async managers in flight for the same step must not share orbax's step-named barriers.
 
-  Without a barrier prefix per manager this failed 3 of 3 times ('Barrier ... is already ongoing', then a
-  hang); in CI (2026-12-03) it surfaced as the primary finalizing best/ before the other process wrote.
-  The best params then restore on this single process's one device (before the read-only manager knew
-  its handlers, orbax fell back to the saving run's 2-process topology and refused).
+  Without a barrier prefix per manager the two saves collide ('Barrier ... is already ongoing', then a hang,
+  or the primary finalizing best/ before the other process wrote). The best params then restore on this
+  single process's one device, whatever topology saved them.
   """
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   port = _free_port()

@@ -45,9 +45,9 @@ TASK_FEATURE_LENGTHS = {"inputs": 1 + MAX_HISTORY * NUM_SID_TOKENS, "targets": N
 BUILTIN_DATASETS = {"tiger_beauty": "beauty", "tiger_sports": "sports", "tiger_toys": "toys"}
 COLD_START_SUFFIX = "_coldstart"
 NO_USER_SUFFIX = "_nouser"
-# name -> (data_dir, semantic_ids_path, cold_start_split_path) as given to register_tiger_task (None: resolved
-# lazily, as the task's dataset_fn resolves it).
-_TASK_SOURCES: dict[str, tuple[Optional[str], Optional[str], Optional[str]]] = {}
+# name -> (data_dir, semantic_ids_path) as given to register_tiger_task (None: resolved when used, as the task's
+# dataset_fn resolves it).
+_TASK_SOURCES: dict[str, tuple[Optional[str], Optional[str]]] = {}
 
 
 def data_root() -> str:
@@ -191,7 +191,7 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
       postprocess_fn=semantic_id_postprocessor,
       metric_fns=[retrieval_metrics],
   )
-  _TASK_SOURCES[name] = (data_dir, semantic_ids_path, cold_start_split_path)
+  _TASK_SOURCES[name] = (data_dir, semantic_ids_path)
   return task
 
 
@@ -205,7 +205,7 @@ def semantic_id_trie(task_name: str, layout: vocab_lib.TokenLayout = vocab_lib.D
   if task_name not in _TASK_SOURCES:
     raise ValueError(f"semantic_id_trie: {task_name!r} is not a task registered by tasks.tiger_tasks "
                      f"(registered: {sorted(_TASK_SOURCES)})")
-  data_dir, semantic_ids_path, _ = _TASK_SOURCES[task_name]
+  data_dir, semantic_ids_path = _TASK_SOURCES[task_name]
   dataset = _load(data_dir or default_data_dir(task_name))
   codes = layout.tokens_to_codes(item_tokens(dataset, resolve_semantic_ids(dataset, semantic_ids_path), layout))
   return decoding.SemanticIdTrie.from_codes(codes, layout.codebook_size)
@@ -234,8 +234,9 @@ def retrieval_metrics(targets, predictions, ks=metrics_lib.DEFAULT_KS) -> dict[s
   """Recall@K and NDCG@K (tiger_jax.metrics) of the decoded IDs against each target ID.
 
   `predictions[i]` is example i's list of decoded IDs in t5x's `return_all_decodes` order: ascending score,
-  best last. Empty entries (dead beams) and repeats are dropped before ranking, as `metrics.clean_ranked` does
-  with invalid IDs. A Semantic ID names one item, so matching IDs is matching items.
+  best last. Empty entries (dead beams) and repeats are dropped before ranking. A Semantic ID names one item, so
+  matching IDs is matching items; IDs outside the catalogue (only with `constrain=False`) keep their rank
+  positions here, whereas `metrics.clean_ranked` drops them.
   """
   if len(targets) != len(predictions):
     raise ValueError(f"retrieval_metrics: {len(targets)} targets but {len(predictions)} predictions")

@@ -5,6 +5,7 @@ uses them (keywords of the module call, the `params_axes` collection read by fla
 the decode_fn call and its output layout) and parse gin/t5x/ against the project's own modules. The tests
 marked `needs_t5x` run t5x itself (installed from its own source) and are skipped without it.
 """
+import ast
 import importlib
 import importlib.util
 import inspect
@@ -62,6 +63,19 @@ def random_trie(rng, num_items):
   while len(codes) < num_items:
     codes.add(tuple(int(c) for c in rng.integers(0, 8, size=LAYOUT.num_levels)))
   return decoding.SemanticIdTrie.from_codes(np.array(sorted(codes)), LAYOUT.codebook_size)
+
+
+def test_the_library_imports_no_t5x():
+  """t5x is optional: the adapter speaks its protocols without importing it, and nothing else mentions it."""
+  for root, _, files in os.walk(os.path.join(REPO, "tiger_jax")):
+    for name in (f for f in files if f.endswith(".py")):
+      path = os.path.join(root, name)
+      with open(path) as f:
+        tree = ast.parse(f.read(), path)
+      for node in ast.walk(tree):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        assert not any(n.split(".")[0] == "t5x" for n in names), f"{path}:{node.lineno} imports t5x"
 
 
 # ------------------------------------------------------------------------- logical axes

@@ -19,6 +19,10 @@ validation splits leave out the unseen items of a `cold_start_split.json` (tiger
 
 User-token ablation (paper Table 8): `tiger_<dataset>_nouser` tasks are the same examples without the hashed
 user token in front of the inputs (`use_user_token_for(name)` gives a task name's default).
+
+For the real t5x (gin/t5x/): each task carries `semantic_id_postprocessor` and the metric `retrieval_metrics`
+(Recall/NDCG@5/10 over the decoded IDs of `return_all_decodes`), and `semantic_id_trie(name)` gives the
+catalogue's valid IDs to the constrained decode_fn (tiger_jax/t5x_adapter.py).
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from typing import Optional
 import numpy as np
 
 from tiger_jax import data as data_lib
+from tiger_jax import decoding
+from tiger_jax import metrics as metrics_lib
 from tiger_jax import semantic_ids as sid_lib
 from tiger_jax.data import splits as splits_lib
 from tiger_jax import vocab as vocab_lib
@@ -39,6 +45,9 @@ TASK_FEATURE_LENGTHS = {"inputs": 1 + MAX_HISTORY * NUM_SID_TOKENS, "targets": N
 BUILTIN_DATASETS = {"tiger_beauty": "beauty", "tiger_sports": "sports", "tiger_toys": "toys"}
 COLD_START_SUFFIX = "_coldstart"
 NO_USER_SUFFIX = "_nouser"
+# name -> (data_dir, semantic_ids_path) as given to register_tiger_task (None: resolved when used, as the task's
+# dataset_fn resolves it).
+_TASK_SOURCES: dict[str, tuple[Optional[str], Optional[str]]] = {}
 
 
 def data_root() -> str:
@@ -171,7 +180,7 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
                        semantic_ids_path=semantic_ids_path, use_user_token=use_user_token,
                        cold_start_split_path=resolve_cold_start_split(name, cold_start_split_path))
 
-  return seqio.TaskRegistry.add(
+  task = seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(dataset_fn, splits=splits_lib.SPLITS),
       preprocessors=[seqio.preprocessors.append_eos_after_trim],
@@ -179,7 +188,67 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
           "inputs": seqio.Feature(vocabulary, add_eos=False),
           "targets": seqio.Feature(vocabulary, add_eos=True),
       },
+      postprocess_fn=semantic_id_postprocessor,
+      metric_fns=[retrieval_metrics],
   )
+  _TASK_SOURCES[name] = (data_dir, semantic_ids_path)
+  return task
+
+
+def semantic_id_trie(task_name: str, layout: vocab_lib.TokenLayout = vocab_lib.DEFAULT_LAYOUT
+                     ) -> decoding.SemanticIdTrie:
+  """The valid Semantic IDs of a registered task's catalogue (catalogue order), for constrained decoding.
+
+  The same dataset and ID table the task's examples are built from (a cold-start task's catalogue is the whole
+  catalogue: its test targets include the unseen items).
+  """
+  if task_name not in _TASK_SOURCES:
+    raise ValueError(f"semantic_id_trie: {task_name!r} is not a task registered by tasks.tiger_tasks "
+                     f"(registered: {sorted(_TASK_SOURCES)})")
+  data_dir, semantic_ids_path = _TASK_SOURCES[task_name]
+  dataset = _load(data_dir or default_data_dir(task_name))
+  codes = layout.tokens_to_codes(item_tokens(dataset, resolve_semantic_ids(dataset, semantic_ids_path), layout))
+  return decoding.SemanticIdTrie.from_codes(codes, layout.codebook_size)
+
+
+def _semantic_id_text(decoded: str) -> str:
+  names = decoded.split()
+  end = names.index("</s>") if "</s>" in names else len(names)
+  return " ".join(name for name in names[:end] if name != "<pad>")
+
+
+def semantic_id_postprocessor(output_or_target, example=None, is_target=False):
+  """Decoded text -> the Semantic ID's token names without EOS or padding ('' for a dead beam).
+
+  Works on one decode or on the list of `return_all_decodes` (order kept).
+  """
+  del example, is_target
+  if isinstance(output_or_target, bytes):
+    output_or_target = output_or_target.decode("utf-8")
+  if isinstance(output_or_target, str):
+    return _semantic_id_text(output_or_target)
+  return [semantic_id_postprocessor(x) for x in output_or_target]
+
+
+def retrieval_metrics(targets, predictions, ks=metrics_lib.DEFAULT_KS) -> dict[str, float]:
+  """Recall@K and NDCG@K (tiger_jax.metrics) of the decoded IDs against each target ID.
+
+  `predictions[i]` is example i's list of decoded IDs in t5x's `return_all_decodes` order: ascending score,
+  best last. Empty entries (dead beams) and repeats are dropped before ranking. A Semantic ID names one item, so
+  matching IDs is matching items; IDs outside the catalogue (only with `constrain=False`) keep their rank
+  positions here, whereas `metrics.clean_ranked` drops them.
+  """
+  if len(targets) != len(predictions):
+    raise ValueError(f"retrieval_metrics: {len(targets)} targets but {len(predictions)} predictions")
+  ranks = np.full(len(targets), -1, np.int64)
+  for i, (target, decodes) in enumerate(zip(targets, predictions)):
+    if isinstance(decodes, (str, bytes)):
+      raise ValueError(f"retrieval_metrics: example {i} has one decode, not a ranked list; decode with "
+                       "return_all_decodes=True (models.DecoderParams in gin/t5x/models/tiger_t5.gin)")
+    ranked = list(dict.fromkeys(d for d in reversed(list(decodes)) if d))
+    if target in ranked:
+      ranks[i] = ranked.index(target)
+  return metrics_lib.ranking_metrics(ranks, ks)
 
 
 def _seqio_installed() -> bool:

@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
                for u in range(40)}
   data_dir = write_processed(tmp / "data", sequences, items)
   cache_dir = str(tmp / "cache")
-  cache_tasks.cache_task(TASK, cache_dir, data_dir=data_dir)
+  cache_tasks.cache_task(TASK, cache_dir, data_dir=data_dir, semantic_ids_path="random")
   gin_file = tmp / "small.gin"
   gin_file.write_text(textwrap.dedent(f"""\
       from __gin__ import dynamic_registration

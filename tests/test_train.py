@@ -367,7 +367,8 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_is_taken_over(cache_dir, t
 def _copy_cache(cache_dir, root, semantic_ids_hash):
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.copytree(os.path.join(cache_dir, TASK), os.path.join(root, TASK))
-  _set_info(root, semantic_ids_hash=semantic_ids_hash, data_fingerprint="d" * 64)
+  _set_info(root, semantic_ids_hash=semantic_ids_hash, data_fingerprint="d" * 64,
+            built_from={"data_dir": "/data/x", "semantic_ids": "/w/ids.npz"})
   return str(root)
 
 
@@ -388,12 +389,13 @@ def test_resume_refuses_a_cache_rebuilt_with_other_semantic_ids(cache_dir, tmp_p
     recorded = json.load(f)["cache"]
   assert recorded["semantic_ids_hash"] == "a" * 64 and recorded["task"] == TASK and recorded["info_hash"]
   # Rebuilt with other IDs (the arrays do not matter: info.json is what is compared).
-  _set_info(cache, semantic_ids_hash="b" * 64, built_from={"data_dir": "/data/x", "semantic_ids": "/w/ids.npz"})
+  _set_info(cache, semantic_ids_hash="b" * 64, built_from={"data_dir": "/data/x", "semantic_ids": "/w/lsh.npz"})
   with pytest.raises(provenance.ProvenanceError) as e:
     _train_briefly(cache, model_dir, 4)
   message = str(e.value)
   assert "a" * 12 in message and "b" * 12 in message and "Semantic IDs" in message
   assert "python -m tasks.cache_tasks" in message and "new MODEL_DIR" in message
+  assert message.endswith("--data_dir=/data/x --semantic_ids=/w/ids.npz")
   assert checkpoints.TrainCheckpointer(model_dir, async_save=False).latest_step() == 2
   # The cache it was trained on again: the run resumes.
   _set_info(cache, semantic_ids_hash="a" * 64)
@@ -525,6 +527,38 @@ def test_sigkill_then_rerun_resumes_to_identical_params(cli):
   again = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=cli["env"], capture_output=True,
                          text=True, timeout=600)
   assert again.returncode == 0 and "nothing to train" in again.stderr
+
+
+def test_resume_with_another_architecture_fails_without_touching_config(cli):
+  """The restore's shape check comes before config.gin, metrics.jsonl and provenance.json are written."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  model_dir = os.path.join(cli["tmp"], "rearchitected")
+  shutil.copytree(cli["model_dir"], model_dir)
+  kept = {name: open(os.path.join(model_dir, name)).read()
+          for name in ("config.gin", "metrics.jsonl", provenance.FILENAME)}
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir, "--gin.TRAIN_STEPS=40",
+                            "--gin.network.T5Config.num_encoder_layers=2"),
+                       cwd=REPO, env=cli["env"], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "does not fit the configured model" in out.stderr and "Traceback" not in out.stderr
+  for name, text in kept.items():
+    assert open(os.path.join(model_dir, name)).read() == text, f"{name} was rewritten by a refused resume"
+  assert not os.path.exists(os.path.join(model_dir, model_dir_lock.FILENAME))  # released on the error
+
+
+def test_cli_second_trainer_exits_4_naming_the_holder(cli):
+  model_dir = os.path.join(cli["tmp"], "locked")
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+  try:
+    _write_lock(model_dir, holder.pid, "python -m tiger_jax.train --gin.RANDOM_SEED=0")
+    out = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=cli["env"], capture_output=True,
+                         text=True, timeout=600)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert out.returncode == 4, out.stderr[-3000:]
+  assert f"in use by another trainer (pid {holder.pid}" in out.stderr and "Traceback" not in out.stderr
+  assert sorted(os.listdir(model_dir)) == [model_dir_lock.FILENAME]
 
 
 def test_initial_checkpoint_from_another_model_dir(cli):

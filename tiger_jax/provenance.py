@@ -118,5 +118,6 @@ def check_cache(model_dir: str, current: Mapping[str, Any], purpose: str, strict
   missing = " (it has no info.json: an interrupted or hand-made build)" if current.get("info_hash") is None else ""
   raise ProvenanceError(
       f"{purpose}: the task cache {where}{missing} is not the one {model_dir} was trained on: "
-      f"{'; '.join(diffs)} (see {os.path.join(model_dir, FILENAME)}). Rebuild the cache it was trained on: "
-      f"{rebuild_command(recorded)}" + (" -- or train into a new MODEL_DIR." if strict else "."))
+      f"{'; '.join(diffs)} (see {os.path.join(model_dir, FILENAME)}). "
+      + ("Train into a new MODEL_DIR, or rebuild" if strict else "Rebuild")
+      + f" the cache it was trained on: {rebuild_command(recorded)}")

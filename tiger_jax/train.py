@@ -44,6 +44,10 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss; the last good checkpoint was left as it was."""
 
 
+class CheckpointMismatchError(ValueError):
+  """MODEL_DIR's checkpoint does not fit the configured model (e.g. a changed network config)."""
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Evaluation hooks.
 
@@ -425,7 +429,14 @@ def train(*,
   cache = provenance.cache_fingerprint(train_dataset_cfg.cache_dir, train_dataset_cfg.mixture_or_task_name)
   if latest is not None:
     provenance.check_cache(model_dir, cache, "resuming training", strict=True)
-    state, meta = ckpt.restore(latest, abstract_state)
+    try:
+      state, meta = ckpt.restore(latest, abstract_state)
+    except ValueError as e:
+      ckpt.close()
+      raise CheckpointMismatchError(
+          f"{checkpoints_lib.checkpoint_dir(model_dir)}/{latest} does not fit the configured model "
+          f"({str(e).splitlines()[0]}): resume with the configuration it was trained with "
+          f"({os.path.join(model_dir, 'config.gin')}, left unchanged), or train into a new MODEL_DIR") from e
     state = _cast_state_params(state, "float32")
     if meta.get("schedule") and meta["schedule"] != schedule.fingerprint():
       log.warning("the data schedule differs from the checkpoint's (%s vs %s): the resumed run will not "
@@ -704,7 +715,7 @@ def main(flags) -> None:
   except NonFiniteLossError as e:
     log.error("%s", e)
     sys.exit(3)
-  except provenance.ProvenanceError as e:  # the cache is not the one the checkpoint was trained on
+  except (provenance.ProvenanceError, CheckpointMismatchError) as e:  # nothing was written
     log.error("%s", e)
     sys.exit(2)
   except model_dir_lock.ModelDirLockedError as e:  # another trainer writes this MODEL_DIR

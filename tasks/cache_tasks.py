@@ -1,13 +1,20 @@
 """Stage 4: caches TIGER tasks to numpy, the way `seqio_cache_tasks` caches tasks offline.
 
   python -m tasks.cache_tasks --tasks=tiger_beauty --output_cache_dir=/tmp/cache \
-      [--semantic_ids=WORK/semantic_ids.npz] [--data_dir=DIR] [--cold_start_split=WORK/cold_start_split.json]
+      --semantic_ids=WORK/semantic_ids.npz [--data_dir=DIR] [--cold_start_split=WORK/cold_start_split.json]
+
+The ID table is required (`--semantic_ids` or $TIGER_SEMANTIC_IDS); `--semantic_ids=random[:SEED]` asks for
+seeded random IDs (a baseline). A task name that no module registered (e.g. `tiger_garden`) is registered
+over `--data_dir` on the fly.
 
 For each task it writes `<output_cache_dir>/<task>/{train,validation,test}.npz` with the features exactly as
 `seqio.EncDecFeatureConverter` produces them (plus `user_index`, `target_item`), `items.npz` (catalogue asins,
 their Semantic-ID tokens, titles, reviewerIDs: what evaluation needs to map beams back to items without TensorFlow),
 and `info.json`. A task whose info.json already records the same inputs (data files, ID table, feature lengths,
-cold-start split) is skipped. A cold-start task (`tiger_<dataset>_coldstart`, or any task given a split) also
+cold-start split) is skipped; otherwise the log names what changed and the cache is rebuilt (its info.json
+is removed first, so a half-rebuilt cache is never taken for a current one). info.json's `built_from`
+records where the inputs lay, so that a consumer refusing the cache (tiger_jax.provenance) can print the
+command that rebuilds it. A cold-start task (`tiger_<dataset>_coldstart`, or any task given a split) also
 gets a copy of its `cold_start_split.json`, so evaluation finds the unseen items in the cache alone. The trainer
 reads the cache with numpy alone (tiger_jax.utils).
 
@@ -128,6 +135,7 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
   feature_lengths = dict(feature_lengths or tiger_tasks.TASK_FEATURE_LENGTHS)
   data_dir = data_dir or tiger_tasks.default_data_dir(task_name)
   dataset = tiger_tasks._load(os.path.abspath(data_dir))  # pylint: disable=protected-access
+  semantic_ids_path = semantic_ids_path or os.environ.get("TIGER_SEMANTIC_IDS")
   table = tiger_tasks.resolve_semantic_ids(dataset, semantic_ids_path)
   cold_start_split = tiger_tasks.resolve_cold_start_split(task_name, cold_start_split)
   split_info = None
@@ -151,16 +159,21 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
   }
   task_dir = os.path.join(output_cache_dir, task_name)
   info_path = os.path.join(task_dir, "info.json")
-  if not force and os.path.exists(info_path):
+  if os.path.exists(info_path):
     with open(info_path) as f:
       info = json.load(f)
-    if all(info.get(k) == v for k, v in key.items()):
+    changed = [k for k, v in key.items() if info.get(k) != v]
+    if not force and not changed:
       logger.info("%s: cache in %s is current; skipped", task_name, task_dir)
       return info
+    logger.info("%s: rebuilding the cache in %s (%s)", task_name, task_dir,
+                "--force" if not changed else "changed: " + ", ".join(_describe_change(k, info.get(k), key[k])
+                                                                       for k in changed))
+    os.remove(info_path)
 
   start = time.time()
-  if semantic_ids_path is None and table.method == "random":
-    logger.warning("%s: no Semantic-ID table given; using a seeded random table", task_name)
+  if table.method == "random":
+    logger.warning("%s: random Semantic IDs (%s), as asked", task_name, semantic_ids_path)
   if backend == "seqio":
     task = tiger_tasks.register_tiger_task(task_name, data_dir=os.path.abspath(data_dir),
                                            semantic_ids_path=semantic_ids_path, use_user_token=use_user_token,
@@ -185,11 +198,43 @@ def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = 
                 item_tokens=tiger_tasks.item_tokens(dataset, table),
                 titles=np.array([item.title or "" for item in dataset.catalog.items]),
                 users=np.array(dataset.sessions.users))
+  built_from = {"data_dir": os.path.abspath(data_dir), "semantic_ids": _abspath_unless_random(semantic_ids_path),
+                "cold_start_split": cold_start_split and os.path.abspath(cold_start_split),
+                "use_user_token": use_user_token}
   info = dict(key, vocab_size=vocab_lib.DEFAULT_LAYOUT.vocab_size, counts=counts, dataset=dataset.stats(),
               reader_report=dataset.report, seconds=round(time.time() - start, 2),
-              created=time.strftime("%Y-%m-%dT%H:%M:%S"), backend=backend, seqio_version=_seqio_version())
+              created=time.strftime("%Y-%m-%dT%H:%M:%S"), backend=backend, seqio_version=_seqio_version(),
+              built_from=built_from)
   utils.write_json(info_path, info)
   return info
+
+
+def _describe_change(field: str, old, new) -> str:
+  if field in ("semantic_ids_hash", "data_fingerprint") and old and new:
+    return f"{field} {str(old)[:12]} -> {str(new)[:12]}"
+  return f"{field} {old!r} -> {new!r}"
+
+
+def _abspath_unless_random(spec: str) -> str:
+  return spec if tiger_tasks.parse_random_spec(spec) is not None else os.path.abspath(spec)
+
+
+def register_unknown_task(name: str, data_dir: Optional[str]) -> None:
+  """Registers a task no module registered (`tiger_garden`) over `data_dir`, so any catalogue caches."""
+  if not tiger_tasks._seqio_installed():  # pylint: disable=protected-access
+    return  # the numpy backend needs no registry
+  import seqio  # pylint: disable=g-import-not-at-top
+  if name in seqio.TaskRegistry.names():
+    return
+  if not data_dir:
+    default = tiger_tasks.default_data_dir(name)
+    if not os.path.isdir(default):
+      raise SystemExit(f"error: task {name!r} is not registered and {default} does not exist: pass --data_dir=DIR "
+                       "(its dataset directory) to register it")
+    data_dir = default
+  logger.info("%s: not a registered task; registering it over %s (tiger_tasks.register_tiger_task)", name,
+              data_dir)
+  tiger_tasks.register_tiger_task(name, data_dir=os.path.abspath(data_dir))
 
 
 def _seqio_version() -> Optional[str]:
@@ -207,8 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--module_import", action="append", default=[],
                       help="Modules to import first (they may register more tasks), as in seqio_cache_tasks.")
   parser.add_argument("--data_dir", default=None, help="Dataset directory (default: <data root>/<name>).")
-  parser.add_argument("--semantic_ids", default=None, help="semantic_ids.npz (default: $TIGER_SEMANTIC_IDS "
-                      "or a seeded random table).")
+  parser.add_argument("--semantic_ids", default=None, help="semantic_ids.npz (default: $TIGER_SEMANTIC_IDS; "
+                      "one of them is required), or random[:SEED] for seeded random IDs.")
   parser.add_argument("--no_user_token", action="store_true", help="Leave the user token out (Table 8; the "
                       "default for *_nouser tasks).")
   parser.add_argument("--cold_start_split", default=None, help="cold_start_split.json: train/validation leave "
@@ -218,9 +263,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       "TensorFlow or seqio (for machines that lack them).")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s")
+  if not (args.semantic_ids or os.environ.get("TIGER_SEMANTIC_IDS")):
+    raise SystemExit("error: " + tiger_tasks.semantic_ids_required_message("--semantic_ids"))
+  try:
+    tiger_tasks.parse_random_spec(args.semantic_ids or os.environ["TIGER_SEMANTIC_IDS"])
+  except ValueError as e:
+    raise SystemExit(f"error: --semantic_ids: {e}") from None
   for module in args.module_import:
     importlib.import_module(module)
   for name in args.tasks.split(","):
+    register_unknown_task(name.strip(), args.data_dir)
     info = cache_task(name.strip(), args.output_cache_dir, args.data_dir, args.semantic_ids,
                       use_user_token=False if args.no_user_token else None, force=args.force,
                       cold_start_split=args.cold_start_split, backend=args.backend)

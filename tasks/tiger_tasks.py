@@ -11,7 +11,8 @@ changes with every RQ-VAE run, so a TFDS copy on disk would be one more artifact
 the task cache (tasks/cache_tasks.py) already plays the role of seqio's offline cache.
 
 The Semantic-ID table is resolved when the dataset is built, not at import: an explicit `semantic_ids_path`,
-else `$TIGER_SEMANTIC_IDS` (path to a semantic_ids.npz), else a seeded random table of the same shape.
+else `$TIGER_SEMANTIC_IDS` (path to a semantic_ids.npz); without either it is an error. Random IDs (a
+baseline) only when asked for by name: `random` or `random:SEED`.
 
 Cold start (paper Sec. 4.3): `tiger_<dataset>_coldstart` tasks read the same data, but their train and
 validation splits leave out the unseen items of a `cold_start_split.json` (tiger_jax.data.cold_start;
@@ -90,12 +91,40 @@ def _load(data_dir: str) -> data_lib.Dataset:
   return data_lib.load_dataset(data_dir)
 
 
+RANDOM_IDS = "random"
+
+
+def semantic_ids_required_message(what: str = "--semantic_ids") -> str:
+  """The one-line error for a missing Semantic-ID table (random IDs are never a silent default)."""
+  return (f"no Semantic-ID table given: pass {what}=WORK/semantic_ids.npz (written by python -m "
+          f"tiger_jax.semantic_ids), or {what}=random[:SEED] to ask for random IDs, or set $TIGER_SEMANTIC_IDS")
+
+
+def parse_random_spec(spec: str) -> Optional[int]:
+  """The seed of a `random` / `random:SEED` table spec; None when `spec` names a file."""
+  if spec == RANDOM_IDS:
+    return 0
+  if spec.startswith(RANDOM_IDS + ":"):
+    seed = spec[len(RANDOM_IDS) + 1:]
+    if not seed.lstrip("-").isdigit():
+      raise ValueError(f"semantic ids {spec!r}: expected 'random' or 'random:SEED' with an integer SEED")
+    return int(seed)
+  return None
+
+
 def resolve_semantic_ids(dataset: data_lib.Dataset, semantic_ids_path: Optional[str],
-                         random_seed: int = 0) -> sid_lib.SemanticIds:
-  """The ID table for `dataset`, checked to cover exactly its catalogue."""
+                         what: str = "semantic_ids_path") -> sid_lib.SemanticIds:
+  """The ID table for `dataset`, checked to cover exactly its catalogue.
+
+  `semantic_ids_path`: a semantic_ids.npz, or 'random' / 'random:SEED' for a seeded random table; None reads
+  $TIGER_SEMANTIC_IDS, and without it is an error (`what` names the argument in that message).
+  """
   path = semantic_ids_path or os.environ.get("TIGER_SEMANTIC_IDS")
   if not path:
-    return sid_lib.random_semantic_ids(np.array(dataset.catalog.asins), seed=random_seed)
+    raise ValueError(semantic_ids_required_message(what))
+  seed = parse_random_spec(path)
+  if seed is not None:
+    return sid_lib.random_semantic_ids(np.array(dataset.catalog.asins), seed=seed)
   table = sid_lib.SemanticIds.load(path)
   missing = set(dataset.catalog.asins) - set(table.asins.tolist())
   if missing:
@@ -160,7 +189,8 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
   Args:
     name: task name, e.g. "tiger_garden".
     data_dir: the category directory; default `default_data_dir(name)`, resolved lazily.
-    semantic_ids_path: a `semantic_ids.npz`; default `$TIGER_SEMANTIC_IDS`, else a seeded random table.
+    semantic_ids_path: a `semantic_ids.npz`, or 'random' / 'random:SEED'; default `$TIGER_SEMANTIC_IDS`
+      (resolved when the dataset is built; an error if neither is given).
     use_user_token: prepend the hashed user token to the inputs (the paper's default; Table 8 ablates it);
       None: `use_user_token_for(name)` (off for `*_nouser` names).
     overwrite: replace an existing task of that name.
@@ -168,6 +198,8 @@ def register_tiger_task(name: str, data_dir: Optional[str] = None, semantic_ids_
       for `*_coldstart` names: `$TIGER_COLD_START_SPLIT` (resolved lazily, an error if unset).
   """
   import seqio  # pylint: disable=g-import-not-at-top
+  if semantic_ids_path:
+    parse_random_spec(semantic_ids_path)  # a malformed 'random:SEED' fails here, not at the first read
   if use_user_token is None:
     use_user_token = use_user_token_for(name)
   if overwrite and name in seqio.TaskRegistry.names():

@@ -14,6 +14,8 @@ from tasks import cache_tasks  # noqa: E402
 from tiger_jax import eval as eval_lib  # noqa: E402
 from tiger_jax import infer  # noqa: E402
 from tiger_jax import metrics  # noqa: E402
+from tiger_jax import provenance  # noqa: E402
+from tiger_jax import utils  # noqa: E402
 from conftest import write_processed  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +33,7 @@ def trained(tmp_path_factory):
                for u in range(40)}
   data_dir = write_processed(tmp / "data", sequences, items)
   cache_dir = str(tmp / "cache")
-  cache_tasks.cache_task(TASK, cache_dir, data_dir=data_dir)
+  cache_tasks.cache_task(TASK, cache_dir, data_dir=data_dir, semantic_ids_path="random")
   gin_file = tmp / "small.gin"
   gin_file.write_text(textwrap.dedent(f"""\
       from __gin__ import dynamic_registration
@@ -55,7 +57,8 @@ def trained(tmp_path_factory):
   gin_args = [f"--gin_file={gin_file}", f'--gin.MODEL_DIR="{model_dir}"']
   subprocess.run([sys.executable, "-m", "tiger_jax.train", *gin_args], cwd=REPO, env=env, check=True,
                  capture_output=True)
-  return {"model_dir": model_dir, "cache_dir": cache_dir, "gin_args": gin_args, "env": env, "tmp": tmp}
+  return {"model_dir": model_dir, "cache_dir": cache_dir, "gin_args": gin_args, "env": env, "tmp": tmp,
+          "data_dir": data_dir}
 
 
 def _run_eval(trained, name, *bindings):
@@ -122,6 +125,34 @@ def test_infer_recommends_named_products(trained):
                                 rec.encode_history(long_history[-20:])[0, :80])
   with pytest.raises(infer.UnknownItemError, match="NOPE"):
     rec.recommend(["P01", "NOPE"])
+
+
+def test_eval_and_infer_refuse_a_cache_rebuilt_with_other_ids(trained):
+  """The cache copied, then rebuilt in place with other IDs: the model's tokens would name other items."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  other = os.path.join(trained["tmp"], "other_cache")
+  shutil.copytree(trained["cache_dir"], other)
+  cache_tasks.cache_task(TASK, other, data_dir=trained["data_dir"], semantic_ids_path="random:1")
+  recorded = provenance.read(trained["model_dir"])["cache"]
+  rebuilt = provenance.cache_fingerprint(other, TASK)
+  assert rebuilt["semantic_ids_hash"] != recorded["semantic_ids_hash"]
+  cfg = utils.DatasetConfig(mixture_or_task_name=TASK, task_feature_lengths={"inputs": 81, "targets": 5},
+                            split="test", batch_size=16, shuffle=False, cache_dir=other)
+  with pytest.raises(provenance.ProvenanceError) as e:
+    eval_lib.evaluate(model=None, dataset_cfg=cfg, model_dir=trained["model_dir"],
+                      output_dir=os.path.join(trained["tmp"], "refused"))
+  for needle in (provenance.short(recorded["semantic_ids_hash"]), provenance.short(rebuilt["semantic_ids_hash"]),
+                 "--semantic_ids=random",
+                 f"--data_dir={trained['data_dir']}", "python -m tasks.cache_tasks"):
+    assert needle in str(e.value), needle
+  assert not os.path.exists(os.path.join(trained["tmp"], "refused"))
+  with pytest.raises(provenance.ProvenanceError, match="infer: the task cache"):
+    infer.Recommender.from_model_dir(trained["model_dir"], cache_dir=other)
+  proc = subprocess.run([sys.executable, "-m", "tiger_jax.infer", f"--model_dir={trained['model_dir']}",
+                         f"--cache_dir={other}", "--history=P01"], cwd=REPO, env=trained["env"],
+                        capture_output=True, text=True)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: infer: the task cache")
+  assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def test_metrics_from_predictions_by_hand(tmp_path):

@@ -87,10 +87,70 @@ def test_cache_is_skipped_when_current_and_rebuilt_when_ids_change(tiny_dataset_
   first = cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir, semantic_ids_path=sid_path)
   second = cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir, semantic_ids_path=sid_path)
   assert second["created"] == first["created"] and second["seconds"] == first["seconds"]
-  third = cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir)  # random IDs now
+  third = cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir, semantic_ids_path="random:3")
   assert third["semantic_ids_hash"] != first["semantic_ids_hash"]
   with open(os.path.join(cache_dir, "tiger_tiny", "info.json")) as f:
-    assert json.load(f)["semantic_ids_method"] == "random"
+    info = json.load(f)
+  assert info["semantic_ids_method"] == "random" and info["built_from"]["semantic_ids"] == "random:3"
+  assert info["built_from"]["data_dir"] == os.path.abspath(tiny_dataset_dir)
+
+
+def test_cache_rebuilds_when_the_id_file_changes_in_place_and_says_why(tiny_dataset_dir, tmp_path, caplog):
+  # The same path, new IDs (an ID stage rerun with another recipe): the cache must not call itself current.
+  sid_path, codes = _table(tiny_dataset_dir, tmp_path)
+  cache_dir = str(tmp_path / "cache")
+  first = cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir, semantic_ids_path=sid_path,
+                                 backend="numpy")
+  asins = load_dataset(tiny_dataset_dir).catalog.asins
+  sid_lib.SemanticIds(np.array(asins), codes[::-1].copy(), "lsh").save(sid_path)
+  with caplog.at_level("INFO", logger="tasks.cache_tasks"):
+    second = cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir,
+                                    semantic_ids_path=sid_path, backend="numpy")
+  assert second["semantic_ids_hash"] != first["semantic_ids_hash"]
+  assert "rebuilding" in caplog.text and "semantic_ids_hash" in caplog.text and "is current" not in caplog.text
+  items = np.load(os.path.join(cache_dir, "tiger_tiny", "items.npz"))
+  assert items["item_tokens"][0].tolist() == _expected_tokens(codes[::-1], 0)
+
+
+def test_random_ids_only_when_asked_for_by_name(tiny_dataset_dir, tmp_path, monkeypatch):
+  monkeypatch.delenv("TIGER_SEMANTIC_IDS", raising=False)
+  cache_dir = str(tmp_path / "cache")
+  with pytest.raises(ValueError, match="no Semantic-ID table given.*random"):
+    cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir, backend="numpy")
+  assert not os.path.exists(os.path.join(cache_dir, "tiger_tiny"))
+  a = cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir, semantic_ids_path="random",
+                             backend="numpy")
+  b = cache_tasks.cache_task("tiger_tiny", str(tmp_path / "b"), data_dir=tiny_dataset_dir,
+                             semantic_ids_path="random:7", backend="numpy")
+  assert a["semantic_ids_method"] == b["semantic_ids_method"] == "random"
+  assert a["semantic_ids_hash"] != b["semantic_ids_hash"]
+  with pytest.raises(ValueError, match="random:SEED"):
+    cache_tasks.cache_task("tiger_tiny", cache_dir, data_dir=tiny_dataset_dir, semantic_ids_path="random:x")
+  # A registered task reads its table when the dataset is built: without one that is the same error.
+  task = tiger_tasks.register_tiger_task("tiger_tiny_noids", data_dir=tiny_dataset_dir)
+  with pytest.raises(ValueError, match="no Semantic-ID table given"):
+    task.get_dataset(sequence_length=LENGTHS, split="validation", shuffle=False)
+
+
+def test_cli_without_semantic_ids_is_a_one_line_error_and_registers_unknown_tasks(tiny_dataset_dir, tmp_path):
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("TIGER_SEMANTIC_IDS", None)
+  cmd = [sys.executable, "-m", "tasks.cache_tasks", "--tasks=tiger_garden", f"--data_dir={tiny_dataset_dir}",
+         f"--output_cache_dir={tmp_path / 'cache'}"]
+  out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: no Semantic-ID table given") and "--semantic_ids=" in last, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert not os.path.exists(tmp_path / "cache" / "tiger_garden")
+  out = subprocess.run(cmd + ["--semantic_ids=random:1"], cwd=repo, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "tiger_garden: not a registered task; registering it over" in out.stderr
+  assert json.loads(out.stdout)["counts"] == {"train": 25, "validation": 5, "test": 5}
 
 
 def test_no_user_token_and_id_table_that_misses_items(tiny_dataset_dir, tmp_path):

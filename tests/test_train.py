@@ -18,9 +18,11 @@ import optax
 import pytest
 
 from tiger_jax import checkpoints
+from tiger_jax import model_dir_lock
 from tiger_jax import models
 from tiger_jax import network
 from tiger_jax import partitioning
+from tiger_jax import provenance
 from tiger_jax import train
 from tiger_jax import utils
 
@@ -317,6 +319,93 @@ def test_trimmed_encoder_gives_the_same_loss(cache_dir):
 # CLI runs in subprocesses.
 
 
+# ----------------------------------------------------------------------------------------------------------
+# One writer per MODEL_DIR; a resumed run checks the cache it trains on.
+
+
+def _tiny_model():
+  return models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+
+
+def _train_briefly(cache_dir, model_dir, steps):
+  return train.train(model=_tiny_model(), train_dataset_cfg=_cfg(cache_dir), model_dir=model_dir,
+                     total_steps=steps, eval_period=None, steps_per_dispatch=2, use_tensorboard=False,
+                     eval_metric_fns=(), best_metric=None,
+                     checkpoint_cfg=utils.CheckpointConfig(save=utils.SaveCheckpointConfig(async_save=False)))
+
+
+def _write_lock(model_dir, pid, command):
+  import socket  # pylint: disable=g-import-not-at-top
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, model_dir_lock.FILENAME), "w") as f:
+    json.dump({"pid": pid, "host": socket.gethostname(), "started": "2020-01-01T00:00:00", "command": command}, f)
+
+
+def test_a_second_trainer_is_refused_and_a_stale_lock_is_taken_over(cache_dir, tmp_path, caplog):
+  model_dir = str(tmp_path / "model")
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  try:
+    _write_lock(model_dir, holder.pid, "python -m tiger_jax.train --gin.RANDOM_SEED=0")
+    with pytest.raises(model_dir_lock.ModelDirLockedError, match=rf"pid {holder.pid} .*RANDOM_SEED=0"):
+      _train_briefly(cache_dir, model_dir, 2)
+    assert os.listdir(model_dir) == [model_dir_lock.FILENAME]  # nothing of the refused run was written
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder is gone (as after SIGKILL): its lock is stale, taken over with a log line, released at the end.
+  with caplog.at_level("WARNING", logger="tiger_jax.model_dir_lock"):
+    assert _train_briefly(cache_dir, model_dir, 2).step == 2
+  assert "stale lock" in caplog.text and str(holder.pid) in caplog.text
+  assert not os.path.exists(os.path.join(model_dir, model_dir_lock.FILENAME))
+  # An exception inside train() releases the lock too.
+  with pytest.raises(ValueError, match="ema_decay"):
+    train.train(model=_tiny_model(), train_dataset_cfg=_cfg(cache_dir), model_dir=model_dir, total_steps=1,
+                ema_decay=1.0)
+  assert not os.path.exists(os.path.join(model_dir, model_dir_lock.FILENAME))
+
+
+def _copy_cache(cache_dir, root, semantic_ids_hash):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(os.path.join(cache_dir, TASK), os.path.join(root, TASK))
+  _set_info(root, semantic_ids_hash=semantic_ids_hash, data_fingerprint="d" * 64,
+            built_from={"data_dir": "/data/x", "semantic_ids": "/w/ids.npz"})
+  return str(root)
+
+
+def _set_info(root, **fields):
+  path = os.path.join(root, TASK, "info.json")
+  with open(path) as f:
+    info = json.load(f)
+  info.update(fields)
+  with open(path, "w") as f:
+    json.dump(info, f)
+
+
+def test_resume_refuses_a_cache_rebuilt_with_other_semantic_ids(cache_dir, tmp_path):
+  cache = _copy_cache(cache_dir, tmp_path / "cache", semantic_ids_hash="a" * 64)
+  model_dir = str(tmp_path / "model")
+  _train_briefly(cache, model_dir, 2)
+  with open(os.path.join(model_dir, provenance.FILENAME)) as f:
+    recorded = json.load(f)["cache"]
+  assert recorded["semantic_ids_hash"] == "a" * 64 and recorded["task"] == TASK and recorded["info_hash"]
+  # Rebuilt with other IDs (the arrays do not matter: info.json is what is compared).
+  _set_info(cache, semantic_ids_hash="b" * 64, built_from={"data_dir": "/data/x", "semantic_ids": "/w/lsh.npz"})
+  with pytest.raises(provenance.ProvenanceError) as e:
+    _train_briefly(cache, model_dir, 4)
+  message = str(e.value)
+  assert "a" * 12 in message and "b" * 12 in message and "Semantic IDs" in message
+  assert "python -m tasks.cache_tasks" in message and "new MODEL_DIR" in message
+  assert message.endswith("--data_dir=/data/x --semantic_ids=/w/ids.npz")
+  assert checkpoints.TrainCheckpointer(model_dir, async_save=False).latest_step() == 2
+  # The cache it was trained on again: the run resumes.
+  _set_info(cache, semantic_ids_hash="a" * 64)
+  assert _train_briefly(cache, model_dir, 4).start_step == 2
+  # A fresh MODEL_DIR over the new cache is fine, and records that cache.
+  _set_info(cache, semantic_ids_hash="b" * 64)
+  _train_briefly(cache, str(tmp_path / "fresh"), 2)
+  assert provenance.read(str(tmp_path / "fresh"))["cache"]["semantic_ids_hash"] == "b" * 64
+
+
 def _tiny_gin(tmp, cache_dir, steps=32, extra=""):
   path = os.path.join(tmp, "tiny.gin")
   with open(path, "w") as f:
@@ -438,6 +527,41 @@ def test_sigkill_then_rerun_resumes_to_identical_params(cli):
   again = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=cli["env"], capture_output=True,
                          text=True, timeout=600)
   assert again.returncode == 0 and "nothing to train" in again.stderr
+
+
+def test_resume_with_another_architecture_fails_without_touching_config(cli):
+  """The restore's shape check comes before config.gin, metrics.jsonl and provenance.json are written."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  model_dir = os.path.join(cli["tmp"], "rearchitected")
+  shutil.copytree(cli["model_dir"], model_dir)
+  kept = {name: open(os.path.join(model_dir, name)).read()
+          for name in ("config.gin", "metrics.jsonl", provenance.FILENAME)
+          if os.path.exists(os.path.join(model_dir, name))}
+  assert "config.gin" in kept and "num_encoder_layers = 1" in kept["config.gin"]
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir, "--gin.TRAIN_STEPS=40",
+                            "--gin.network.T5Config.num_encoder_layers=2"),
+                       cwd=REPO, env=cli["env"], capture_output=True, text=True, timeout=600)
+  assert out.returncode != 0
+  for name, text in kept.items():
+    assert open(os.path.join(model_dir, name)).read() == text, f"{name} was rewritten by a refused resume"
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "does not fit the configured model" in out.stderr and "Traceback" not in out.stderr
+  assert not os.path.exists(os.path.join(model_dir, model_dir_lock.FILENAME))  # released on the error
+
+
+def test_cli_second_trainer_exits_4_naming_the_holder(cli):
+  model_dir = os.path.join(cli["tmp"], "locked")
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+  try:
+    _write_lock(model_dir, holder.pid, "python -m tiger_jax.train --gin.RANDOM_SEED=0")
+    out = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=cli["env"], capture_output=True,
+                         text=True, timeout=600)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert out.returncode == 4, out.stderr[-3000:]
+  assert f"in use by another trainer (pid {holder.pid}" in out.stderr and "Traceback" not in out.stderr
+  assert sorted(os.listdir(model_dir)) == [model_dir_lock.FILENAME]
 
 
 def test_initial_checkpoint_from_another_model_dir(cli):

@@ -26,6 +26,7 @@ import numpy as np
 from tiger_jax import checkpoints
 from tiger_jax import decoding
 from tiger_jax import metrics as metrics_lib
+from tiger_jax import provenance
 from tiger_jax import utils
 from tiger_jax import vocab as vocab_lib
 
@@ -155,6 +156,9 @@ def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpo
   if num_beams < 10:
     raise ValueError(f"num_beams={num_beams}: Recall/NDCG@10 need at least 10 beams")
   start = time.time()
+  provenance.check_cache(model_dir, provenance.cache_fingerprint(dataset_cfg.cache_dir,
+                                                                 dataset_cfg.mixture_or_task_name),
+                         "eval", strict=False)
   params, step = checkpoints.restore_params(model_dir, checkpoint)
   arrays = utils.get_dataset_arrays(dataset_cfg, (utils.ENCODER_INPUT, "user_index", "target_item"))
   if max_examples:
@@ -191,7 +195,11 @@ def metrics_from_predictions(path: str, ks: Sequence[int] = (5, 10)) -> dict[str
 
 def main(flags) -> None:
   del flags
-  gin.get_configurable(evaluate)()
+  try:
+    gin.get_configurable(evaluate)()
+  except provenance.ProvenanceError as e:
+    log.error("%s", e)
+    raise SystemExit(2) from None
 
 
 def console_main() -> None:

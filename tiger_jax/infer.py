@@ -8,7 +8,8 @@
   python -m tiger_jax.infer --model_dir=work/beauty/model_quick --history=B004756YJA,B0020YLEYK [--user=ID]
 
 The model is rebuilt from MODEL_DIR/config.gin (written by training), the catalogue and its Semantic IDs
-from the task cache the run trained on. Histories are handled as in training: the most recent 20 items are
+from the task cache the run trained on (checked against MODEL_DIR/provenance.json: another cache or ID
+table is refused). Histories are handled as in training: the most recent 20 items are
 kept, an unknown ASIN is an error that lists it, an empty history (a cold user) still gets an answer.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from tiger_jax import checkpoints
 from tiger_jax import eval as eval_lib
+from tiger_jax import provenance
 from tiger_jax.data import splits
 from tiger_jax import vocab as vocab_lib
 
@@ -70,6 +72,7 @@ class Recommender:
     model = model_from_config(config)
     cache_dir = cache_dir or _macro("TASK_CACHE_DIR")
     task = task or _macro("MIXTURE_OR_TASK_NAME")
+    provenance.check_cache(model_dir, provenance.cache_fingerprint(cache_dir, task), "infer", strict=False)
     params, _ = checkpoints.restore_params(model_dir, checkpoint)
     return cls(model, params, eval_lib.CatalogTables.load(cache_dir, task), **kwargs)
 
@@ -118,7 +121,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--cache_dir", default=None)
   parser.add_argument("--task", default=None)
   args = parser.parse_args(argv)
-  rec = Recommender.from_model_dir(args.model_dir, args.checkpoint, args.cache_dir, args.task)
+  try:
+    rec = Recommender.from_model_dir(args.model_dir, args.checkpoint, args.cache_dir, args.task)
+  except provenance.ProvenanceError as e:
+    raise SystemExit(f"error: {e}") from None
   history = [a for a in args.history.split(",") if a]
   try:
     top = rec.recommend(history, args.user, args.k)

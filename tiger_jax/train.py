@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -31,7 +32,9 @@ import optax
 
 from tiger_jax import checkpoints as checkpoints_lib
 from tiger_jax import gin_utils
+from tiger_jax import model_dir_lock
 from tiger_jax import partitioning
+from tiger_jax import provenance
 from tiger_jax import utils
 
 log = logging.getLogger("tiger_jax.train")
@@ -39,6 +42,10 @@ log = logging.getLogger("tiger_jax.train")
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss; the last good checkpoint was left as it was."""
+
+
+class CheckpointMismatchError(ValueError):
+  """MODEL_DIR's checkpoint does not fit the configured model (e.g. a changed network config)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -305,6 +312,20 @@ def _next_multiple(step: int, period: Optional[int]) -> float:
   return (step // period + 1) * period
 
 
+def _holding_the_model_dir_lock(fn):
+  """Runs `fn(model_dir=..., ...)` holding MODEL_DIR's lock (process 0 takes it for all processes)."""
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    if jax.process_index() != 0:
+      return fn(*args, **kwargs)
+    with model_dir_lock.ModelDirLock(kwargs["model_dir"]):
+      return fn(*args, **kwargs)
+
+  return wrapper
+
+
+@_holding_the_model_dir_lock
 def train(*,
           model: Any,
           train_dataset_cfg: utils.DatasetConfig,
@@ -367,8 +388,6 @@ def train(*,
   if use_hardware_rng:
     jax.config.update("jax_default_prng_impl", "unsafe_rbg")
   os.makedirs(model_dir, exist_ok=True)
-  config_path = gin_utils.write_config(model_dir)
-  summaries = _Summaries(model_dir, use_tensorboard)
 
   # Data.
   batch_size = train_dataset_cfg.batch_size
@@ -407,8 +426,17 @@ def train(*,
                                            async_save=save_cfg.async_save)
   state, best = None, None
   latest = ckpt.latest_step()
+  cache = provenance.cache_fingerprint(train_dataset_cfg.cache_dir, train_dataset_cfg.mixture_or_task_name)
   if latest is not None:
-    state, meta = ckpt.restore(latest, abstract_state)
+    provenance.check_cache(model_dir, cache, "resuming training", strict=True)
+    try:
+      state, meta = ckpt.restore(latest, abstract_state)
+    except ValueError as e:
+      ckpt.close()
+      raise CheckpointMismatchError(
+          f"{checkpoints_lib.checkpoint_dir(model_dir)}/{latest} does not fit the configured model "
+          f"({str(e).splitlines()[0]}): resume with the configuration it was trained with "
+          f"({os.path.join(model_dir, 'config.gin')}, left unchanged), or train into a new MODEL_DIR") from e
     state = _cast_state_params(state, "float32")
     if meta.get("schedule") and meta["schedule"] != schedule.fingerprint():
       log.warning("the data schedule differs from the checkpoint's (%s vs %s): the resumed run will not "
@@ -418,6 +446,12 @@ def train(*,
     state = _restore_initial(restore_cfg, abstract_state, init_fn, init_rng)
   if state is None:
     state = init_fn(init_rng)
+  # Written only now that the data, the cache's provenance and the restored state have been checked, so a
+  # refused resume leaves MODEL_DIR's config and records as they were.
+  if jax.process_index() == 0 and (latest is None or provenance.read(model_dir) is None):
+    provenance.write(model_dir, cache)
+  config_path = gin_utils.write_config(model_dir)
+  summaries = _Summaries(model_dir, use_tensorboard)
   best = ckpt.best_record()
   dropout_base = partitioner.replicate(np.asarray(jax.device_get(dropout_base)))
 
@@ -681,6 +715,12 @@ def main(flags) -> None:
   except NonFiniteLossError as e:
     log.error("%s", e)
     sys.exit(3)
+  except (provenance.ProvenanceError, CheckpointMismatchError) as e:  # nothing was written
+    log.error("%s", e)
+    sys.exit(2)
+  except model_dir_lock.ModelDirLockedError as e:  # another trainer writes this MODEL_DIR
+    log.error("%s", e)
+    sys.exit(4)
   if result.stopped_by_signal is not None:
     sys.exit(128 + result.stopped_by_signal)
 

@@ -12,7 +12,7 @@ from tiger_jax import infer
 
 @pytest.fixture(scope="module")
 def recommender(relative_path_run):
-  return infer.Recommender.from_model_dir(relative_path_run["model_dir"])
+  return infer.Recommender.from_model_dir(relative_path_run["model_dir"], cache_dir=relative_path_run["cache_dir"])
 
 
 def _infer_cli(run, cwd, *args):
@@ -73,7 +73,7 @@ def test_a_history_string_is_a_type_error_saying_to_pass_a_list(recommender):
   """recommend("B004756YJA") used to look up the items 'B', '0', '0', ... and report them unknown."""
   with pytest.raises(TypeError, match=r"must be a list of ASINs.*\['P01'\]"):
     recommender.recommend("P01")
-  with pytest.raises(TypeError, match="must be a list"):
+  with pytest.raises(TypeError, match=r"must be a list.*\['P01', 'P02'\]"):
     recommender.encode_history("P01,P02")
   with pytest.raises(TypeError, match="item 1 is int"):
     recommender.recommend(["P01", 4])

@@ -791,11 +791,15 @@ def test_random_kills_resume_to_the_parameters_of_an_uninterrupted_run(cli, cach
     phase, sig = plan[i]
     nth, delay = int(rng.integers(1, 3)), float(rng.uniform(0, pause))
     run = _FaultyRun(gin_file, model_dir, cli["env"], pause)
+    claim, on_disk_at_claim = None, None
     try:
       point = run.wait_for_point(phase, nth)
       if point is not None:
         time.sleep(delay)
         run.proc.send_signal(sig)
+        if sig == signal.SIGTERM:
+          claim = run.wait_for_log(r"(?:checkpointed step|checkpoint of step) (\d+)")
+          on_disk_at_claim = _saved(model_dir)  # what a kill right after the claim would leave
     finally:
       code, err = run.finish()
     done.append(f"{signal.Signals(sig).name} at {phase} #{nth} {point} +{delay:.2f}s -> exit {code}, "
@@ -806,8 +810,8 @@ def test_random_kills_resume_to_the_parameters_of_an_uninterrupted_run(cli, cach
       continue
     if sig == signal.SIGTERM:
       assert code == 128 + signal.SIGTERM and "Traceback" not in err, context
-      claimed = [int(s) for s in re.findall(r"(?:checkpointed step|checkpoint of step) (\d+)", err)]
-      assert len(claimed) == 1 and claimed[0] == _saved(model_dir)[-1], context
+      assert claim is not None and on_disk_at_claim, context
+      assert int(claim.group(1)) == on_disk_at_claim[-1] == _saved(model_dir)[-1], context
     else:
       assert code == -signal.SIGKILL, context
   print(f"seed {FAULT_SEED} kills:", *done, sep="\n  ")

@@ -43,8 +43,10 @@ class UnknownItemError(KeyError):
 def check_history(history) -> list[str]:
   """The history as a list of ASIN strings; a bare string (one ASIN or a comma list) is a TypeError."""
   if isinstance(history, (str, bytes)):
+    text = history.decode() if isinstance(history, bytes) else history
+    example = [a.strip() for a in text.split(",") if a.strip()][:3]
     raise TypeError(f"history must be a list of ASINs (oldest first), got the string {history!r:.60}; "
-                    f"pass a list, e.g. [{history!r:.60}]")
+                    f"pass a list, e.g. {example}")
   try:
     items = list(history)
   except TypeError:

@@ -751,8 +751,10 @@ def main(flags) -> None:
     log.error("%s", e)
     sys.exit(3)
   except KeyboardInterrupt:
-    # Ctrl-C outside the training loop (reading data, restoring): nothing of this run was trained yet.
-    log.warning("SIGINT before training started: no step of this run was lost; rerun the same command")
+    # Ctrl-C outside the training loop (reading data, restoring, or after the loop closed its checkpoints):
+    # no step finished there, so none is lost.
+    log.warning("SIGINT outside the training loop: no finished step was lost; rerun the same command to "
+                "resume from the latest checkpoint")
     sys.exit(128 + signal.SIGINT)
   if result.stopped_by_signal is not None:
     sys.exit(128 + result.stopped_by_signal)

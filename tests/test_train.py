@@ -559,6 +559,20 @@ def test_sigint_checkpoints_without_a_traceback(cli):
   assert meta["eval_pending"] is True
 
 
+def test_sigint_while_setting_up_stops_before_the_first_step(cli):
+  """Ctrl-C while the data is read: no traceback, no checkpoint, exit 130, and the log says so."""
+  model_dir = os.path.join(cli["tmp"], "interrupted_early")
+  run = _FaultyRun(cli["gin_file"], model_dir, cli["env"], pause=1.0)
+  try:
+    assert run.wait_for_log(r"train split: \d+ examples") is not None
+    run.proc.send_signal(signal.SIGINT)
+  finally:
+    code, err = run.finish()
+  assert code == 128 + signal.SIGINT and "Traceback" not in err, err[-3000:]
+  assert "stopped before training step 1; the latest checkpoint on disk is none" in err
+  assert _saved(model_dir) == []
+
+
 def _evals(model_dir):
   """{step: [validation losses logged at that step]} from metrics.jsonl."""
   out = {}

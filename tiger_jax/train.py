@@ -313,6 +313,21 @@ class TrainResult:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A stop signal the command line caught while train() was still setting up (reading data, restoring); the
+# training loop's handlers take it over, so the run stops before its first step instead of losing it.
+_early_signal: Optional[int] = None
+
+
+def _note_early_signal(signum, frame) -> None:
+  del frame
+  global _early_signal
+  name = signal.Signals(signum).name
+  if _early_signal is not None:
+    log.error("%s again: exiting before training started; no step of this run was trained", name)
+    logging.shutdown()
+    os._exit(128 + signum)
+  _early_signal = signum
+  log.warning("%s: the run stops once it is set up, before its first step (send it again to exit now)", name)
 
 
 class _StopSignals:
@@ -327,7 +342,10 @@ class _StopSignals:
   def install(self) -> None:
     if threading.current_thread() is not threading.main_thread():
       return  # signal handlers can only be set from the main thread; the caller keeps its own
+    self.signal = _early_signal
     for signum in STOP_SIGNALS:
+      if signal.getsignal(signum) is signal.SIG_IGN:
+        continue  # ignored by whoever started us (e.g. SIGINT for a shell's background job): keep it so
       self._previous[signum] = signal.signal(signum, self._handle)
 
   def restore(self) -> None:
@@ -745,24 +763,30 @@ def train_using_gin() -> TrainResult:
 def main(flags) -> None:
   """Exit codes: 0 done, 3 non-finite loss, 128 + signal when SIGTERM (143) or SIGINT (130) stopped it."""
   del flags
+  previous = {signum: signal.signal(signum, _note_early_signal) for signum in STOP_SIGNALS
+              if signal.getsignal(signum) is not signal.SIG_IGN}
   try:
     result = train_using_gin()
   except NonFiniteLossError as e:
     log.error("%s", e)
     sys.exit(3)
-  except KeyboardInterrupt:
-    # Ctrl-C outside the training loop (reading data, restoring, or after the loop closed its checkpoints):
-    # no step finished there, so none is lost.
-    log.warning("SIGINT outside the training loop: no finished step was lost; rerun the same command to "
-                "resume from the latest checkpoint")
-    sys.exit(128 + signal.SIGINT)
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
   if result.stopped_by_signal is not None:
     sys.exit(128 + result.stopped_by_signal)
 
 
 def console_main() -> None:
   """`tiger-train` console script and `python -m tiger_jax.train`."""
-  gin_utils.run(main)
+  try:
+    gin_utils.run(main)
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training loop (parsing gin, reading data, restoring, or after the loop closed its
+    # checkpoints): no step finished there, so none is lost.
+    log.warning("SIGINT outside the training loop: no finished step was lost; rerun the same command to "
+                "resume from the latest checkpoint")
+    sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,50 @@ def tiny_dataset_dir(tmp_path):
       "u4": [f"I{i % 8}" for i in range(25)],
   }
   return write_processed(tmp_path / "tiny", sequences, items)
+
+
+@pytest.fixture(scope="session")
+def relative_path_run(tmp_path_factory):
+  """A tiny TIGER run made the way run.sh makes one, with paths relative to the folder it ran in:
+  `root/data` (processed), `root/work/cache` (numpy-built task cache, random IDs) and `root/work/model`
+  (4 steps of a 1+1-layer T5 trained by the CLI from `root`). Returns paths, the gin flags and the env."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import textwrap  # pylint: disable=g-import-not-at-top
+  from tasks import cache_tasks  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = tmp_path_factory.mktemp("relative_run")
+  data_dir, asins = write_category_walk_dataset(root / "data", np.random.default_rng(0), num_items=24,
+                                                num_users=40, length_cycle=5, user_digits=2)
+  task = "tiger_relativerun"
+  cache_tasks.cache_task(task, str(root / "work" / "cache"), data_dir=data_dir, backend="numpy")
+  (root / "tiny.gin").write_text(textwrap.dedent(f"""\
+      from __gin__ import dynamic_registration
+      from tiger_jax import network
+      include 'gin/runs/train.gin'
+      include 'gin/models/tiger_t5.gin'
+      MIXTURE_OR_TASK_NAME = '{task}'
+      TASK_CACHE_DIR = 'work/cache'
+      ACTIVATION_DTYPE = 'float32'
+      TRAIN_STEPS = 4
+      BATCH_SIZE = 8
+      EVAL_BATCH_SIZE = 8
+      EVAL_PERIOD = 4
+      STEPS_PER_DISPATCH = 4
+      network.T5Config:
+        emb_dim = 16
+        num_heads = 2
+        num_encoder_layers = 1
+        num_decoder_layers = 1
+        head_dim = 8
+        mlp_dim = 32
+      """))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+             PYTHONPATH=os.pathsep.join([repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  env.pop("TIGER_TASK_CACHE_DIR", None)
+  gin_flags = ["--gin_file=tiny.gin", "--gin.MODEL_DIR='work/model'"]
+  out = subprocess.run([sys.executable, "-m", "tiger_jax.train", *gin_flags], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  return {"root": str(root), "model_dir": str(root / "work" / "model"), "cache_dir": str(root / "work" / "cache"),
+          "task": task, "asins": asins, "gin_flags": gin_flags, "env": env, "repo": repo}

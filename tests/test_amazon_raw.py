@@ -24,7 +24,11 @@ def review(user, asin, time, **extra) -> str:
 
 
 def meta(asin, **fields) -> str:
-  """A metadata line as in meta_<Category>.json.gz: Python's repr of a dict, not JSON."""
+  """A metadata line as in meta_<Category>.json.gz: Python's repr of a dict, not JSON. It has a title
+  unless `fields` give one (None: no title field), as the reader needs titles."""
+  fields.setdefault("title", f"title of {asin}")
+  if fields["title"] is None:
+    del fields["title"]
   return repr({"asin": asin, **fields})
 
 
@@ -67,21 +71,21 @@ def test_reads_a_5core_block(tmp_path):
 def test_time_sort_keeps_file_order_for_equal_times(tmp_path):
   lines = [review("A", "a", T0 + 30), review("A", "b", T0 + 10), review("A", "c", T0 + 20),
            review("A", "d", T0 + 10),
-           review("B", "d", T0 + 5), review("B", "b", T0 + 5)]
+           review("B", "d", T0 + 5), review("B", "b", T0 + 5), review("B", "a", T0 + 6)]
   metas = [meta(x) for x in "abcd"]
   dataset, report = read_raw(*files(tmp_path, lines, metas), min_count=1)
   asins = dataset.catalog.asins
   sessions = [[asins[i] for i in s] for s in dataset.sessions.sequences]
-  assert sessions == [["b", "d", "c", "a"], ["d", "b"]]
+  assert sessions == [["b", "d", "c", "a"], ["d", "b", "a"]]
   assert report.tied_timestamps == 2
 
 
 def test_catalogue_order_is_first_appearance_in_sorted_sessions(tmp_path):
   lines = [review("B", "z", T0 + 2), review("A", "y", T0 + 9), review("B", "x", T0 + 1),
-           review("A", "x", T0 + 1)]
+           review("A", "x", T0 + 1), review("B", "y", T0 + 3), review("A", "z", T0 + 10)]
   dataset, _ = read_raw(*files(tmp_path, lines, [meta(x) for x in "xyz"]), min_count=1)
   assert dataset.sessions.users == ["B", "A"]  # first review in the file
-  assert dataset.catalog.asins == ["x", "z", "y"]  # B: x, z; then A: x, y
+  assert dataset.catalog.asins == ["x", "z", "y"]  # B: x, z, y; then A: x, y, z
 
 
 def test_kcore_is_enforced_until_stable(tmp_path):
@@ -122,13 +126,14 @@ def test_items_without_metadata_are_dropped_counted_and_logged(tmp_path, caplog)
 
 
 def test_duplicate_reviews_kept_by_default_or_dropped(tmp_path):
-  lines = [review("A", "a", T0 + 1), review("A", "b", T0 + 2), review("A", "a", T0 + 3)]
-  paths = files(tmp_path, lines, [meta("a"), meta("b")])
+  lines = [review("A", "a", T0 + 1), review("A", "b", T0 + 2), review("A", "a", T0 + 3),
+           review("A", "c", T0 + 4)]
+  paths = files(tmp_path, lines, [meta("a"), meta("b"), meta("c")])
   kept, report = read_raw(*paths, min_count=1)
-  assert kept.sessions.sequences == [[0, 1, 0]]
+  assert kept.sessions.sequences == [[0, 1, 0, 2]]
   assert report.duplicate_reviews == 1 and report.duplicates_dropped == 0
   dropped, report = read_raw(*paths, min_count=1, duplicates="drop")
-  assert dropped.sessions.sequences == [[0, 1]]
+  assert dropped.sessions.sequences == [[0, 1, 2]]
   assert report.duplicate_reviews == 1 and report.duplicates_dropped == 1
   with pytest.raises(ValueError, match="duplicates"):
     read_raw(*paths, duplicates="latest")
@@ -266,6 +271,40 @@ def test_corrupt_gzip_and_bad_utf8_name_file_and_line(tmp_path):
   with pytest.raises(DataFormatError, match="UTF-8") as info:
     read_raw(plain, meta_path)
   assert info.value.line == 2
+
+
+def test_gzip_detected_from_content_and_bad_gzip_named(tmp_path):
+  """A plain file named .gz reads as plain text; gzip magic followed by garbage names file and line."""
+  reviews, meta_path = files(tmp_path, grid(USERS, ITEMS), META)
+  expected, _ = read_raw(reviews, meta_path)
+  reviews.write_bytes(gzip.decompress(reviews.read_bytes()))
+  meta_path.write_bytes(gzip.decompress(meta_path.read_bytes()))
+  dataset, _ = read_raw(reviews, meta_path)
+  assert dataset.sessions.sequences == expected.sessions.sequences
+  assert dataset.catalog.asins == expected.catalog.asins
+  meta_path.write_bytes(b"\x1f\x8b" + b"not deflate data at all" * 4)
+  with pytest.raises(DataFormatError, match="corrupt or truncated gzip") as info:
+    read_raw(reviews, meta_path)
+  assert info.value.path == str(meta_path) and info.value.line == 1
+
+
+def test_items_without_titles_are_counted_and_none_at_all_is_an_error(tmp_path, caplog):
+  metas = [meta(a, title=None if a in ("I1", "I3") else "") if a != "I0" else meta(a) for a in ITEMS]
+  with caplog.at_level(logging.WARNING, logger="tiger_jax.data"):
+    _, report = read_raw(*files(tmp_path, grid(USERS, ITEMS), metas))
+  assert report.items_without_title == 4  # two without the field, two with an empty title
+  assert "4 of 5 catalogue items have no title" in caplog.text
+  reviews, meta_path = files(tmp_path, grid(USERS, ITEMS), [meta(a, title=None, name=a) for a in ITEMS])
+  with pytest.raises(DataFormatError, match="no catalogue item has a title") as info:
+    read_raw(reviews, meta_path)
+  assert info.value.path == str(meta_path)
+
+
+def test_users_need_three_reviews_even_below_a_3_core(tmp_path):
+  """Leave-one-out needs a train, a validation and a test item: a smaller min_count still drops such users."""
+  lines = grid(["U0"], ["a", "b", "c"]) + grid(["U1"], ["a", "b"])
+  dataset, report = read_raw(*files(tmp_path, lines, [meta(x) for x in "abc"]), min_count=1)
+  assert dataset.sessions.users == ["U0"] and report.kcore_removed_users == 1
 
 
 def test_uncompressed_files_and_default_min_count_error(tmp_path):

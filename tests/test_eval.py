@@ -165,3 +165,65 @@ def test_metrics_from_predictions_by_hand(tmp_path):
   assert m["recall@5"] == pytest.approx(1 / 3) and m["recall@10"] == pytest.approx(2 / 3)
   assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(7)) / 3)
   assert metrics.recall_at_k(np.array([0, 5, -1]), 10) == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input checks, on the relative-path run of conftest.py: all fail before anything is decoded.
+
+
+def _eval_cli(run, *args, prefix=()):
+  return subprocess.run([*prefix, sys.executable, "-m", "tiger_jax.eval", *args], cwd=run["root"], env=run["env"],
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_an_unknown_checkpoint_choice_lists_the_valid_ones(relative_path_run):
+  """EVAL_CHECKPOINT='lastest' used to fail inside restore_params with int()'s message."""
+  from tiger_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  run = relative_path_run
+  cfg = utils.DatasetConfig(mixture_or_task_name=run["task"], task_feature_lengths={"inputs": 81, "targets": 5},
+                            split="test", batch_size=8, shuffle=False, cache_dir=run["cache_dir"])
+  for bad in ("lastest", "-3", "", True):
+    with pytest.raises(ValueError, match=r"not one of the valid choices: 'best'.*'latest', or a step number"):
+      eval_lib.evaluate(model=None, dataset_cfg=cfg, model_dir=run["model_dir"], checkpoint=bad)
+  with pytest.raises(ValueError, match="valid choices"):
+    checkpoints.restore_params(run["model_dir"], "lastest")
+  assert checkpoints.restore_params(run["model_dir"], "4")[1] == 4  # a step may come as a string
+  with pytest.raises(FileNotFoundError, match=r"steps on disk: .*\[4\]"):
+    checkpoints.restore_params(run["model_dir"], 3)
+
+
+def test_eval_without_gin_files_says_which_to_pass(relative_path_run):
+  out = _eval_cli(relative_path_run)
+  assert out.returncode != 0
+  assert "--gin_file=gin/<dataset>.gin --gin_file=gin/runs/eval.gin" in out.stderr, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr and "gin files given: none" in out.stderr
+
+
+def _read_only_prefix(directory):
+  """A command prefix that runs its command with `directory` mounted read-only (root ignores file modes, so a
+  private mount namespace does it), or None when this machine cannot make one."""
+  script = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+  probe = subprocess.run(["unshare", "-rm", "sh", "-c", script, directory, "true"], capture_output=True)
+  return ["unshare", "-rm", "sh", "-c", script, directory] if probe.returncode == 0 else None
+
+
+def test_eval_into_a_read_only_model_dir_fails_before_decoding(relative_path_run):
+  """It used to restore and decode every user, then fail writing MODEL_DIR/eval_test."""
+  run = relative_path_run
+  flags = [*run["gin_flags"], "--gin_file=gin/runs/eval.gin"]
+  if os.geteuid() == 0:
+    prefix = _read_only_prefix(run["model_dir"])
+    if prefix is None:
+      pytest.skip("running as root without unshare: cannot make a read-only directory")
+    out = _eval_cli(run, *flags, prefix=prefix)
+  else:
+    mode = os.stat(run["model_dir"]).st_mode
+    os.chmod(run["model_dir"], 0o555)
+    try:
+      out = _eval_cli(run, *flags)
+    finally:
+      os.chmod(run["model_dir"], mode)
+  assert out.returncode != 0
+  assert "cannot write the eval output there" in out.stderr and "EVAL_OUTPUT_DIR" in out.stderr, out.stderr[-3000:]
+  assert os.path.join("work", "model", "eval_test") in out.stderr
+  assert "restored params" not in out.stderr  # nothing was restored, let alone decoded

@@ -31,14 +31,15 @@ def test_items_fields_and_catalogue_order(tiny_dataset_dir):
 def test_sequence_items_without_metadata_are_removed_and_counted(tmp_path, caplog):
   items = [{"asin": "A", "title": "a"}, {"asin": "B", "title": "b", "price": "$3.50"},
            {"asin": "Z", "title": "never bought"}]
-  d = write_processed(tmp_path / "d", {"u1": ["A", "X", "B", "Y", "X"], "u2": ["X", "Y"]}, items)
+  d = write_processed(tmp_path / "d", {"u1": ["A", "X", "B", "Y", "X", "A"], "u2": ["X", "Y"]}, items)
   ds = load_dataset(d)
   assert ds.sessions.users == ["u1"]
-  assert ds.sessions.sequences == [[0, 1]]
+  assert ds.sessions.sequences == [[0, 1, 0]]
   assert ds.catalog.asins == ["A", "B"]
   assert ds.catalog.items[1].price == 3.5
   assert ds.report == {"interactions_without_metadata": 5, "items_without_metadata": 2,
-                       "users_left_empty": 1, "items_never_interacted": 1}
+                       "users_left_empty": 1, "users_too_short": 0, "items_never_interacted": 1,
+                       "items_without_title": 0}
   assert "interactions_without_metadata = 5" in caplog.text
 
 
@@ -58,6 +59,65 @@ def test_bad_item_line_names_file_and_line(tmp_path, line, message):
     load_dataset(d)
   assert e.value.path == path and e.value.line == 2
   assert message in str(e.value) and path in str(e.value) and "line 2" in str(e.value)
+
+
+def _corrupt(path, how):
+  packed = open(path, "rb").read()
+  data = gzip.decompress(packed)
+  if how == "truncated gzip":  # a download cut short
+    open(path, "wb").write(packed[:len(packed) // 2])
+  elif how == "not UTF-8":
+    lines = data.split(b"\n")
+    lines[1] = lines[1][:5] + b"\xff" + lines[1][5:]
+    open(path, "wb").write(b"\n".join(lines))
+
+
+@pytest.mark.parametrize("filename", ["items.jsonl.gz", "sequences.txt.gz"])
+@pytest.mark.parametrize("how, message, line", [("truncated gzip", "corrupt or truncated gzip", None),
+                                                 ("not UTF-8", "not valid UTF-8", 2)])
+def test_unreadable_bytes_name_file_and_line(tiny_dataset_dir, filename, how, message, line):
+  path = os.path.join(tiny_dataset_dir, filename)
+  _corrupt(path, how)
+  with pytest.raises(DataFormatError, match=message) as e:
+    load_dataset(tiny_dataset_dir)
+  assert e.value.path == path and path in str(e.value)
+  assert e.value.line == (line or e.value.line) and e.value.line >= 1  # where reading stopped
+
+
+def test_plain_text_named_gz_reads_as_text(tiny_dataset_dir):
+  expected = load_dataset(tiny_dataset_dir)
+  for name in ("items.jsonl.gz", "sequences.txt.gz"):
+    path = os.path.join(tiny_dataset_dir, name)
+    data = gzip.decompress(open(path, "rb").read())
+    open(path, "wb").write(data)
+  ds = load_dataset(tiny_dataset_dir)
+  assert ds.sessions.sequences == expected.sessions.sequences and ds.catalog.asins == expected.catalog.asins
+
+
+def test_items_without_titles_are_counted_and_none_at_all_is_an_error(tmp_path, caplog):
+  sequences = {"u1": ["A", "B", "C"], "u2": ["C", "B", "A"]}
+  d = write_processed(tmp_path / "some", sequences, [{"asin": "A", "title": "a"}, {"asin": "B", "title": " "},
+                                                     {"asin": "C"}])
+  assert load_dataset(d).report["items_without_title"] == 2
+  assert "items_without_title = 2" in caplog.text
+  d = write_processed(tmp_path / "none", sequences, [{"asin": a, "name": a.lower()} for a in "ABC"])
+  with pytest.raises(DataFormatError, match=r"no item has a title.*fields found: asin, name") as e:
+    load_dataset(d)
+  assert e.value.path == os.path.join(d, "items.jsonl.gz")
+
+
+def test_users_with_fewer_than_three_items_are_dropped_and_counted(tmp_path, caplog):
+  """The 5-core rule's counterpart here: such a user cannot be split into train, validation and test."""
+  items = [{"asin": a, "title": a} for a in "ABCD"]
+  d = write_processed(tmp_path / "d", {"u1": ["A", "B", "C"], "u2": ["D", "A"], "u3": ["A", "X", "B"]}, items)
+  ds = load_dataset(d)
+  assert ds.sessions.users == ["u1"] and ds.catalog.asins == ["A", "B", "C"]  # D was only u2's
+  assert ds.report["users_too_short"] == 2  # u2 as written, u3 once X (no metadata) is removed
+  assert "users_too_short = 2" in caplog.text
+  d = write_processed(tmp_path / "short", {"u1": ["A", "B"], "u2": ["C"]}, items)
+  with pytest.raises(DataFormatError, match="no user has 3 or more items") as e:
+    load_dataset(d)
+  assert e.value.path == os.path.join(d, "sequences.txt.gz")
 
 
 def test_bad_sequence_line_names_file_and_line(tmp_path):

@@ -144,3 +144,26 @@ def test_lsh_bad_inputs():
   same = np.repeat(x[:1], 300, 0)
   with pytest.raises(ValueError, match="300 items share the prefix"):
     sid.lsh_semantic_ids(same, _asins(300), seed=0)
+
+
+def test_loading_something_else_names_the_file_and_the_expected_table(tmp_path):
+  """`cache_tasks --semantic_ids=embeddings.npy` used to fail with a TypeError that named neither."""
+  from tasks import cache_tasks  # pylint: disable=g-import-not-at-top
+  from conftest import write_processed  # pylint: disable=g-import-not-at-top
+  embeddings = tmp_path / "embeddings.npy"
+  np.save(embeddings, np.zeros((3, 8), np.float32))
+  not_numpy = tmp_path / "notes.npz"
+  not_numpy.write_text("plain text")
+  other = tmp_path / "other.npz"
+  np.savez(other, asins=np.array(["a"]))
+  for path, message in [(embeddings, r"one array of shape \(3, 8\)"), (not_numpy, "not a numpy .npz"),
+                        (other, r"lacks \['codes', 'method', 'stats'\]")]:
+    with pytest.raises(ValueError, match=message) as e:
+      sid.SemanticIds.load(str(path))
+    assert str(path) in str(e.value) and "semantic_ids.npz" in str(e.value)
+  with pytest.raises(FileNotFoundError, match="missing.npz"):
+    sid.SemanticIds.load(str(tmp_path / "missing.npz"))
+  data_dir = write_processed(tmp_path / "data", {"u": ["a", "b", "c"]}, [{"asin": a, "title": a} for a in "abc"])
+  with pytest.raises(ValueError, match="embeddings.npy: holds one array"):
+    cache_tasks.main(["--tasks=tiger_idcheck", f"--output_cache_dir={tmp_path / 'cache'}", f"--data_dir={data_dir}",
+                      f"--semantic_ids={embeddings}", "--backend=numpy"])

@@ -103,6 +103,32 @@ def checkpoint_dir(model_dir: str, which: str = "latest") -> str:
   return os.path.join(model_dir, BEST_DIR if which == "best" else PERIODIC_DIR)
 
 
+CHECKPOINT_CHOICES = ("best", "latest")
+
+
+def parse_checkpoint_choice(which: Union[str, int]) -> Union[str, int]:
+  """'best', 'latest' or a step (an int or a string of digits); anything else is a ValueError listing them."""
+  if isinstance(which, (int, np.integer)) and not isinstance(which, bool) and which >= 0:
+    return int(which)
+  if isinstance(which, str):
+    text = which.strip()
+    if text in CHECKPOINT_CHOICES:
+      return text
+    if text.isdigit():
+      return int(text)
+  raise ValueError(f"checkpoint {which!r} is not one of the valid choices: 'best' (by validation metric), "
+                   "'latest', or a step number such as 1000")
+
+
+def saved_steps(directory: str) -> list[int]:
+  """Steps whose checkpoint is complete on disk under `directory` (orbax renames a step's temporary
+  directory to the bare step number only once every part of it is written)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
 def restore_params(path: str, which: Union[str, int] = "best", abstract_params: Any = None,
                    dtype: Optional[str] = None) -> tuple[Any, int]:
   """Params (and their step) for eval/infer: `path` is a MODEL_DIR, or a checkpoints/ or best/ dir.
@@ -110,6 +136,7 @@ def restore_params(path: str, which: Union[str, int] = "best", abstract_params: 
   which: "best" (falls back to the latest periodic checkpoint when no best exists), "latest", or a step.
   abstract_params: optional target tree (ShapeDtypeStruct with shardings); None restores host arrays.
   """
+  which = parse_checkpoint_choice(which)
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, PERIODIC_DIR)) or os.path.isdir(os.path.join(path, BEST_DIR)):
     candidates = ([os.path.join(path, BEST_DIR)] if which == "best" else []) + [
@@ -121,7 +148,7 @@ def restore_params(path: str, which: Union[str, int] = "best", abstract_params: 
       continue
     mngr = _manager(directory, None, False, read_only=True)
     try:
-      step = mngr.latest_step() if which in ("best", "latest") else int(which)
+      step = mngr.latest_step() if which in CHECKPOINT_CHOICES else which
       if step is None or step not in mngr.all_steps():
         continue
       meta = mngr.item_metadata(step)
@@ -142,7 +169,9 @@ def restore_params(path: str, which: Union[str, int] = "best", abstract_params: 
       return params, int(step)
     finally:
       mngr.close()
-  raise FileNotFoundError(f"{path}: no checkpoint ({which}) found under {candidates}")
+  found = {d: saved_steps(d) for d in candidates if os.path.isdir(d)}
+  raise FileNotFoundError(f"{path}: no checkpoint ({which}) found under {candidates}"
+                          + (f"; steps on disk: {found}" if found else ""))
 
 
 def _to_builtin(tree: Any) -> Any:

@@ -16,8 +16,9 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gin
 import jax
@@ -77,9 +78,12 @@ class Retriever:
 
     self._predict = jax.jit(predict)
 
-  def retrieve(self, encoder_input_tokens: np.ndarray, rng: Optional[jax.Array] = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(raw items [N, beams] with -1 for invalid IDs, scores [N, beams]), in input order."""
+  def retrieve(self, encoder_input_tokens: np.ndarray, rng: Optional[jax.Array] = None,
+               should_stop: Optional[Callable[[], bool]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(raw items [N, beams] with -1 for invalid IDs, scores [N, beams]), in input order.
+
+    should_stop: polled before each batch; when it returns True, utils.StopRequested is raised.
+    """
     tokens = np.asarray(encoder_input_tokens, np.int32)
     n = len(tokens)
     items = np.full((n, self.num_beams), -1, np.int32)
@@ -87,6 +91,8 @@ class Retriever:
     lengths = utils.nonpad_lengths(tokens)
     for b, (idx, length) in enumerate(utils.eval_batches(lengths, self.batch_size, self.length_buckets,
                                                          tokens.shape[1])):
+      if should_stop is not None and should_stop():
+        raise utils.StopRequested(f"retrieval stopped after {b} of the batches")
       batch = np.zeros((self.batch_size, length), np.int32)
       batch[:len(idx)] = tokens[idx, :length]
       key = None if rng is None else jax.random.fold_in(rng, b)
@@ -144,7 +150,7 @@ def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch
     retriever = Retriever(ctx.model, ctx.params, trie, num_beams, constrain, batch_size)
     ctx.cache["retriever"] = retriever
   retriever.params = ctx.params
-  raw, _ = retriever.retrieve(arrays[utils.ENCODER_INPUT])
+  raw, _ = retriever.retrieve(arrays[utils.ENCODER_INPUT], should_stop=ctx.stop_requested)
   found = retrieval_metrics(raw, arrays["target_item"], invalid_ks=())
   return {f"{cfg.split}/{k}": v for k, v in found.items() if isinstance(v, float)}
 
@@ -152,9 +158,15 @@ def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch
 def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpoint: str = "best",
              output_dir: Optional[str] = None, num_beams: int = 20, constrain: bool = True,
              batch_size: int = 512, max_examples: Optional[int] = None) -> dict[str, Any]:
-  """Evaluates a trained MODEL_DIR on `dataset_cfg.split`; writes metrics.json and predictions.jsonl."""
+  """Evaluates a trained MODEL_DIR on `dataset_cfg.split`; writes metrics.json and predictions.jsonl.
+
+  The arguments and the output directory are checked before anything is restored or decoded.
+  """
   if num_beams < 10:
     raise ValueError(f"num_beams={num_beams}: Recall/NDCG@10 need at least 10 beams")
+  checkpoint = checkpoints.parse_checkpoint_choice(checkpoint)
+  output_dir = output_dir or os.path.join(model_dir, f"eval_{dataset_cfg.split}")
+  check_writable_dir(output_dir)
   start = time.time()
   provenance.check_cache(model_dir, provenance.cache_fingerprint(dataset_cfg.cache_dir,
                                                                  dataset_cfg.mixture_or_task_name),
@@ -173,14 +185,23 @@ def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpo
                  "checkpoint": checkpoint, "num_beams": num_beams, "constrained": constrain,
                  "decode_seconds": round(decode_seconds, 2), "users_per_second": round(len(raw) / decode_seconds, 1),
                  "seconds": round(time.time() - start, 2), "device": jax.devices()[0].device_kind})
-  output_dir = output_dir or os.path.join(model_dir, f"eval_{dataset_cfg.split}")
-  os.makedirs(output_dir, exist_ok=True)
   write_predictions(os.path.join(output_dir, "predictions.jsonl"), tables, arrays["user_index"],
                     arrays["target_item"], raw, scores)
   utils.write_json(os.path.join(output_dir, "metrics.json"), result)
   log.info("%s/%s step %d: %s", dataset_cfg.mixture_or_task_name, dataset_cfg.split, step,
            " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
   return result
+
+
+def check_writable_dir(directory: str) -> None:
+  """Creates `directory` and writes a probe file in it, so a read-only output fails before decoding."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryFile(dir=directory):
+      pass
+  except OSError as e:
+    raise OSError(f"{directory}: cannot write the eval output there ({e.strerror or e}); set EVAL_OUTPUT_DIR "
+                  "to a writable directory, e.g. --gin.EVAL_OUTPUT_DIR=\"'/tmp/eval'\"") from e
 
 
 def metrics_from_predictions(path: str, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
@@ -193,10 +214,19 @@ def metrics_from_predictions(path: str, ks: Sequence[int] = (5, 10)) -> dict[str
   return metrics_lib.ranking_metrics(np.array(ranks), ks)
 
 
+USAGE = ("pass the experiment's gin file, then the eval run file: python -m tiger_jax.eval "
+         "--gin_file=gin/<dataset>.gin --gin_file=gin/runs/eval.gin --gin.MODEL_DIR=\\\"<model dir>\\\"")
+
+
 def main(flags) -> None:
-  del flags
   try:
-    gin.get_configurable(evaluate)()
+    configured = gin.get_configurable(evaluate)
+  except ValueError:
+    given = ", ".join(flags.gin_file) if flags.gin_file else "none"
+    raise SystemExit(f"tiger_jax.eval: no gin file configures evaluate() (gin files given: {given}); "
+                     f"{USAGE}") from None
+  try:
+    configured()
   except provenance.ProvenanceError as e:
     log.error("%s", e)
     raise SystemExit(2) from None

@@ -9,14 +9,18 @@
 
 The model is rebuilt from MODEL_DIR/config.gin (written by training), the catalogue and its Semantic IDs
 from the task cache the run trained on (checked against MODEL_DIR/provenance.json: another cache or ID
-table is refused). Histories are handled as in training: the most recent 20 items are
-kept, an unknown ASIN is an error that lists it, an empty history (a cold user) still gets an answer.
+table is refused). A relative TASK_CACHE_DIR in config.gin is relative to the folder training ran in; it is
+found again from where MODEL_DIR lies (`path_from_config`), so infer works from any folder. Histories are
+handled as in training: the most recent 20 items are kept, an unknown ASIN is an error that lists it, an
+empty history (a cold user) still gets an answer. A history is a list of ASINs (a bare string is a
+TypeError), and k lies in [1, num_beams].
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util  # noqa: F401  (gin-config 0.5.0 needs it imported on Python 3.11)
 import json
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -30,8 +34,59 @@ from tiger_jax.data import splits
 from tiger_jax import vocab as vocab_lib
 
 
+log = logging.getLogger("tiger_jax.infer")
+DEFAULT_NUM_BEAMS = 20
+
+
 class UnknownItemError(KeyError):
   """History items that are not in the trained catalogue."""
+
+
+def check_history(history) -> list[str]:
+  """The history as a list of ASIN strings; a bare string (one ASIN or a comma list) is a TypeError."""
+  if isinstance(history, (str, bytes)):
+    text = history.decode() if isinstance(history, bytes) else history
+    example = [a.strip() for a in text.split(",") if a.strip()][:3]
+    raise TypeError(f"history must be a list of ASINs (oldest first), got the string {history!r:.60}; "
+                    f"pass a list, e.g. {example}")
+  try:
+    items = list(history)
+  except TypeError:
+    raise TypeError(f"history must be a list of ASINs, got {type(history).__name__}") from None
+  wrong = [(i, a) for i, a in enumerate(items) if not isinstance(a, str)]
+  if wrong:
+    i, a = wrong[0]
+    raise TypeError(f"history items must be ASIN strings; item {i} is {type(a).__name__} {a!r:.40}")
+  return items
+
+
+def check_k(k, num_beams: int) -> int:
+  """k as an int in [1, num_beams]: beam search returns at most num_beams items."""
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    raise TypeError(f"k must be an integer in [1, {num_beams}], got {type(k).__name__} {k!r}")
+  if not 1 <= k <= num_beams:
+    raise ValueError(f"k={k} is outside the valid range [1, {num_beams}] (1 to the number of beams; "
+                     "raise num_beams for more)")
+  return int(k)
+
+
+def path_from_config(path: Optional[str], config_model_dir: Optional[str], model_dir: str) -> Optional[str]:
+  """A path as config.gin stores it, made usable from any working directory.
+
+  Relative paths in config.gin are relative to the folder training ran in. When MODEL_DIR is stored
+  relative too, that folder is where `model_dir` lies minus MODEL_DIR, so the path is taken relative to
+  the model dir (this also follows a moved work tree). With an absolute MODEL_DIR the folder is not
+  recorded: the path is tried from the current folder, with a warning.
+  """
+  if path is None or os.path.isabs(path):
+    return path
+  if config_model_dir and not os.path.isabs(config_model_dir):
+    relative = os.path.relpath(os.path.normpath(path), os.path.normpath(config_model_dir))
+    return os.path.normpath(os.path.join(os.path.abspath(model_dir), relative))
+  log.warning("config.gin stores the relative path %r and an absolute MODEL_DIR, so the folder training ran "
+              "in is unknown; resolving it from the current folder %s (pass cache_dir to choose)", path,
+              os.getcwd())
+  return os.path.abspath(path)
 
 
 def bound_model(model):
@@ -54,10 +109,12 @@ def model_from_config(config_path: str):
 class Recommender:
   """Top-K next items for a history of ASINs, from a model, its params and the catalogue tables."""
 
-  def __init__(self, model, params, tables: eval_lib.CatalogTables, num_beams: int = 20,
+  def __init__(self, model, params, tables: eval_lib.CatalogTables, num_beams: int = DEFAULT_NUM_BEAMS,
                constrain: bool = True, layout: vocab_lib.TokenLayout = vocab_lib.DEFAULT_LAYOUT,
                max_history: int = splits.MAX_HISTORY, input_length: Optional[int] = None):
-    self.tables, self.layout, self.max_history = tables, layout, max_history
+    if num_beams < 1:
+      raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    self.tables, self.layout, self.max_history, self.num_beams = tables, layout, max_history, num_beams
     self.input_length = input_length or 1 + max_history * layout.num_levels
     self._index = {a: i for i, a in enumerate(tables.asins.tolist())}
     self._retriever = eval_lib.Retriever(model, params, tables.trie(layout), num_beams, constrain,
@@ -69,8 +126,10 @@ class Recommender:
     config = os.path.join(model_dir, "config.gin")
     if not os.path.exists(config):
       raise FileNotFoundError(f"{config} not found: is {model_dir} a training MODEL_DIR?")
+    checkpoints.parse_checkpoint_choice(checkpoint)
     model = model_from_config(config)
-    cache_dir = cache_dir or _macro("TASK_CACHE_DIR")
+    if cache_dir is None:
+      cache_dir = path_from_config(_macro("TASK_CACHE_DIR"), _macro("MODEL_DIR", required=False), model_dir)
     task = task or _macro("MIXTURE_OR_TASK_NAME")
     provenance.check_cache(model_dir, provenance.cache_fingerprint(cache_dir, task), "infer", strict=False)
     params, _ = checkpoints.restore_params(model_dir, checkpoint)
@@ -78,6 +137,7 @@ class Recommender:
 
   def encode_history(self, history: Sequence[str], user: Optional[str] = None) -> np.ndarray:
     """[1, input_length] encoder tokens, exactly as the task builds them (user token + 4 tokens per item)."""
+    history = check_history(history)
     unknown = [a for a in history if a not in self._index]
     if unknown:
       raise UnknownItemError(f"{len(unknown)} history items are not in the catalogue: {unknown}")
@@ -90,6 +150,9 @@ class Recommender:
 
   def recommend(self, history: Sequence[str], user: Optional[str] = None, k: int = 10,
                 exclude_history: bool = False) -> list[dict]:
+    """Up to k items (fewer only when exclude_history removes some), best first."""
+    history = check_history(history)
+    k = check_k(k, self.num_beams)
     items, scores = self._retriever.retrieve(self.encode_history(history, user))
     seen = set(history) if exclude_history else set()
     out, taken = [], set()
@@ -104,10 +167,12 @@ class Recommender:
     return out
 
 
-def _macro(name: str):
+def _macro(name: str, required: bool = True):
   try:
     return gin.query_parameter(f"%{name}")
   except ValueError as e:
+    if not required:
+      return None
     raise ValueError(f"config.gin does not set {name}; pass it explicitly") from e
 
 
@@ -116,13 +181,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--model_dir", required=True)
   parser.add_argument("--history", default="", help="Comma-separated ASINs, oldest first (may be empty).")
   parser.add_argument("--user", default=None, help="reviewerID (for the user token), optional.")
-  parser.add_argument("--k", type=int, default=10)
-  parser.add_argument("--checkpoint", default="best")
-  parser.add_argument("--cache_dir", default=None)
+  parser.add_argument("--k", type=int, default=10, help="How many items, in [1, --num_beams].")
+  parser.add_argument("--num_beams", type=int, default=DEFAULT_NUM_BEAMS)
+  parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step.")
+  parser.add_argument("--cache_dir", default=None, help="Task cache root (default: config.gin's "
+                      "TASK_CACHE_DIR, found from the model dir).")
   parser.add_argument("--task", default=None)
   args = parser.parse_args(argv)
+  try:  # checked before the model is loaded
+    check_k(args.k, args.num_beams)
+    checkpoints.parse_checkpoint_choice(args.checkpoint)
+  except ValueError as e:
+    parser.error(str(e))
   try:
-    rec = Recommender.from_model_dir(args.model_dir, args.checkpoint, args.cache_dir, args.task)
+    rec = Recommender.from_model_dir(args.model_dir, args.checkpoint, args.cache_dir, args.task,
+                                     num_beams=args.num_beams)
   except provenance.ProvenanceError as e:
     raise SystemExit(f"error: {e}") from None
   history = [a for a in args.history.split(",") if a]

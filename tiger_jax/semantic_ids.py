@@ -36,6 +36,7 @@ NUM_LEVELS = 4
 CODEBOOK_SIZE = 256
 FILENAME = "semantic_ids.npz"
 _FORMAT_VERSION = 1
+_REQUIRED_KEYS = ("asins", "codes", "method", "stats")
 
 
 @dataclasses.dataclass
@@ -143,9 +144,26 @@ class SemanticIds:
 
   @classmethod
   def load(cls, path: str) -> "SemanticIds":
+    """Reads a table written by `save`; any other file is an error naming it and what was expected."""
     if os.path.isdir(path):
       path = os.path.join(path, FILENAME)
-    with np.load(path, allow_pickle=False) as z:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path}: no Semantic-ID table (python -m tiger_jax.semantic_ids writes "
+                              f"{FILENAME})")
+    expected = (f"expected a Semantic-ID table ({FILENAME}, an .npz with arrays {', '.join(_REQUIRED_KEYS)}, "
+                "written by python -m tiger_jax.semantic_ids)")
+    try:
+      loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+      raise ValueError(f"{path}: not a numpy .npz file; {expected}") from e
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+      shape = getattr(loaded, "shape", None)
+      raise ValueError(f"{path}: holds one array of shape {shape} (as embeddings.npy does), not a table; "
+                       f"{expected}")
+    with loaded as z:
+      missing = [k for k in _REQUIRED_KEYS if k not in z.files]
+      if missing:
+        raise ValueError(f"{path}: has arrays {sorted(z.files)}, lacks {missing}; {expected}")
       version = int(z["format_version"]) if "format_version" in z else 0
       if version > _FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {version} is newer than this code "

@@ -8,6 +8,12 @@ call and gathers each batch on device by index, and optional length buckets trim
 whole chunk of steps to the bucket's length (most sessions are far shorter than 20 items). The batch at a
 step is a pure function of (seed, step), so rerunning the same command after a crash resumes exactly from
 the latest checkpoint.
+
+Stopping: the first SIGTERM (preemption, `kill`) or SIGINT (Ctrl-C) lets the dispatch in flight finish,
+cuts a validation pass short (it runs again on resume), writes the last finished step's checkpoint,
+waits until it is complete on disk and logs the step that is there. A second signal exits at once,
+without a new checkpoint. Exit codes: 0 done, 3 non-finite loss, 128 + the signal when stopped by one
+(143 for SIGTERM, 130 for SIGINT, as shells report them).
 """
 from __future__ import annotations
 
@@ -65,6 +71,9 @@ class EvalContext:
   model_dir: str
   cache: dict
   eval_steps: Optional[int] = None  # batches of train_eval to use (the split's first rows); None: all
+  # True once the run was asked to stop; long metric functions poll it between batches and then raise
+  # utils.StopRequested, so a signal does not wait for a whole validation pass.
+  stop_requested: Callable[[], bool] = lambda: False
 
 
 EvalMetricFn = Callable[[EvalContext], Mapping[str, float]]
@@ -117,6 +126,8 @@ def validation_loss(ctx: EvalContext) -> dict[str, float]:
   arrays, score, batches = ctx.cache["validation_loss"]
   results = []
   for idx, length in batches:
+    if ctx.stop_requested():
+      raise utils.StopRequested(f"validation loss at step {ctx.step}")
     batch = {k: arrays[k][idx] for k in utils.MODEL_FEATURES}
     batch[utils.ENCODER_INPUT] = batch[utils.ENCODER_INPUT][:, :length]
     batch = pad_rows(batch, cfg.batch_size)
@@ -303,7 +314,66 @@ class TrainResult:
   steps_per_second: float  # while training: compile, eval and checkpoint time excluded
   seconds: float = 0.0  # wall time of the loop, everything included
   compile_seconds: Optional[dict] = None  # per encoder length
-  stopped_by_signal: Optional[int] = None  # SIGTERM ended the run early (after a checkpoint)
+  stopped_by_signal: Optional[int] = None  # SIGTERM or SIGINT ended the run early (after a checkpoint)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A stop signal the command line caught while train() was still setting up (reading data, restoring); the
+# training loop's handlers take it over, so the run stops before its first step instead of losing it.
+_early_signal: Optional[int] = None
+
+
+def _note_early_signal(signum, frame) -> None:
+  del frame
+  global _early_signal
+  name = signal.Signals(signum).name
+  if _early_signal is not None:
+    log.error("%s again: exiting before training started; no step of this run was trained", name)
+    logging.shutdown()
+    os._exit(128 + signum)
+  _early_signal = signum
+  log.warning("%s: the run stops once it is set up, before its first step (send it again to exit now)", name)
+
+
+class _StopSignals:
+  """SIGTERM and SIGINT handlers for the training loop: the first asks the loop to checkpoint and stop, a
+  second one exits at once (the latest complete checkpoint stays as it is; orbax never leaves a partial one)."""
+
+  def __init__(self, model_dir: str):
+    self.model_dir = model_dir
+    self.signal: Optional[int] = None
+    self._previous: dict[int, Any] = {}
+
+  def install(self) -> None:
+    if threading.current_thread() is not threading.main_thread():
+      return  # signal handlers can only be set from the main thread; the caller keeps its own
+    self.signal = _early_signal
+    for signum in STOP_SIGNALS:
+      if signal.getsignal(signum) is signal.SIG_IGN:
+        continue  # ignored by whoever started us (e.g. SIGINT for a shell's background job): keep it so
+      self._previous[signum] = signal.signal(signum, self._handle)
+
+  def restore(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+  def requested(self) -> bool:
+    return self.signal is not None
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.signal is None:
+      self.signal = signum
+      log.warning("%s: stopping after the step in flight and checkpointing it (send it again to exit at once "
+                  "without a new checkpoint)", name)
+      return
+    steps = checkpoints_lib.saved_steps(checkpoints_lib.checkpoint_dir(self.model_dir))
+    log.error("%s again: exiting now without a new checkpoint; the latest complete checkpoint on disk is %s",
+              name, f"step {steps[-1]}" if steps else "none")
+    logging.shutdown()
+    os._exit(128 + signum)
 
 
 def _next_multiple(step: int, period: Optional[int]) -> float:
@@ -350,8 +420,7 @@ def train(*,
           eval_steps: Optional[int] = None,
           use_hardware_rng: bool = False,
           use_tensorboard: bool = True,
-          ema_decay: Optional[float] = None,
-          throttle_seconds: float = 0.0) -> TrainResult:
+          ema_decay: Optional[float] = None) -> TrainResult:
   """Trains `model` for `total_steps` steps, resuming from MODEL_DIR's latest checkpoint if any.
 
   Args mirror t5x's train(); TIGER-specific ones:
@@ -369,7 +438,6 @@ def train(*,
       after every step (not t5x's; started from the initial parameters). Validation, the best
       checkpoint and `checkpoints.restore_params` (eval, infer) then use the average; training and
       resuming use the raw parameters, both of which periodic checkpoints hold.
-    throttle_seconds: sleep after each dispatch (fault-injection tests only).
   """
   partitioner = partitioner or partitioning.PjitPartitioner()
   checkpoint_cfg = checkpoint_cfg or utils.CheckpointConfig()
@@ -425,6 +493,7 @@ def train(*,
   ckpt = checkpoints_lib.TrainCheckpointer(model_dir, keep=save_cfg.keep, keep_best=save_cfg.keep_best,
                                            async_save=save_cfg.async_save)
   state, best = None, None
+  eval_pending = False  # the restored step's validation was due but cut short by a stop signal
   latest = ckpt.latest_step()
   cache = provenance.cache_fingerprint(train_dataset_cfg.cache_dir, train_dataset_cfg.mixture_or_task_name)
   if latest is not None:
@@ -437,6 +506,7 @@ def train(*,
           f"{checkpoints_lib.checkpoint_dir(model_dir)}/{latest} does not fit the configured model "
           f"({str(e).splitlines()[0]}): resume with the configuration it was trained with "
           f"({os.path.join(model_dir, 'config.gin')}, left unchanged), or train into a new MODEL_DIR") from e
+    eval_pending = bool(meta.get("eval_pending", False))
     state = _cast_state_params(state, "float32")
     if meta.get("schedule") and meta["schedule"] != schedule.fingerprint():
       log.warning("the data schedule differs from the checkpoint's (%s vs %s): the resumed run will not "
@@ -462,23 +532,36 @@ def train(*,
   losses: list[np.ndarray] = []
   evals: list[dict] = []
   save_period = save_cfg.period or eval_period or max(total_steps, 1)
+  eval_due = lambda s: bool(eval_period and s % eval_period == 0) or s >= total_steps
+  evaluated = {"step": None}  # the last step whose validation pass completed
   ckpt_meta = lambda s: {"step": int(s), "schedule": schedule.fingerprint(), "total_steps": int(total_steps),
-                         "best": best, "time": time.time()}
+                         "best": best, "time": time.time(),
+                         "eval_pending": eval_due(s) and evaluated["step"] != s}
   if config_path:
     summaries.text(step, "gin/config", "```\n" + open(config_path).read() + "\n```")
 
-  def run_eval(at_step: int, state_now) -> None:
+  def run_eval(at_step: int, state_now) -> bool:
+    """Validates at `at_step`; False when a stop signal cut it short (nothing is recorded then)."""
     nonlocal best
     ctx = EvalContext(model=model, params=eval_params(state_now), step=at_step, partitioner=partitioner,
                       train_eval_dataset_cfg=train_eval_dataset_cfg,
                       infer_eval_dataset_cfg=infer_eval_dataset_cfg, length_buckets=length_buckets,
-                      model_dir=model_dir, cache=eval_ctx_cache, eval_steps=eval_steps)
+                      model_dir=model_dir, cache=eval_ctx_cache, eval_steps=eval_steps,
+                      stop_requested=stop.requested)
     start = time.time()
     results: dict[str, float] = {}
-    for fn in eval_metric_fns or ():
-      results.update({k: float(v) for k, v in fn(ctx).items()})
+    try:
+      for fn in eval_metric_fns or ():
+        if stop.requested():
+          raise utils.StopRequested(f"validation at step {at_step}")
+        results.update({k: float(v) for k, v in fn(ctx).items()})
+    except utils.StopRequested:
+      log.warning("validation at step %d cut short by the stop signal; it runs again when the run resumes",
+                  at_step)
+      return False
+    evaluated["step"] = at_step
     if not results:
-      return
+      return True
     evals.append({"step": at_step, **results})
     summaries.scalars(at_step, results)
     line = " ".join(f"{k} {v:.4g}" for k, v in sorted(results.items()))
@@ -492,6 +575,7 @@ def train(*,
     elif best_metric:
       log.warning("best_metric %r is not among the eval metrics %s", best_metric, sorted(results))
     log.info("eval at step %d (%.1fs): %s", at_step, time.time() - start, line)
+    return True
 
   # Main loop. Metrics of a dispatch are read after the next one is queued, so the device never waits.
   clock = {"paused": 0.0}  # seconds spent compiling, evaluating and checkpointing (not training)
@@ -565,16 +649,36 @@ def train(*,
     to_save = state_now if save_cfg.dtype == "float32" else _cast_state_params(state_now, save_cfg.dtype)
     ckpt.save(at_step, to_save, ckpt_meta(at_step))
 
-  # SIGTERM (preemption, `kill`): finish the dispatch in flight, checkpoint, and exit cleanly.
-  stop = {"signal": None}
-  old_handler = None
-  if threading.current_thread() is threading.main_thread():
-    old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  def checkpoint_on_stop() -> None:
+    """After a stop signal: the last finished step's checkpoint, complete on disk, and a log line saying
+    which step is there (the async saves are waited for, then the directory is read back)."""
+    name = signal.Signals(stop.signal).name
+    if step != start_step:
+      paused(save, step, state)  # a no-op when the periodic save of this step was already queued
+    ckpt.wait()
+    on_disk = checkpoints_lib.saved_steps(checkpoints_lib.checkpoint_dir(model_dir))
+    where = checkpoints_lib.checkpoint_dir(model_dir)
+    if on_disk and on_disk[-1] == step:
+      what = "checkpointed step" if step != start_step else "nothing trained since the checkpoint of step"
+      log.warning("%s: %s %d (%s/%d); rerun the same command to resume", name, what, step, where, step)
+    elif step == start_step:
+      log.warning("%s: stopped before training step %d; the latest checkpoint on disk is %s", name, step + 1,
+                  f"step {on_disk[-1]}" if on_disk else "none")
+    else:
+      log.error("%s: the checkpoint of step %d is not on disk; the latest one there is %s", name, step,
+                f"step {on_disk[-1]}" if on_disk else "none")
+
+  # SIGTERM (preemption, `kill`) and SIGINT (Ctrl-C): finish the dispatch in flight, checkpoint, exit.
+  stop = _StopSignals(model_dir)
+  stop.install()
 
   loop_start = time.time()
   pending = None
   try:
-    if run_eval_before_training and step < total_steps:
+    if eval_pending and not stop.requested():
+      log.info("step %d's validation was cut short when the run stopped; running it now", step)
+      paused(run_eval, step, state)
+    elif run_eval_before_training and step < total_steps:
       paused(run_eval, step, state)
     # Compile every encoder length this run will use before the first step, so that progress lines
     # measure training only.
@@ -582,7 +686,7 @@ def train(*,
       _, upcoming = schedule.steps(step, min(total_steps - step, schedule.steps_per_epoch))
       paused(runner.precompile, sorted(set(upcoming.tolist())),
              lambda length: (state, *dispatch_args(step, 1, length), dropout_base))
-    while step < total_steps:
+    while step < total_steps and not stop.requested():
       boundary = min(_next_multiple(step, eval_period), _next_multiple(step, save_period), total_steps)
       limit = int(min(steps_per_dispatch - step % steps_per_dispatch, boundary - step))
       n = schedule.run_length(step, limit)
@@ -594,28 +698,26 @@ def train(*,
         drain(pending)
       pending = (step, n, outs)
       step += n
-      if throttle_seconds:
-        time.sleep(throttle_seconds)
-      at_eval = eval_period and step % eval_period == 0
-      at_save = step % save_period == 0 or step >= total_steps or stop["signal"] is not None
-      if at_eval or at_save:
+      if stop.requested():
+        break  # the step just dispatched is the last finished one: checkpoint_on_stop saves it
+      at_save = step % save_period == 0 or step >= total_steps
+      if eval_due(step) or at_save:
         drain(pending)
         pending = None
-        if at_eval or step >= total_steps:
-          paused(run_eval, step, state)
+        if eval_due(step) and not paused(run_eval, step, state):
+          break  # cut short by a stop signal; the checkpoint records the pending validation
         if at_save:
           paused(save, step, state)
-      if stop["signal"] is not None:
-        log.warning("signal %d: checkpointed step %d; rerun the same command to resume", stop["signal"], step)
-        break
     if pending is not None:
       drain(pending)
       pending = None
+    stopped_by = stop.signal  # a signal after this point finds the run complete and changes nothing
+    if stopped_by is not None:
+      checkpoint_on_stop()
   finally:
     ckpt.close()
     summaries.close()
-    if old_handler is not None:
-      signal.signal(signal.SIGTERM, old_handler)
+    stop.restore()
   elapsed = time.time() - loop_start
   steps_done = step - start_step
   busy = elapsed - clock["paused"]
@@ -624,12 +726,12 @@ def train(*,
     log.info("trained steps %d..%d in %s: %.1f steps/s while training (%.2f ms/step); %s compiling, "
              "evaluating and checkpointing", start_step, step, utils.format_duration(elapsed), rate,
              1000.0 / max(rate, 1e-9), utils.format_duration(clock["paused"]))
-  else:
+  elif stopped_by is None:
     log.info("nothing to train: the checkpoint is at step %d >= total_steps %d", step, total_steps)
   return TrainResult(step=step, state=state, start_step=start_step,
                      losses=np.concatenate(losses) if losses else np.zeros([0], np.float32), evals=evals,
                      best=best, steps_per_second=rate, seconds=elapsed,
-                     compile_seconds=dict(runner.compile_seconds), stopped_by_signal=stop["signal"])
+                     compile_seconds=dict(runner.compile_seconds), stopped_by_signal=stopped_by)
 
 
 def _cast_state_params(state, dtype: str):
@@ -709,7 +811,10 @@ def train_using_gin() -> TrainResult:
 
 
 def main(flags) -> None:
+  """Exit codes: 0 done, 3 non-finite loss, 128 + signal when SIGTERM (143) or SIGINT (130) stopped it."""
   del flags
+  previous = {signum: signal.signal(signum, _note_early_signal) for signum in STOP_SIGNALS
+              if signal.getsignal(signum) is not signal.SIG_IGN}
   try:
     result = train_using_gin()
   except NonFiniteLossError as e:
@@ -721,13 +826,23 @@ def main(flags) -> None:
   except model_dir_lock.ModelDirLockedError as e:  # another trainer writes this MODEL_DIR
     log.error("%s", e)
     sys.exit(4)
+  finally:
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
   if result.stopped_by_signal is not None:
     sys.exit(128 + result.stopped_by_signal)
 
 
 def console_main() -> None:
   """`tiger-train` console script and `python -m tiger_jax.train`."""
-  gin_utils.run(main)
+  try:
+    gin_utils.run(main)
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training loop (parsing gin, reading data, restoring, or after the loop closed its
+    # checkpoints): no step finished there, so none is lost.
+    log.warning("SIGINT outside the training loop: no finished step was lost; rerun the same command to "
+                "resume from the latest checkpoint")
+    sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

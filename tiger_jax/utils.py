@@ -448,6 +448,10 @@ class BatchSchedule:
     return int(different[0]) if len(different) else int(limit)
 
 
+class StopRequested(Exception):
+  """A long loop (a validation pass) stopped early because the run was asked to stop (SIGTERM, SIGINT)."""
+
+
 def eval_batches(lengths: np.ndarray, batch_size: int, buckets: Optional[Sequence[int]], max_length: int):
   """Deterministic eval batches: sorted by bucket so each batch can be trimmed; yields (indices, length).
 

@@ -15,7 +15,10 @@ Rules (those of the P5 / S3-Rec preprocessing behind the TIGER paper's tables, m
 - k-core (k = `min_count`, 5): users and items with fewer than k interactions are dropped, repeatedly,
   until none is left (the result, the largest such subset, does not depend on the order of removal). The
   `_5` files are 5-core already; dropping reviews without metadata can break that. What it removes is
-  counted and logged.
+  counted and logged. Users always need at least `splits.MIN_SESSION_LENGTH` (3) interactions, the
+  leave-one-out protocol's minimum, even when `min_count` is smaller.
+- Titles: catalogue items without a title are counted (`items_without_title`); a catalogue where no item
+  has one is an error naming the metadata file (the embed stage's sentences would lack every name).
 - Users: in order of their first review in the reviews file.
 - Catalogue: items in order of first appearance when walking the users in that order, each through their
   time-sorted session (so item indices follow the data, as P5's id maps do, without P5's user shuffle).
@@ -25,17 +28,17 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
-import gzip
 import json
 import logging
 import math
 import os
 import re
-import zlib
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
+from tiger_jax.data import splits
 from tiger_jax.data.errors import DataFormatError, missing_file_error
+from tiger_jax.data.lines import read_lines
 from tiger_jax.data.types import Dataset, Item, ItemCatalog, Sessions
 
 LOGGER = logging.getLogger("tiger_jax.data")
@@ -93,6 +96,7 @@ class ReadReport:
   kcore_removed_items: int = 0
   prices_unparsed: int = 0  # a price was given but is not a usable number: stored as None
   tied_timestamps: int = 0  # final reviews whose time equals the previous one of the same user
+  items_without_title: int = 0  # catalogue items whose metadata has no (or an empty) title
   users: int = 0
   items: int = 0
   interactions: int = 0
@@ -133,32 +137,8 @@ def _parse_price(value: Any) -> tuple[Optional[float], bool]:
 
 def _iter_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
   """Yields (1-based line number, text) so every parse error can name its line."""
-  if not path.exists():
-    raise missing_file_error(path, what, _DOWNLOAD_HINT.replace("<Category>",
-                                                                category_from_path(path) or "<Category>"))
-  if path.is_dir():
-    raise DataFormatError(f"expected the {what}, found a directory", path)
-  with open(path, "rb") as raw:
-    magic = raw.read(2)
-  if not magic:
-    raise DataFormatError(f"{what} is empty", path)
-  opener = gzip.open if magic == b"\x1f\x8b" else open
-  lineno = 0
-  with opener(path, "rb") as f:
-    lines = iter(f)
-    while True:
-      try:
-        raw_line = next(lines)
-      except StopIteration:
-        break
-      except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        raise DataFormatError(f"corrupt or truncated gzip data ({e})", path, lineno + 1) from e
-      lineno += 1
-      try:
-        text = raw_line.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise DataFormatError(f"not valid UTF-8 ({e})", path, lineno) from e
-      yield lineno, text
+  hint = _DOWNLOAD_HINT.replace("<Category>", category_from_path(path) or "<Category>")
+  return read_lines(path, what, hint)
 
 
 def _required_id(obj: dict, field: str, path: Path, lineno: int) -> str:
@@ -282,14 +262,15 @@ def _read_meta(path: Path, wanted: set[str], strict: bool, report: ReadReport) -
 
 def _kcore(sessions: dict[str, list[tuple[str, int]]], k: int, report: ReadReport
            ) -> dict[str, list[tuple[str, int]]]:
-  """Drops users and items under k interactions until stable; keeps the users' order."""
+  """Drops items under k and users under max(k, 3) interactions until stable; keeps the users' order."""
+  user_k = max(k, splits.MIN_SESSION_LENGTH)
   before_reviews = sum(len(s) for s in sessions.values())
   before_items = len({asin for s in sessions.values() for asin, _ in s})
   before_users = len(sessions)
   while True:
     item_counts = collections.Counter(asin for s in sessions.values() for asin, _ in s)
     bad_items = {asin for asin, n in item_counts.items() if n < k}
-    bad_users = {user for user, s in sessions.items() if len(s) < k}
+    bad_users = {user for user, s in sessions.items() if len(s) < user_k}
     if not bad_items and not bad_users:
       break
     report.kcore_rounds += 1
@@ -397,6 +378,14 @@ def read_raw(reviews_path: PathLike, meta_path: PathLike, name: Optional[str] = 
         report.tied_timestamps += 1
       previous = time
   catalog = ItemCatalog(list(catalog_items.values()))
+  report.items_without_title = sum(item.title is None for item in catalog.items)
+  if report.items_without_title == len(catalog):
+    raise DataFormatError("no catalogue item has a title: the field 'title' is missing or empty in the "
+                          f"metadata of all {len(catalog)} reviewed items; the embed stage's item sentences "
+                          "need it", meta_path)
+  if report.items_without_title:
+    LOGGER.warning("%s: %d of %d catalogue items have no title", meta_path, report.items_without_title,
+                   len(catalog))
   index = {asin: i for i, asin in enumerate(catalog_items)}
   dataset = Dataset(name=name,
                     sessions=Sessions(users=list(sessions),

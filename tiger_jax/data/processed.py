@@ -4,16 +4,26 @@ Rule for sequence items without metadata: such an item is removed from every seq
 number of removed interactions and distinct items is logged and returned in `Dataset.report`. A user left with
 no items is removed and counted. Items with metadata that no user touches stay out of the catalogue, also counted.
 Catalogue order is the order of `items.jsonl.gz` (restricted to items that appear in some sequence).
+
+Short sessions: a user with fewer than `splits.MIN_SESSION_LENGTH` (3) items, as written or after the rule
+above, is dropped and counted (`users_too_short`), as the raw reader's k-core filter drops short users: the
+leave-one-out protocol needs a train, a validation and a test item, and such a user would otherwise stop the
+task cache much later. Titles: catalogue items without a title are counted (`items_without_title`) and
+logged; a catalogue where no item has one is an error, since the embed stage's sentences would then lack
+every item's name (usually a misnamed field).
+
+Both files may be gzip-compressed or plain (detected from the content, tiger_jax.data.lines).
 """
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
 from typing import Iterator, Optional
 
-from tiger_jax.data.errors import DataFormatError, missing_file_error
+from tiger_jax.data import splits
+from tiger_jax.data.errors import DataFormatError
+from tiger_jax.data.lines import read_lines
 from tiger_jax.data.types import Dataset, Item, ItemCatalog, Sessions
 
 logger = logging.getLogger("tiger_jax.data")
@@ -27,18 +37,14 @@ def is_processed_dir(directory: str) -> bool:
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:
-  """Yields (1-based line number, stripped line); a missing or empty file is an error naming it."""
-  if not os.path.exists(path):
-    raise missing_file_error(path, "data file")
-  opener = gzip.open if path.endswith(".gz") else open
+  """Yields (1-based line number, stripped line) of non-blank lines; an empty file is an error naming it."""
   seen_any = False
-  with opener(path, "rt", encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      line = line.strip()
-      if not line:
-        continue
-      seen_any = True
-      yield number, line
+  for number, line in read_lines(path, "data file"):
+    line = line.strip()
+    if not line:
+      continue
+    seen_any = True
+    yield number, line
   if not seen_any:
     raise DataFormatError("file is empty", path)
 
@@ -76,7 +82,8 @@ def parse_item(record: dict, path: str, number: int) -> Item:
   )
 
 
-def read_items(path: str) -> list[Item]:
+def read_items(path: str, fields_seen: Optional[set] = None) -> list[Item]:
+  """Items in file order; `fields_seen`, when given, collects every field name met (for error messages)."""
   items, seen = [], set()
   for number, line in _lines(path):
     try:
@@ -85,6 +92,8 @@ def read_items(path: str) -> list[Item]:
       raise DataFormatError(f"bad JSON ({e.msg})", path, number) from None
     if not isinstance(record, dict):
       raise DataFormatError(f"expected a JSON object", path, number)
+    if fields_seen is not None:
+      fields_seen.update(record)
     item = parse_item(record, path, number)
     if item.asin in seen:
       raise DataFormatError(f"duplicate asin {item.asin!r}", path, number)
@@ -107,13 +116,15 @@ def read_sequences(path: str) -> list[tuple[str, list[str]]]:
 
 
 def read_processed_dir(directory: str, name: Optional[str] = None) -> Dataset:
-  """Reads one processed category directory into a Dataset (missing-metadata rule in the module docstring)."""
+  """Reads one processed category directory into a Dataset (rules in the module docstring)."""
   name = name or os.path.basename(os.path.normpath(directory))
-  items = read_items(os.path.join(directory, ITEMS_FILE))
-  raw_sessions = read_sequences(os.path.join(directory, SEQUENCES_FILE))
+  items_path, sequences_path = os.path.join(directory, ITEMS_FILE), os.path.join(directory, SEQUENCES_FILE)
+  fields_seen: set = set()
+  items = read_items(items_path, fields_seen)
+  raw_sessions = read_sequences(sequences_path)
   by_asin = {item.asin: item for item in items}
 
-  missing_interactions, missing_items, empty_users = 0, set(), 0
+  missing_interactions, missing_items, empty_users, short_users = 0, set(), 0, 0
   kept_users, kept_asin_seqs = [], []
   for user, asins in raw_sessions:
     kept = [a for a in asins if a in by_asin]
@@ -122,17 +133,33 @@ def read_processed_dir(directory: str, name: Optional[str] = None) -> Dataset:
     if not kept:
       empty_users += 1
       continue
+    if len(kept) < splits.MIN_SESSION_LENGTH:
+      short_users += 1
+      continue
     kept_users.append(user)
     kept_asin_seqs.append(kept)
+  if not kept_users:
+    raise DataFormatError(
+        f"no user has {splits.MIN_SESSION_LENGTH} or more items with metadata ({len(raw_sessions)} users "
+        f"read, {empty_users} left without items, {short_users} with fewer than "
+        f"{splits.MIN_SESSION_LENGTH}): leave-one-out needs a train, a validation and a test item",
+        sequences_path)
 
   used = {a for seq in kept_asin_seqs for a in seq}
   catalog = ItemCatalog([item for item in items if item.asin in used])
+  untitled = sum(item.title is None for item in catalog.items)
+  if untitled == len(catalog):
+    raise DataFormatError(
+        f"no item has a title: the field 'title' is missing or empty on every line used (fields found: "
+        f"{', '.join(sorted(fields_seen)[:20])}); the embed stage's item sentences need it", items_path)
   sequences = [[catalog.index(a) for a in seq] for seq in kept_asin_seqs]
   report = {
       "interactions_without_metadata": missing_interactions,
       "items_without_metadata": len(missing_items),
       "users_left_empty": empty_users,
+      "users_too_short": short_users,
       "items_never_interacted": len(items) - len(catalog),
+      "items_without_title": untitled,
   }
   for key, value in report.items():
     if value:

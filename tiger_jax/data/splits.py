@@ -22,6 +22,7 @@ from tiger_jax.data.types import Sessions
 
 SPLITS = ("train", "validation", "test")
 MAX_HISTORY = 20
+MIN_SESSION_LENGTH = 3  # a train, a validation and a test item; the readers drop shorter users
 
 
 @dataclasses.dataclass
@@ -57,8 +58,9 @@ def leave_one_out(sessions: Sessions, split: str, max_history: int = MAX_HISTORY
   pairs = []
   for u, seq in enumerate(sessions.sequences):
     n = len(seq)
-    if n < 3:
-      raise ValueError(f"user {sessions.users[u]!r} has {n} items; leave-one-out needs at least 3")
+    if n < MIN_SESSION_LENGTH:
+      raise ValueError(f"user {sessions.users[u]!r} has {n} items; leave-one-out needs at least "
+                       f"{MIN_SESSION_LENGTH}")
     seq = np.asarray(seq, dtype=np.int32)
     if split == "test":
       pairs.append((u, seq[max(0, n - 1 - max_history):n - 1], int(seq[n - 1])))

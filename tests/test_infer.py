@@ -1,0 +1,80 @@
+"""tiger_jax.infer's input checks: k, the history's type, and paths from config.gin used from any folder."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tiger_jax import infer
+
+
+@pytest.fixture(scope="module")
+def recommender(relative_path_run):
+  return infer.Recommender.from_model_dir(relative_path_run["model_dir"], cache_dir=relative_path_run["cache_dir"])
+
+
+def _infer_cli(run, cwd, *args):
+  return subprocess.run([sys.executable, "-m", "tiger_jax.infer", *args], cwd=cwd, env=run["env"],
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_path_from_config_is_relative_to_the_model_dir(tmp_path, monkeypatch, caplog):
+  # Both stored relative to the training folder: the cache lies where it lay beside the model dir.
+  moved = str(tmp_path / "elsewhere" / "work" / "model")
+  assert infer.path_from_config("work/cache", "work/model", moved) == str(tmp_path / "elsewhere" / "work" / "cache")
+  deeper = str(tmp_path / "elsewhere" / "work" / "runs" / "m")
+  assert infer.path_from_config("./data/../work/c", "work/runs/m", deeper) == str(tmp_path / "elsewhere" / "work" / "c")
+  assert infer.path_from_config("/abs/cache", "work/model", moved) == "/abs/cache"
+  assert infer.path_from_config(None, "work/model", moved) is None
+  # An absolute MODEL_DIR does not say where training ran: the current folder, with a warning.
+  monkeypatch.chdir(tmp_path)
+  assert infer.path_from_config("work/cache", "/runs/model", moved) == str(tmp_path / "work" / "cache")
+  assert "folder training ran in is unknown" in caplog.text
+
+
+def test_infer_from_another_folder_finds_the_cache_beside_the_model(relative_path_run, tmp_path):
+  """config.gin stores TASK_CACHE_DIR = 'work/cache', relative to where training ran; infer used to look for
+  it in the current folder and report 'items.npz not found'."""
+  run = relative_path_run
+  out = _infer_cli(run, str(tmp_path), f"--model_dir={run['model_dir']}", "--history=P01,P04", "--k=3")
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines()]
+  assert [r["rank"] for r in rows] == [1, 2, 3] and all(r["title"].startswith("product ") for r in rows)
+  # A copy of the whole work tree serves from its own cache (the original one is not consulted).
+  copy = tmp_path / "copy"
+  shutil.copytree(os.path.join(run["root"], "work"), copy / "work")
+  (copy / "work" / "cache" / run["task"] / "items.npz").unlink()
+  out = _infer_cli(run, str(tmp_path), f"--model_dir={copy / 'work' / 'model'}", "--history=P01")
+  assert out.returncode != 0 and str(copy / "work" / "cache" / run["task"] / "items.npz") in out.stderr
+
+
+@pytest.mark.parametrize("k", [0, -1, 21])
+def test_k_outside_one_to_num_beams_is_an_error(recommender, k):
+  with pytest.raises(ValueError, match=r"valid range \[1, 20\]"):
+    recommender.recommend(["P01"], k=k)
+
+
+def test_k_at_the_ends_of_the_range(recommender):
+  assert len(recommender.recommend(["P01"], k=1)) == 1
+  assert len(recommender.recommend(["P01"], k=20)) == 20  # 24 items: the constrained beams are all valid
+  with pytest.raises(TypeError, match="integer"):
+    recommender.recommend(["P01"], k=2.5)
+
+
+def test_infer_cli_rejects_k_before_loading_the_model(relative_path_run, tmp_path):
+  """`tiger_jax.infer --k=0` used to answer with 20 items; the check comes before the model is read."""
+  out = _infer_cli(relative_path_run, str(tmp_path), "--model_dir=/nonexistent", "--k=0")
+  assert out.returncode == 2 and r"valid range [1, 20]" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_history_string_is_a_type_error_saying_to_pass_a_list(recommender):
+  """recommend("B004756YJA") used to look up the items 'B', '0', '0', ... and report them unknown."""
+  with pytest.raises(TypeError, match=r"must be a list of ASINs.*\['P01'\]"):
+    recommender.recommend("P01")
+  with pytest.raises(TypeError, match=r"must be a list.*\['P01', 'P02'\]"):
+    recommender.encode_history("P01,P02")
+  with pytest.raises(TypeError, match="item 1 is int"):
+    recommender.recommend(["P01", 4])
+  assert recommender.recommend(("P01", "P02"), k=2)  # any sequence of strings will do

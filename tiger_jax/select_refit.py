@@ -270,6 +270,7 @@ def run_select(flags, root: str, config: SelectRefitConfig, candidates: Mapping[
     done_path = os.path.join(model_dir, DONE_FILE)
     if os.path.exists(done_path):
       done = _read_json(done_path)
+      _check_record(done_path, done, {"bindings": bindings})
       log.info("phase 1 (select): candidate %r finished before (step %d)", name, done["step"])
     else:
       _parse(flags, bindings, [f"MODEL_DIR = {_literal(model_dir)}",
@@ -280,8 +281,8 @@ def run_select(flags, root: str, config: SelectRefitConfig, candidates: Mapping[
                _macro("TRAIN_STEPS"), model_dir)
       result = _train(f"phase 1, candidate {name!r}")
       done = {"step": result.step, "start_step": result.start_step, "horizon": _macro("TRAIN_STEPS"),
-              "stopped_early": result.stopped_early,
-              "best": result.best, "seed": _macro("RANDOM_SEED"), "time": time.time()}
+              "stopped_early": result.stopped_early, "best": result.best, "bindings": bindings,
+              "seed": _macro("RANDOM_SEED"), "time": time.time()}
       utils.write_json(done_path, done)
     curve = validation_curve(model_dir, rule.metric, done["step"])
     if not curve:

@@ -122,3 +122,54 @@ def relative_path_run(tmp_path_factory):
   assert out.returncode == 0, out.stderr[-4000:]
   return {"root": str(root), "model_dir": str(root / "work" / "model"), "cache_dir": str(root / "work" / "cache"),
           "task": task, "asins": asins, "gin_flags": gin_flags, "env": env, "repo": repo}
+
+
+def write_task_cache(root, task, num_users=40, num_items=24, seed=0):
+  """A cached TIGER task in the CONTRACTS.md format (numpy only): {train,validation,test,items}.npz, info.json.
+
+  Item t is mostly followed by t + 1, so a model learns something in tens of steps. Semantic IDs follow the
+  default token layout (4 levels of 256 codes, the last a collision code), so retrieval and its trie work.
+  """
+  from tiger_jax import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  layout = vocab_lib.DEFAULT_LAYOUT
+  rng = np.random.default_rng(seed)
+  codes = np.stack([np.arange(num_items) % 4, np.arange(num_items) // 4, rng.integers(0, 4, num_items),
+                    np.zeros(num_items, int)], axis=1)
+  item_tokens = layout.codes_to_tokens(codes).astype(np.int32)
+  users = [f"user{u:03d}" for u in range(num_users)]
+  sequences = []
+  for _ in range(num_users):
+    seq = [int(rng.integers(num_items))]
+    for _ in range(int(rng.integers(3, 9))):
+      seq.append((seq[-1] + 1) % num_items if rng.random() < 0.8 else int(rng.integers(num_items)))
+    sequences.append(seq)
+  task_dir = os.path.join(root, task)
+  os.makedirs(task_dir, exist_ok=True)
+  counts = {}
+  for split in ("train", "validation", "test"):
+    rows = []
+    for u, seq in enumerate(sequences):
+      n = len(seq)
+      targets = range(1, n - 2) if split == "train" else [n - 2 if split == "validation" else n - 1]
+      rows += [(u, seq[max(0, t - 20):t], seq[t]) for t in targets]
+    enc = np.zeros((len(rows), 81), np.int32)
+    tgt = np.zeros((len(rows), 5), np.int32)
+    for i, (u, history, target) in enumerate(rows):
+      x = np.concatenate([[layout.user_token(users[u])], item_tokens[history].reshape(-1)])
+      enc[i, :len(x)] = x
+      tgt[i, :4] = item_tokens[target]
+      tgt[i, 4] = vocab_lib.EOS_ID
+    dec_in = np.zeros_like(tgt)
+    dec_in[:, 1:] = tgt[:, :-1]
+    np.savez(os.path.join(task_dir, f"{split}.npz"), encoder_input_tokens=enc, decoder_input_tokens=dec_in,
+             decoder_target_tokens=tgt, decoder_loss_weights=(tgt > 0).astype(np.int32),
+             user_index=np.array([r[0] for r in rows], np.int32),
+             target_item=np.array([r[2] for r in rows], np.int32))
+    counts[split] = len(rows)
+  np.savez(os.path.join(task_dir, "items.npz"), asins=np.array([f"P{i:02d}" for i in range(num_items)]),
+           item_tokens=item_tokens, titles=np.array([f"product {i}" for i in range(num_items)]),
+           users=np.array(users))
+  with open(os.path.join(task_dir, "info.json"), "w") as f:
+    json.dump({"task": task, "feature_lengths": {"inputs": 81, "targets": 5}, "vocab_size": layout.vocab_size,
+               "counts": counts}, f)
+  return counts

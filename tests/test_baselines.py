@@ -22,6 +22,7 @@ from tiger_jax.baselines import popularity
 from tiger_jax.baselines import sasrec
 from tiger_jax.baselines import sequences
 from tiger_jax.baselines import transitions
+from tiger_jax.baselines import sasrec_model
 from tiger_jax.baselines.sasrec_model import SASRec, SASRecConfig, next_item_loss
 from tiger_jax import metrics
 from tiger_jax.data import splits
@@ -174,6 +175,70 @@ def test_loss_weights_only_target_positions_and_bf16_agrees():
   assert np.isfinite(float(dropped)) and float(dropped) != pytest.approx(float(loss))
 
 
+def test_losses_by_hand():
+  w = jnp.array([[1.0, 0.0]])  # the second position has no target and must not count
+  # softmax over scores (0, 1, 2), target 2: log(1 + e + e^2) - 2 = log(11.1073) - 2
+  assert float(sasrec_model.softmax_loss(jnp.array([[[0.0, 1.0, 2.0], [9.0, 0.0, 0.0]]]), jnp.array([[2, 1]]), w)
+               ) == pytest.approx(0.40761, abs=1e-5)
+  # BCE, target score 2 and negative 0.5: -log sigmoid(2) - log(1 - sigmoid(0.5)) = 0.12693 + 0.97408
+  assert float(sasrec_model.bce_loss(jnp.array([[2.0, -5.0]]), jnp.array([[0.5, 7.0]]), w)) == pytest.approx(
+      1.10101, abs=1e-5)
+  # Two counted positions average: the second, target score 1: log(1 + e^-1) + 0.97408 = 0.31326 + 0.97408
+  assert float(sasrec_model.bce_loss(jnp.array([[2.0, 1.0]]), jnp.array([[0.5, 0.5]]), jnp.ones([1, 2]))
+               ) == pytest.approx((1.10101 + 1.28734) / 2, abs=1e-5)
+  # Sampled softmax, target score 1 against negatives 0 and 2; a third negative is the target itself and is
+  # left out: log(e^1 + e^0 + e^2) - 1 = 1.40761 (counting it again: log(2e + 1 + e^2) - 1 = 1.62652).
+  positive = jnp.array([[1.0, 3.0]])
+  negatives = jnp.array([[[0.0, 2.0, 1.0], [0.0, 0.0, 0.0]]])
+  is_target = jnp.array([[[False, False, True], [False, False, False]]])
+  assert float(sasrec_model.sampled_softmax_loss(positive, negatives, is_target, w)) == pytest.approx(
+      1.40761, abs=1e-5)
+  assert float(sasrec_model.sampled_softmax_loss(positive, negatives, jnp.zeros_like(is_target), w)
+               ) == pytest.approx(1.62652, abs=1e-5)
+
+
+def test_negatives_are_uniform_over_the_other_items():
+  targets = jnp.tile(jnp.arange(1, 6), (4000, 1))  # ids 1..5 of a 5-item catalogue
+  drawn = np.asarray(sasrec_model.negatives_except(jax.random.PRNGKey(0), targets, 5))
+  assert drawn.min() >= 1 and drawn.max() <= 5
+  assert not (drawn == np.asarray(targets)).any()  # never the position's own target
+  for column in range(5):
+    counts = np.bincount(drawn[:, column], minlength=6)[1:]
+    others = np.delete(counts, column)
+    assert counts[column] == 0 and others.min() > 850 and others.max() < 1150  # 1000 each expected
+
+
+@pytest.mark.parametrize("loss", ["bce", "sampled_softmax"])
+def test_sampled_losses_score_the_drawn_items(loss):
+  """next_item_loss against the same quantities built by hand from the encoder states and the item table."""
+  module, params = _init()
+  ids = jnp.array([[0, 0, 0, 4, 9, 2, 7, 1], [3, 5, 8, 13, 21, 2, 6, 11]])
+  targets = jnp.array([[0, 0, 0, 9, 2, 7, 1, 0], [5, 8, 13, 21, 2, 6, 11, 30]])
+  key = jax.random.PRNGKey(7)
+  got, count = next_item_loss(module, params, ids, targets, None, loss, num_negatives=12, negatives_rng=key)
+  hidden = np.asarray(module.apply({"params": params}, ids, method=SASRec.encode), np.float64)
+  table = np.asarray(params["item_embedding"]["embedding"], np.float64)
+  t = np.asarray(targets)
+  positive = np.einsum("bld,bld->bl", hidden, table[t])
+  softplus = lambda x: np.logaddexp(0.0, x)
+  if loss == "bce":
+    negative_ids = np.asarray(sasrec_model.negatives_except(key, targets, 30))
+    per_position = softplus(-positive) + softplus(np.einsum("bld,bld->bl", hidden, table[negative_ids]))
+  else:
+    negative_ids = np.asarray(jax.random.randint(key, (2, 12), 1, 31))
+    scores = np.einsum("bld,nd->bln", hidden, table[negative_ids[0]]), np.einsum(
+        "bld,nd->bln", hidden, table[negative_ids[1]])
+    scores = np.concatenate([scores[0][:1], scores[1][1:]])
+    scores = np.where(negative_ids[:, None, :] == t[:, :, None], -np.inf, scores)
+    per_position = np.logaddexp(positive, np.logaddexp.reduce(scores, axis=-1)) - positive
+  expected = per_position[t > 0].mean()
+  assert int(count) == 12 and float(got) == pytest.approx(expected, rel=1e-4)
+  with pytest.raises(ValueError, match="negatives_rng"):
+    next_item_loss(module, params, ids, targets, None, loss)
+  with pytest.raises(ValueError, match="loss must be one of"):
+    next_item_loss(module, params, ids, targets, None, "hinge")
+
+
 def test_device_ranks_follow_the_metrics_code_ties_included():
   module, params = _init()
   table = params["item_embedding"]["embedding"]
@@ -279,17 +344,39 @@ def _successor_dataset(path, users=240, items=40, seed=0):
   return write_processed(path, sequences_, [{"asin": f"I{i:02d}", "title": f"item {i}"} for i in range(items)])
 
 
-def test_sasrec_learns_successor_pattern_popularity_cannot(tmp_path):
+@pytest.mark.parametrize("loss", ["softmax", "bce", "sampled_softmax"])
+def test_sasrec_learns_successor_pattern_popularity_cannot(tmp_path, loss):
   data_dir = _successor_dataset(tmp_path / "succ")
   config = SASRecConfig(max_len=10, emb_dim=32, num_layers=1, num_heads=1, mlp_dim=32, dropout_rate=0.1)
   result = sasrec.train_and_evaluate(
       data_dir=data_dir, model_dir=str(tmp_path / "model"), model_config=config, num_epochs=30,
-      batch_size=32, eval_every_epochs=10, checkpoint_every_epochs=30,
+      batch_size=32, eval_every_epochs=10, checkpoint_every_epochs=30, loss=loss, num_negatives=8,
       optimizer_fn=lambda: sasrec.make_optimizer(learning_rate=0.01))
   assert result["test"]["steps_per_epoch"] == 8 and result["test"]["epochs_trained"] == 30  # 240 steps
+  assert result["test"]["loss"] == loss
   assert result["test"]["recall@10"] > 0.9 and result["validation"]["recall@10"] > 0.9
   pop = popularity.evaluate(sequences.load_dataset(data_dir))
   assert pop["test"]["recall@10"] < 0.5
+
+
+def test_sasrec_early_stopping_and_validation_only_scoring(tmp_path):
+  data_dir = _successor_dataset(tmp_path / "succ", users=60)
+  config = SASRecConfig(max_len=10, emb_dim=16, num_layers=1, num_heads=1, mlp_dim=16, dropout_rate=0.1)
+  model_dir = str(tmp_path / "model")
+  kwargs = dict(data_dir=data_dir, model_dir=model_dir, model_config=config, num_epochs=400, batch_size=32,
+                eval_every_epochs=1, checkpoint_every_epochs=400, early_stopping_epochs=3, write_predictions=False,
+                optimizer_fn=lambda: sasrec.make_optimizer(learning_rate=0.05))
+  result = sasrec.train_and_evaluate(**kwargs, eval_splits=("validation",))
+  run = result["validation"]
+  assert run["stopped_early"] and run["epochs_trained"] == run["best"]["epoch"] + 3 < 400
+  assert "test" not in result and not os.path.exists(os.path.join(model_dir, "eval_test"))
+  again = sasrec.train_and_evaluate(**kwargs)  # finished: scored once on test, nothing trained
+  assert again["test"]["epochs_this_run"] == 0 and again["test"]["epochs_trained"] == run["epochs_trained"]
+  assert again["validation"]["ndcg@10"] == run["ndcg@10"]
+  with pytest.raises(ValueError, match="trained with"):
+    sasrec.train_and_evaluate(**kwargs, loss="bce")
+  with pytest.raises(ValueError, match="eval_splits"):
+    sasrec.train_and_evaluate(**kwargs, eval_splits=("train",))
 
 
 # ----------------------------------------------------------------------------------------------------------

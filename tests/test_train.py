@@ -307,6 +307,27 @@ def test_parameter_ema_is_what_validation_best_and_restore_use(cache_dir, tmp_pa
                 ema_decay=1.0)
 
 
+def test_early_stopping_checkpoints_and_a_rerun_trains_no_further(cache_dir, tmp_path):
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  peak_then_fall = lambda ctx: {"validation/custom": -abs(ctx.step - 3)}  # the best ('max') is step 3
+  model_dir = str(tmp_path / "early")
+  kwargs = dict(model=model, train_dataset_cfg=_cfg(cache_dir), model_dir=model_dir, total_steps=20,
+                eval_period=1, steps_per_dispatch=1, use_tensorboard=False, eval_metric_fns=(peak_then_fall,),
+                best_metric="validation/custom", best_mode="max", early_stopping_steps=4,
+                checkpoint_cfg=utils.CheckpointConfig(save=utils.SaveCheckpointConfig(period=5, async_save=False)))
+  result = train.train(**kwargs)
+  assert result.stopped_early and result.step == 7 and result.best["step"] == 3  # 4 steps past the best
+  assert [e["step"] for e in result.evals] == list(range(1, 8))
+  assert max(int(s) for s in os.listdir(os.path.join(model_dir, "checkpoints")) if s.isdigit()) == 7
+  again = train.train(**kwargs)
+  assert again.stopped_early and again.step == again.start_step == 7 and len(again.losses) == 0
+  # Without a best metric there is nothing to be patient about: the run goes to the end.
+  plain = train.train(**dict(kwargs, model_dir=str(tmp_path / "plain"), total_steps=8, best_metric=None))
+  assert not plain.stopped_early and plain.step == 8
+  with pytest.raises(ValueError, match="early_stopping_steps"):
+    train.train(**dict(kwargs, model_dir=str(tmp_path / "bad"), early_stopping_steps=0))
+
+
 def test_trimmed_encoder_gives_the_same_loss(cache_dir):
   """Length bucketing is exact: padding beyond the longest example does not change the loss."""
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))

@@ -315,6 +315,7 @@ class TrainResult:
   seconds: float = 0.0  # wall time of the loop, everything included
   compile_seconds: Optional[dict] = None  # per encoder length
   stopped_by_signal: Optional[int] = None  # SIGTERM or SIGINT ended the run early (after a checkpoint)
+  stopped_early: bool = False  # best_metric had not improved for early_stopping_steps (after a checkpoint)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -420,7 +421,8 @@ def train(*,
           eval_steps: Optional[int] = None,
           use_hardware_rng: bool = False,
           use_tensorboard: bool = True,
-          ema_decay: Optional[float] = None) -> TrainResult:
+          ema_decay: Optional[float] = None,
+          early_stopping_steps: Optional[int] = None) -> TrainResult:
   """Trains `model` for `total_steps` steps, resuming from MODEL_DIR's latest checkpoint if any.
 
   Args mirror t5x's train(); TIGER-specific ones:
@@ -438,6 +440,8 @@ def train(*,
       after every step (not t5x's; started from the initial parameters). Validation, the best
       checkpoint and `checkpoints.restore_params` (eval, infer) then use the average; training and
       resuming use the raw parameters, both of which periodic checkpoints hold.
+    early_stopping_steps: stop (after a checkpoint) at the first evaluation where `best_metric` has not
+      improved for this many steps; a rerun of a run that stopped so trains nothing. None: never stop early.
   """
   partitioner = partitioner or partitioning.PjitPartitioner()
   checkpoint_cfg = checkpoint_cfg or utils.CheckpointConfig()
@@ -453,6 +457,8 @@ def train(*,
     raise ValueError(f"total_steps must be >= 0, got {total_steps}")
   if ema_decay is not None and not 0.0 < ema_decay < 1.0:
     raise ValueError(f"ema_decay must be in (0, 1) or None, got {ema_decay}")
+  if early_stopping_steps is not None and early_stopping_steps <= 0:
+    raise ValueError(f"early_stopping_steps must be > 0 or None, got {early_stopping_steps}")
   if use_hardware_rng:
     jax.config.update("jax_default_prng_impl", "unsafe_rbg")
   os.makedirs(model_dir, exist_ok=True)
@@ -527,6 +533,15 @@ def train(*,
 
   step = int(jax.device_get(state["step"]))
   start_step = step
+
+  def patience_exhausted(at_step: int) -> bool:
+    return bool(early_stopping_steps and best_metric and best is not None
+                and at_step - best["step"] >= early_stopping_steps)
+
+  stopped_early = step < total_steps and patience_exhausted(step)
+  if stopped_early:
+    log.info("%s has not improved since step %d (best %.4g): the run stopped early at step %d and trains "
+             "no further", best_metric, best["step"], best["value"], step)
   runner = StepRunner(model, tx, learning_rate_fn, partitioner, steps_per_dispatch, resident_data, ema_decay)
   eval_ctx_cache: dict = {}
   losses: list[np.ndarray] = []
@@ -675,18 +690,18 @@ def train(*,
   loop_start = time.time()
   pending = None
   try:
-    if eval_pending and not stop.requested():
+    if eval_pending and not stop.requested() and not stopped_early:
       log.info("step %d's validation was cut short when the run stopped; running it now", step)
       paused(run_eval, step, state)
-    elif run_eval_before_training and step < total_steps:
+    elif run_eval_before_training and step < total_steps and not stopped_early:
       paused(run_eval, step, state)
     # Compile every encoder length this run will use before the first step, so that progress lines
     # measure training only.
-    if step < total_steps:
+    if step < total_steps and not stopped_early:
       _, upcoming = schedule.steps(step, min(total_steps - step, schedule.steps_per_epoch))
       paused(runner.precompile, sorted(set(upcoming.tolist())),
              lambda length: (state, *dispatch_args(step, 1, length), dropout_base))
-    while step < total_steps and not stop.requested():
+    while step < total_steps and not stop.requested() and not stopped_early:
       boundary = min(_next_multiple(step, eval_period), _next_multiple(step, save_period), total_steps)
       limit = int(min(steps_per_dispatch - step % steps_per_dispatch, boundary - step))
       n = schedule.run_length(step, limit)
@@ -704,10 +719,16 @@ def train(*,
       if eval_due(step) or at_save:
         drain(pending)
         pending = None
-        if eval_due(step) and not paused(run_eval, step, state):
-          break  # cut short by a stop signal; the checkpoint records the pending validation
+        if eval_due(step):
+          if not paused(run_eval, step, state):
+            break  # cut short by a stop signal; the checkpoint records the pending validation
+          stopped_early = step < total_steps and patience_exhausted(step)
+          at_save = at_save or stopped_early
         if at_save:
           paused(save, step, state)
+      if stopped_early:
+        log.info("early stop at step %d: %s has not improved for %d steps (best %.4g at step %d)", step,
+                 best_metric, step - best["step"], best["value"], best["step"])
     if pending is not None:
       drain(pending)
       pending = None
@@ -726,12 +747,13 @@ def train(*,
     log.info("trained steps %d..%d in %s: %.1f steps/s while training (%.2f ms/step); %s compiling, "
              "evaluating and checkpointing", start_step, step, utils.format_duration(elapsed), rate,
              1000.0 / max(rate, 1e-9), utils.format_duration(clock["paused"]))
-  elif stopped_by is None:
+  elif stopped_by is None and not stopped_early:
     log.info("nothing to train: the checkpoint is at step %d >= total_steps %d", step, total_steps)
   return TrainResult(step=step, state=state, start_step=start_step,
                      losses=np.concatenate(losses) if losses else np.zeros([0], np.float32), evals=evals,
                      best=best, steps_per_second=rate, seconds=elapsed,
-                     compile_seconds=dict(runner.compile_seconds), stopped_by_signal=stopped_by)
+                     compile_seconds=dict(runner.compile_seconds), stopped_by_signal=stopped_by,
+                     stopped_early=stopped_early)
 
 
 def _cast_state_params(state, dtype: str):

@@ -40,7 +40,7 @@ from tiger_jax import checkpoints as checkpoints_lib
 from tiger_jax import metrics as metrics_lib
 from tiger_jax.baselines import evaluation
 from tiger_jax.baselines import sequences
-from tiger_jax.baselines.sasrec_model import SASRec, SASRecConfig, count_params, next_item_loss
+from tiger_jax.baselines.sasrec_model import LOSSES, SASRec, SASRecConfig, count_params, next_item_loss
 
 log = logging.getLogger("tiger_jax.baselines.sasrec")
 TOP_K = 20  # items per user in predictions.jsonl (docs/CONTRACTS.md asks for at least 20)
@@ -70,21 +70,27 @@ def epoch_batches(num_rows: int, batch_size: int, seed: int, epoch: int) -> np.n
   return filled.reshape(steps, batch_size)
 
 
-def make_epoch_fn(module: SASRec, tx: optax.GradientTransformation) -> Callable:
-  """(state, inputs, targets, batch indices [S, B], dropout key) -> (state, mean loss): S steps per call."""
+def make_epoch_fn(module: SASRec, tx: optax.GradientTransformation, loss: str = "softmax",
+                  num_negatives: int = 256) -> Callable:
+  """(state, inputs, targets, batch indices [S, B], dropout key) -> (state, mean loss): S steps per call.
+
+  Dropout masks and sampled negatives of a step are functions of (key, step), so a resumed epoch matches.
+  """
 
   def epoch(state, inputs, targets, idx, dropout_key):
     def step(i, carry):
       state, loss_sum, count_sum = carry
       rows = idx[i]
       rng = jax.random.fold_in(dropout_key, state["step"])
+      negatives_rng = jax.random.fold_in(rng, 1)
       grad_fn = jax.value_and_grad(
-          lambda p: next_item_loss(module, p, inputs[rows], targets[rows], rng), has_aux=True)
-      (loss, count), grads = grad_fn(state["params"])
+          lambda p: next_item_loss(module, p, inputs[rows], targets[rows], rng, loss, num_negatives,
+                                   negatives_rng), has_aux=True)
+      (step_loss, count), grads = grad_fn(state["params"])
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
       state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                "opt_state": opt_state}
-      return state, loss_sum + loss * count, count_sum + count
+      return state, loss_sum + step_loss * count, count_sum + count
 
     zero = jnp.zeros([], jnp.float32)
     state, loss_sum, count_sum = jax.lax.fori_loop(0, idx.shape[0], step, (state, zero, zero))
@@ -194,14 +200,30 @@ def train_and_evaluate(*,
                        ks: Sequence[int] = metrics_lib.DEFAULT_KS,
                        best_metric: str = "ndcg@10",
                        write_predictions: bool = True,
-                       checkpoints_to_keep: int = 2) -> dict[str, Any]:
+                       checkpoints_to_keep: int = 2,
+                       loss: str = "softmax",
+                       num_negatives: int = 256,
+                       early_stopping_epochs: Optional[int] = None,
+                       eval_splits: Sequence[str] = ("validation", "test")) -> dict[str, Any]:
   """Trains SASRec on `data_dir`'s training split (resuming from MODEL_DIR), then evaluates the best params.
 
-  Returns {'validation': metrics, 'test': metrics, ...}; both are also written as eval_<split>/metrics.json.
+  loss / num_negatives: see sasrec_model.next_item_loss. early_stopping_epochs: stop (after a checkpoint)
+  once validation `best_metric` has not improved for this many epochs. eval_splits: what the best params
+  are scored on at the end (a sweep scores 'validation' alone, and 'test' once for the point it picks; a
+  finished run only re-evaluates). Returns {split: metrics, ...}, each also written as eval_<split>/metrics.json.
   """
   config = model_config.validate()
   _check_positive(num_epochs=num_epochs, batch_size=batch_size, eval_batch_size=eval_batch_size,
                   eval_every_epochs=eval_every_epochs, checkpoint_every_epochs=checkpoint_every_epochs)
+  if loss not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+  if loss == "sampled_softmax":
+    _check_positive(num_negatives=num_negatives)
+  negatives = num_negatives if loss == "sampled_softmax" else None
+  if early_stopping_epochs is not None:
+    _check_positive(early_stopping_epochs=early_stopping_epochs)
+  if isinstance(eval_splits, str) or not set(eval_splits) <= {"validation", "test"} or not eval_splits:
+    raise ValueError(f"eval_splits must name 'validation' and/or 'test', got {eval_splits!r}")
   if not model_dir:
     raise ValueError("model_dir (MODEL_DIR) is empty")
   best_key = f"validation/{best_metric}"
@@ -216,7 +238,7 @@ def train_and_evaluate(*,
   if not len(rows):
     raise ValueError(f"data_dir={data_dir!r}: no user has a training target (every sequence has 3 items)")
   eval_sets = {split: sequences.eval_inputs(dataset.sessions, split, config.max_len)
-               for split in ("validation", "test")}
+               for split in ("validation", "test") if split == "validation" or split in eval_splits}
   fingerprint = {"dataset": dataset.name, "num_items": num_items, "num_users": len(dataset.sessions),
                  "train_rows": len(rows), "train_targets": rows.num_targets, "max_len": config.max_len,
                  "window_stride": window_stride}
@@ -257,6 +279,11 @@ def train_and_evaluate(*,
     if meta.get("batch_size") != batch_size or meta.get("random_seed") != random_seed:
       log.warning("batch_size/random_seed differ from the checkpoint's (%s/%s): resumed epochs will not "
                   "match an uninterrupted run", meta.get("batch_size"), meta.get("random_seed"))
+    trained_with = (meta.get("loss", "softmax"), meta.get("num_negatives"))
+    if trained_with != (loss, negatives):
+      ckpt.close()
+      raise ValueError(f"MODEL_DIR={model_dir!r} holds a checkpoint trained with (loss, negatives) {trained_with}, "
+                       f"not {(loss, negatives)}; use a fresh MODEL_DIR")
     epoch = resumed_from = int(meta["epoch"])
     clocks = Clocks(**meta.get("clocks", {}))
     log.info("resumed from %s at epoch %d (step %d)", checkpoints_lib.checkpoint_dir(model_dir), epoch, latest)
@@ -271,6 +298,7 @@ def train_and_evaluate(*,
     start = time.time()
     meta = {"epoch": at_epoch, "step": int(state_now["step"]), "data": fingerprint, "best": best,
             "batch_size": batch_size, "random_seed": random_seed, "clocks": clocks.as_dict(),
+            "loss": loss, "num_negatives": negatives,
             "time": time.time()}
     ckpt.save(int(state_now["step"]), state_now, meta)
     clocks.checkpoint_seconds += time.time() - start
@@ -296,10 +324,18 @@ def train_and_evaluate(*,
   if threading.current_thread() is threading.main_thread():
     old_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
   epochs_this_run = 0
+
+  def patience_exhausted(at_epoch: int) -> bool:
+    return bool(early_stopping_epochs and best is not None and at_epoch - best["epoch"] >= early_stopping_epochs)
+
+  stopped_early = epoch < num_epochs and patience_exhausted(epoch)
+  if stopped_early:
+    log.info("validation %s has not improved since epoch %d: the run stopped early at epoch %d", best_metric,
+             best["epoch"], epoch)
   try:
-    if epoch < num_epochs:
+    if epoch < num_epochs and not stopped_early:
       start = time.time()
-      epoch_fn = make_epoch_fn(module, tx).lower(
+      epoch_fn = make_epoch_fn(module, tx, loss, num_negatives).lower(
           state, device_inputs, device_targets, epoch_batches(len(rows), batch_size, random_seed, 0),
           dropout_key).compile()
       clocks.compile_seconds += time.time() - start
@@ -308,29 +344,33 @@ def train_and_evaluate(*,
       log.warning("the checkpoint is at epoch %d > num_epochs=%d: nothing to train", epoch, num_epochs)
     loop_start = time.time()
     wall_before = clocks.wall_seconds
-    while epoch < num_epochs:
+    while epoch < num_epochs and not stopped_early:
       start = time.time()
       idx = epoch_batches(len(rows), batch_size, random_seed, epoch)
-      state, loss = epoch_fn(state, device_inputs, device_targets, idx, dropout_key)
-      loss = float(loss)
+      state, epoch_loss = epoch_fn(state, device_inputs, device_targets, idx, dropout_key)
+      epoch_loss = float(epoch_loss)
       seconds = time.time() - start
       clocks.train_seconds += seconds
       epoch += 1
       epochs_this_run += 1
-      if not math.isfinite(loss):
+      if not math.isfinite(epoch_loss):
         raise FloatingPointError(f"non-finite training loss at epoch {epoch}; the last good checkpoint is "
                                  f"step {ckpt.latest_step()} (lower the learning rate and rerun)")
-      summaries.write(json.dumps({"epoch": epoch, "step": int(state["step"]), "train/loss": loss,
+      summaries.write(json.dumps({"epoch": epoch, "step": int(state["step"]), "train/loss": epoch_loss,
                                   "train/seconds": round(seconds, 4)}) + "\n")
       summaries.flush()
-      log.info("epoch %d/%d loss %.4f (%.2fs, %.0f rows/s)", epoch, num_epochs, loss, seconds,
+      log.info("epoch %d/%d loss %.4f (%.2fs, %.0f rows/s)", epoch, num_epochs, epoch_loss, seconds,
                len(rows) / max(seconds, 1e-9))
       evaluated = epoch % eval_every_epochs == 0 or epoch == num_epochs
       if evaluated:
         validate(state, epoch)
+        stopped_early = epoch < num_epochs and patience_exhausted(epoch)
       clocks.wall_seconds = wall_before + time.time() - loop_start
       if evaluated or epoch % checkpoint_every_epochs == 0 or stop["signal"] is not None:
         save(state, epoch)
+      if stopped_early:
+        log.info("early stop at epoch %d: validation %s has not improved since epoch %d", epoch, best_metric,
+                 best["epoch"])
       if stop["signal"] is not None:
         log.warning("signal %d: checkpointed epoch %d; rerun the same command to resume", stop["signal"], epoch)
         break
@@ -342,17 +382,19 @@ def train_and_evaluate(*,
   if stop["signal"] is not None:
     return {"stopped_by_signal": stop["signal"], "epoch": epoch}
 
-  # The best validation params, scored on validation and test.
+  # The best validation params, scored on eval_splits.
   params, best_step = checkpoints_lib.restore_params(model_dir, "best")
   common = {"model": "sasrec", "dataset": dataset.name, "data_dir": data_dir, "num_items": num_items,
             "num_params": num_params, "config": dataclasses.asdict(config), "num_epochs": num_epochs,
             "epochs_trained": epoch, "epochs_this_run": epochs_this_run, "resumed_from_epoch": resumed_from,
+            "stopped_early": stopped_early, "loss": loss, "num_negatives": negatives,
             "best": best, "best_step": best_step, "batch_size": batch_size, "steps_per_epoch": steps_per_epoch,
             "window_stride": window_stride, "train_rows": len(rows), "train_targets": rows.num_targets,
             "tiger_train_examples": tiger_examples, **clocks.as_dict(), "device": device.device_kind,
             "jax_version": jax.__version__}
   results = {}
-  for split, inputs in eval_sets.items():
+  for split in [name for name in ("validation", "test") if name in eval_splits]:
+    inputs = eval_sets[split]
     start = time.time()
     ranks, top_items, top_scores = scorer.rank(params, inputs)
     result = evaluation.split_result(ranks, split, ks)

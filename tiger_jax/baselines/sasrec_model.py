@@ -5,7 +5,9 @@ Layout: item embedding * sqrt(d) + learned position embedding -> dropout -> N pr
 LayerNorm. The original code normalises before attention and before the feed-forward part and ends with a
 LayerNorm, i.e. it is pre-LN in effect; pre-LN also trains stably at Adam 1e-3 without warm-up. Scores of the
 next item are dot products with the same item embedding table over the whole catalogue (the padding row is
-not an item), trained with full softmax cross-entropy rather than the original's one sampled negative.
+not an item). Losses (`next_item_loss`): full-catalogue softmax cross-entropy (the default), the original's
+binary cross-entropy with one sampled negative per position, or a sampled softmax over the target and N
+negatives drawn uniformly per sequence.
 
 Ids: catalogue index + 1, 0 pads (tiger_jax/baselines/sequences.py). Attention never reads a padding key,
 and hidden states at padding positions are zeroed after every block, as in the original.
@@ -111,6 +113,10 @@ class SASRec(nn.Module):
     return jnp.einsum("...d,nd->...n", hidden.astype(dtype), table.astype(dtype),
                       preferred_element_type=jnp.float32)
 
+  def item_vectors(self, ids: jax.Array) -> jax.Array:
+    """Output-layer rows of item ids (catalogue index + 1), in the compute dtype: [..., d]."""
+    return self.item_embedding.embedding[ids].astype(self.config.compute_dtype)
+
   def __call__(self, ids: jax.Array, deterministic: bool = True) -> jax.Array:
     """Scores [B, L, num_items] of the item after each position."""
     return self.item_scores(self.encode(ids, deterministic))
@@ -120,17 +126,76 @@ class SASRec(nn.Module):
     return self.item_scores(self.encode(ids, deterministic=True)[:, -1])
 
 
-def next_item_loss(module: SASRec, params, inputs: jax.Array, targets: jax.Array,
-                   dropout_rng: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """Full-catalogue softmax cross-entropy, averaged over positions with a target; (loss, target count)."""
-  rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-  scores = module.apply({"params": params}, inputs, deterministic=dropout_rng is None, rngs=rngs)
-  labels = jnp.maximum(targets - 1, 0)
+LOSSES = ("softmax", "bce", "sampled_softmax")
+
+
+def softmax_loss(scores: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+  """Mean over weighted positions of -log softmax(scores)[label]; scores [..., n], labels [...] in [0, n)."""
   log_z = jax.nn.logsumexp(scores, axis=-1)
   target_score = jnp.take_along_axis(scores, labels[..., None], axis=-1)[..., 0]
+  return ((log_z - target_score) * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def bce_loss(positive: jax.Array, negative: jax.Array, weights: jax.Array) -> jax.Array:
+  """SASRec's loss: mean over weighted positions of -log sigmoid(positive) - log(1 - sigmoid(negative))."""
+  per_position = jax.nn.softplus(-positive) + jax.nn.softplus(negative)
+  return (per_position * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def sampled_softmax_loss(positive: jax.Array, negatives: jax.Array, is_target: jax.Array,
+                         weights: jax.Array) -> jax.Array:
+  """Cross-entropy of the target among itself and its negatives [..., N]; a negative that is the target
+  itself (`is_target`) is left out of the normaliser."""
+  negatives = jnp.where(is_target, -jnp.inf, negatives)
+  log_z = jnp.logaddexp(positive, jax.nn.logsumexp(negatives, axis=-1))
+  return ((log_z - positive) * weights).sum() / jnp.maximum(weights.sum(), 1.0)
+
+
+def negatives_except(rng: jax.Array, targets: jax.Array, num_items: int) -> jax.Array:
+  """One item id per position, uniform over the catalogue minus that position's target (ids: index + 1).
+
+  The original code also avoids the user's other items; in catalogues of thousands of items that changes a
+  handful of draws per epoch.
+  """
+  draw = jax.random.randint(rng, targets.shape, 0, max(num_items - 1, 1))
+  label = jnp.maximum(targets - 1, 0)
+  return draw + (draw >= label) + 1
+
+
+def next_item_loss(module: SASRec, params, inputs: jax.Array, targets: jax.Array,
+                   dropout_rng: Optional[jax.Array], loss: str = "softmax", num_negatives: int = 256,
+                   negatives_rng: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+  """(loss averaged over positions with a target, target count).
+
+  loss: 'softmax' (full catalogue), 'bce' (one negative per position, `negatives_except`), or
+  'sampled_softmax' (`num_negatives` uniform items per row, shared by its positions).
+  """
+  if loss not in LOSSES:
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+  rngs = None if dropout_rng is None else {"dropout": dropout_rng}
   weights = (targets > 0).astype(jnp.float32)
   count = weights.sum()
-  return ((log_z - target_score) * weights).sum() / jnp.maximum(count, 1.0), count
+  if loss == "softmax":
+    scores = module.apply({"params": params}, inputs, deterministic=dropout_rng is None, rngs=rngs)
+    return softmax_loss(scores, jnp.maximum(targets - 1, 0), weights), count
+  if negatives_rng is None:
+    raise ValueError(f"loss {loss!r} samples negatives: pass negatives_rng")
+  hidden = module.apply({"params": params}, inputs, deterministic=dropout_rng is None, rngs=rngs,
+                        method=SASRec.encode)
+  dtype = module.config.compute_dtype
+  hidden = hidden.astype(dtype)
+  vectors = lambda ids: module.apply({"params": params}, ids, method=SASRec.item_vectors)
+  positive = jnp.einsum("bld,bld->bl", hidden, vectors(targets), preferred_element_type=jnp.float32)
+  if loss == "bce":
+    negative_ids = negatives_except(negatives_rng, targets, module.num_items)
+    negative = jnp.einsum("bld,bld->bl", hidden, vectors(negative_ids), preferred_element_type=jnp.float32)
+    return bce_loss(positive, negative, weights), count
+  if num_negatives < 1:
+    raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+  negative_ids = jax.random.randint(negatives_rng, (inputs.shape[0], num_negatives), 1, module.num_items + 1)
+  negatives = jnp.einsum("bld,bnd->bln", hidden, vectors(negative_ids), preferred_element_type=jnp.float32)
+  is_target = negative_ids[:, None, :] == targets[:, :, None]
+  return sampled_softmax_loss(positive, negatives, is_target, weights), count
 
 
 def count_params(params) -> int:

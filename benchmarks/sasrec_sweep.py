@@ -1,0 +1,290 @@
+r"""SASRec tuned on validation: a grid of gin settings, each point trained with validation selection, the point
+with the best validation NDCG@10 then scored once on test (at one or more seeds).
+
+  PYTHONPATH=. python -m benchmarks.sasrec_sweep --data_dir=data/beauty --out_dir=OUT \
+      [--grid=benchmarks/sasrec_grid.json] [--test_seeds=0,1,2] [--stop_after_seconds=540] \
+      [--gin_file=gin/baselines/sasrec.gin] [--gin.NUM_EPOCHS=...]
+
+The grid file (JSON): `fixed` bindings for every point, then `stages`, each a `grid` (gin name -> list of
+values; the points are their product) that either stands alone or, with `"around_best": true`, varies the best
+point found so far. `metric` names the validation metric that ranks points (ties: the earlier point). Every
+point trains in OUT/points/<name>/ (scored on validation only) and leaves point.json when finished; the
+selected point's test run and its extra seeds (OUT/seeds/) come last. Rerunning the command skips finished
+points and resumes an unfinished one from its checkpoint; with --stop_after_seconds it starts no new run past
+that time and exits 75 (rerun to continue). Prints the validation table and writes
+OUT/sasrec_sweep_<dataset>.json. Needs jax, flax, optax, orbax, numpy and gin-config only.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import gin  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import _common  # noqa: E402
+from tiger_jax import gin_utils  # noqa: E402
+from tiger_jax import utils  # noqa: E402
+from tiger_jax.baselines import sasrec  # noqa: E402
+from tiger_jax.baselines import sequences  # noqa: E402
+
+log = logging.getLogger("sasrec_sweep")
+DEFAULT_GRID = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sasrec_grid.json")
+METRIC_KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+POINT_FILE = "point.json"
+EXIT_RERUN = 75
+_HEADER = "from __gin__ import dynamic_registration\nimport tiger_jax.baselines.sasrec as sasrec_lib\n"
+
+
+class StopForNow(Exception):
+  """Out of time (--stop_after_seconds) or stopped by a signal: finished work is kept, a rerun goes on."""
+
+  def __init__(self, message: str, code: int):
+    super().__init__(message)
+    self.code = code
+
+
+def load_grid(path: str) -> dict:
+  """The grid file, checked: what every point runs with, and how points are made and ranked."""
+  with open(path) as f:
+    try:
+      grid = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+  grid.setdefault("fixed", {})
+  grid.setdefault("metric", "ndcg@10")
+  if grid["metric"] not in METRIC_KEYS:
+    raise ValueError(f"{path}: metric must be one of {METRIC_KEYS}, got {grid['metric']!r}")
+  if not isinstance(grid["fixed"], dict):
+    raise ValueError(f"{path}: 'fixed' must map gin names to values")
+  stages = grid.get("stages")
+  if not isinstance(stages, list) or not stages:
+    raise ValueError(f"{path}: 'stages' must be a non-empty list")
+  for i, stage in enumerate(stages):
+    axes = stage.get("grid") if isinstance(stage, dict) else None
+    if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
+      raise ValueError(f"{path}: stages[{i}].grid must map gin names to non-empty lists of values")
+    unknown = set(stage) - {"grid", "around_best", "note"}
+    if unknown:
+      raise ValueError(f"{path}: stages[{i}] has unknown keys {sorted(unknown)}")
+    if i == 0 and stage.get("around_best"):
+      raise ValueError(f"{path}: stages[0] cannot be around_best (there is no best yet)")
+  return grid
+
+
+def stage_points(stage: Mapping[str, Any], best: Optional[Mapping[str, Any]]) -> list[dict]:
+  """The bindings of a stage's points: the product of its grid, on top of `best` when around_best."""
+  names = list(stage["grid"])
+  base = dict(best or {}) if stage.get("around_best") else {}
+  return [dict(base, **dict(zip(names, values))) for values in itertools.product(*stage["grid"].values())]
+
+
+def point_name(bindings: Mapping[str, Any]) -> str:
+  """A directory name that depends on the settings alone: key-value pairs in name order."""
+  parts = []
+  for key in sorted(bindings):
+    value = bindings[key]
+    parts.append(f"{key.split('.')[-1].lower()}-{value}")
+  return "_".join(parts).replace("/", "-").replace(" ", "")
+
+
+def _literal(value: Any) -> str:
+  if isinstance(value, str):
+    return repr(value)
+  return "None" if value is None else json.dumps(value)
+
+
+def choose_best(points: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str, Any]:
+  """The point with the highest finite validation `metric`; ties go to the earlier point."""
+  best = None
+  for point in points:
+    value = point["validation"][metric]
+    if math.isfinite(value) and (best is None or value > best["validation"][metric]):
+      best = point
+  if best is None:
+    raise ValueError(f"no point has a finite validation {metric}")
+  return best
+
+
+def run_sasrec(flags, bindings: Mapping[str, Any], model_dir: str, eval_splits: Sequence[str],
+               seed: Optional[int] = None) -> dict:
+  """One SASRec run through its gin entry point: fixed + point bindings, then the user's, then the run's."""
+  lines = [f"{k} = {_literal(v)}" for k, v in bindings.items()] + list(flags.gin_bindings)
+  own = [f"DATA_DIR = {flags.data_dir!r}", f"MODEL_DIR = {model_dir!r}",
+         f"sasrec_lib.train_and_evaluate.eval_splits = {list(eval_splits)!r}"]
+  if seed is not None:
+    own.append(f"RANDOM_SEED = {int(seed)}")
+  gin.clear_config()
+  gin_utils.parse_gin_flags(flags.gin_search_paths, flags.gin_file or ["gin/baselines/sasrec.gin"],
+                            lines + [_HEADER + "\n".join(own)])
+  try:
+    result = gin.get_configurable(sasrec.train_and_evaluate)()
+  finally:
+    gin.clear_config()
+  if result.get("stopped_by_signal") is not None:
+    raise StopForNow(f"signal {result['stopped_by_signal']} in {model_dir}: checkpointed; rerun to continue",
+                     128 + result["stopped_by_signal"])
+  return result
+
+
+def _summary(result: Mapping[str, Any]) -> dict:
+  keys = ("best", "epochs_trained", "stopped_early", "loss", "num_negatives", "num_params", "train_seconds",
+          "compile_seconds", "eval_seconds", "wall_seconds", "config")
+  return {k: result.get(k) for k in keys}
+
+
+def sweep(flags) -> dict:
+  grid = load_grid(flags.grid)
+  metric = grid["metric"]
+  started = time.time()
+  dataset = sequences.load_dataset(flags.data_dir)
+  os.makedirs(flags.out_dir, exist_ok=True)
+  report = {"grid_file": os.path.abspath(flags.grid), "grid": grid, "data_dir": flags.data_dir,
+            "dataset": dataset.stats(), "rule": f"highest validation {metric}; ties: the earlier point",
+            **_common.run_metadata(flags.argv)}
+  json_path = os.path.join(flags.out_dir, f"sasrec_sweep_{dataset.name}.json")
+
+  def check_time(what: str) -> None:
+    if flags.stop_after_seconds and time.time() - started > flags.stop_after_seconds:
+      raise StopForNow(f"--stop_after_seconds={flags.stop_after_seconds} passed before {what}; finished runs "
+                       "are kept, rerun the same command to continue", EXIT_RERUN)
+
+  points: list[dict] = []
+  seen = set()
+  try:
+    for index, stage in enumerate(grid["stages"]):
+      best = choose_best(points, metric)["bindings"] if points else None
+      for bindings in stage_points(stage, best):
+        name = point_name(bindings)
+        if name in seen:
+          continue
+        seen.add(name)
+        model_dir = os.path.join(flags.out_dir, "points", name)
+        record_path = os.path.join(model_dir, POINT_FILE)
+        if os.path.exists(record_path):
+          with open(record_path) as f:
+            point = json.load(f)
+          if point["bindings"] != bindings or point["fixed"] != grid["fixed"]:
+            raise ValueError(f"{record_path}: made with other settings ({point['bindings']}, fixed "
+                             f"{point['fixed']}); use a fresh --out_dir")
+        else:
+          check_time(f"point {name}")
+          log.info("stage %d, point %s", index, name)
+          result = run_sasrec(flags, {**grid["fixed"], **bindings}, model_dir, ("validation",))
+          point = {"name": name, "stage": index, "bindings": bindings, "fixed": grid["fixed"],
+                   "validation": {k: result["validation"][k] for k in METRIC_KEYS},
+                   **_summary(result["validation"])}
+          utils.write_json(record_path, point)
+        points.append(point)
+    report["points"] = points
+    chosen = choose_best(points, metric)
+    report["best"] = chosen["name"]
+    utils.write_json(json_path, report)
+
+    # The chosen point on test, once per seed; the sweep's own seed reuses its run (scoring only).
+    base_seed = _base_seed(flags)
+    report["test"] = {}
+    for seed in flags.test_seeds:
+      if seed == base_seed:
+        model_dir = os.path.join(flags.out_dir, "points", chosen["name"])
+      else:
+        model_dir = os.path.join(flags.out_dir, "seeds", f"{chosen['name']}_seed{seed}")
+        if not os.path.exists(os.path.join(model_dir, "eval_test", "metrics.json")):
+          check_time(f"seed {seed}")
+      result = _finished(model_dir) or run_sasrec(flags, {**grid["fixed"], **chosen["bindings"]}, model_dir,
+                                                  ("validation", "test"), seed=seed)
+      report["test"][str(seed)] = {"model_dir": model_dir, **{k: result["test"][k] for k in METRIC_KEYS},
+                                   "validation": {k: result["validation"][k] for k in METRIC_KEYS},
+                                   **_summary(result["test"])}
+    values = {k: np.array([report["test"][str(s)][k] for s in flags.test_seeds]) for k in METRIC_KEYS}
+    report["test_mean"] = {k: float(v.mean()) for k, v in values.items()}
+    report["test_standard_error"] = {k: float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+                                     for k, v in values.items()}
+  finally:
+    report["points"] = points
+    report["seconds_this_run"] = round(time.time() - started, 1)
+    utils.write_json(json_path, report)
+  print_report(report, metric)
+  print(f"report: {json_path}")
+  return report
+
+
+def _finished(model_dir: str) -> Optional[dict]:
+  """A run already scored on validation and test: its two metrics files (nothing is trained or decoded)."""
+  found = {}
+  for split in ("validation", "test"):
+    path = os.path.join(model_dir, f"eval_{split}", "metrics.json")
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      found[split] = json.load(f)
+  return found
+
+
+def _base_seed(flags) -> int:
+  """The RANDOM_SEED the points trained with (the gin files' value after the user's bindings)."""
+  gin.clear_config()
+  gin_utils.parse_gin_flags(flags.gin_search_paths, flags.gin_file or ["gin/baselines/sasrec.gin"],
+                            list(flags.gin_bindings) + ["MODEL_DIR = ''", "DATA_DIR = ''"])
+  try:
+    return int(gin.query_parameter("%RANDOM_SEED"))
+  finally:
+    gin.clear_config()
+
+
+def print_report(report: Mapping[str, Any], metric: str) -> None:
+  points = report["points"]
+  varied = sorted({k for p in points for k in p["bindings"]})
+  header = ["point", *[k.split(".")[-1] for k in varied], "best epoch", "epochs", *METRIC_KEYS]
+  rows = []
+  for p in points:
+    mark = " (best)" if p["name"] == report.get("best") else ""
+    rows.append([f"{points.index(p)}{mark}", *[str(p["bindings"].get(k, "default")) for k in varied],
+                 (p.get("best") or {}).get("epoch"), p.get("epochs_trained"),
+                 *[p["validation"][k] for k in METRIC_KEYS]])
+  print(f"\n== SASRec sweep on {report['dataset']['dataset']}: validation (ranked by {metric}), "
+        f"{report.get('device_kind', '')}, git {report.get('git_revision', '')}")
+  print("\n".join(_common.markdown_table(header, rows)))
+  if report.get("test_mean"):
+    seeds = list(report["test"])
+    se = report["test_standard_error"]
+    cells = [f"{report['test_mean'][k]:.4f}" + (f" ± {se[k]:.4f}" if se[k] is not None else "")
+             for k in METRIC_KEYS]
+    print(f"\ntest, point {report['best']}, seeds {','.join(seeds)}: " + " | ".join(
+        f"{k} {c}" for k, c in zip(METRIC_KEYS, cells)))
+
+
+def _extra_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--data_dir", required=True, help="Category directory (processed or raw Amazon 2014).")
+  parser.add_argument("--out_dir", required=True, help="Runs and the JSON report go here.")
+  parser.add_argument("--grid", default=DEFAULT_GRID, help="The grid file (JSON).")
+  parser.add_argument("--test_seeds", default=None,
+                      help="Comma-separated seeds the chosen point is scored on test with (default: the "
+                           "sweep's RANDOM_SEED).")
+  parser.add_argument("--stop_after_seconds", type=float, default=None,
+                      help="Start no new run after this many seconds; exit 75 so a rerun continues.")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  flags = gin_utils.parse_flags(argv, _extra_flags, prog="benchmarks/sasrec_sweep.py")
+  flags.argv = ["benchmarks/sasrec_sweep.py", *argv]
+  gin_utils.setup_logging(flags.log_level)
+  flags.test_seeds = ([int(s) for s in flags.test_seeds.split(",") if s] if flags.test_seeds
+                      else [_base_seed(flags)])
+  try:
+    return sweep(flags)
+  except StopForNow as e:
+    log.warning("%s", e)
+    raise SystemExit(e.code) from None
+
+
+if __name__ == "__main__":
+  main()

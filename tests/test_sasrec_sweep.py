@@ -1,0 +1,103 @@
+"""benchmarks/sasrec_sweep.py: points from a grid file, selection on validation only, test scored for the pick.
+
+The end-to-end case trains four tiny SASRec runs (three points, one extra seed): about a minute on a busy CPU.
+"""
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+
+from conftest import write_processed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+
+
+from benchmarks import sasrec_sweep as sweep_lib  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_choose_best_and_grid_checks(tmp_path):
+  points = [{"name": "a", "validation": {"ndcg@10": 0.2}}, {"name": "b", "validation": {"ndcg@10": 0.3}},
+            {"name": "c", "validation": {"ndcg@10": 0.3}}, {"name": "d", "validation": {"ndcg@10": float("nan")}}]
+  assert sweep_lib.choose_best(points, "ndcg@10")["name"] == "b"  # the tie goes to the earlier point
+  with pytest.raises(ValueError, match="no point"):
+    sweep_lib.choose_best(points[3:], "ndcg@10")
+  around = sweep_lib.stage_points({"around_best": True, "grid": {"LR": [1, 2]}}, {"LOSS": "bce", "LR": 5})
+  assert around == [{"LOSS": "bce", "LR": 1}, {"LOSS": "bce", "LR": 2}]
+  assert sweep_lib.point_name({"LOSS": "bce", "sasrec_model.SASRecConfig.num_layers": 3}) == "loss-bce_num_layers-3"
+  grid = sweep_lib.load_grid(os.path.join(REPO, "benchmarks", "sasrec_grid.json"))
+  assert len(sweep_lib.stage_points(grid["stages"][0], None)) == 12
+  for bad, message in [({"stages": [{"around_best": True, "grid": {"LR": [1]}}]}, "no best yet"),
+                       ({"metric": "mrr", "stages": [{"grid": {"LR": [1]}}]}, "metric"),
+                       ({"stages": [{"grid": {"LR": []}}]}, "non-empty lists"),
+                       ({"stages": [{"grid": {"LR": [1]}, "arround_best": True}]}, "unknown keys")]:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=message):
+      sweep_lib.load_grid(str(path))
+
+
+def _successor_dataset(path, users=120, items=30, seed=0):
+  rng = np.random.default_rng(seed)
+  sequences = {}
+  for u in range(users):
+    first, n = int(rng.integers(items)), int(rng.integers(4, 10))
+    sequences[f"user{u}"] = [f"I{(first + j) % items:02d}" for j in range(n)]
+  return write_processed(path, sequences, [{"asin": f"I{i:02d}", "title": f"item {i}"} for i in range(items)])
+
+
+@pytest.mark.slow
+def test_sweep_selects_on_validation_and_scores_only_the_pick_on_test(tmp_path, monkeypatch):
+  data_dir = _successor_dataset(tmp_path / "data")
+  grid = tmp_path / "grid.json"
+  grid.write_text(json.dumps({
+      "metric": "ndcg@10",
+      "fixed": {"NUM_EPOCHS": 4, "EVAL_EVERY_EPOCHS": 2, "CHECKPOINT_EVERY_EPOCHS": 2, "EMB_DIM": 16,
+                "MAX_LEN": 10, "BATCH_SIZE": 32, "LEARNING_RATE": 0.01},
+      "stages": [{"grid": {"DROPOUT_RATE": [0.1, 0.4]}}, {"around_best": True, "grid": {"LOSS": ["bce"]}}]}))
+  out = tmp_path / "out"
+  args = [f"--data_dir={data_dir}", f"--out_dir={out}", f"--grid={grid}", "--test_seeds=0,1",
+          "--gin.sasrec_model.SASRecConfig.num_layers=1"]
+  report = sweep_lib.main(args)
+
+  points = report["points"]
+  assert [p["stage"] for p in points] == [0, 0, 1]
+  # The pick is the highest validation NDCG@10 as each point's own eval_validation/metrics.json gives it.
+  written = {p["name"]: json.load(open(out / "points" / p["name"] / "eval_validation" / "metrics.json"))
+             for p in points}
+  best = max(points, key=lambda p: (written[p["name"]]["ndcg@10"], -points.index(p)))
+  assert report["best"] == best["name"]
+  first = max(points[:2], key=lambda p: (written[p["name"]]["ndcg@10"], -points.index(p)))
+  assert points[2]["bindings"] == {**first["bindings"], "LOSS": "bce"}  # stage 1 varies stage 0's best
+  assert written[points[2]["name"]]["loss"] == "bce"
+  # Test: the chosen point only, at seed 0 (its own run) and seed 1 (a run of its own).
+  for p in points:
+    assert os.path.exists(out / "points" / p["name"] / "eval_test") == (p["name"] == best["name"])
+  assert report["test"]["0"]["model_dir"] == str(out / "points" / best["name"])
+  assert os.path.exists(out / "seeds" / f"{best['name']}_seed1" / "eval_test" / "metrics.json")
+  for k in KEYS:
+    assert report["test_mean"][k] == pytest.approx((report["test"]["0"][k] + report["test"]["1"][k]) / 2)
+  saved = json.load(open(out / f"sasrec_sweep_{report['dataset']['dataset']}.json"))
+  assert saved["best"] == best["name"] and len(saved["points"]) == 3 and saved["git_revision"]
+
+  # A rerun trains and scores nothing, and reports the same.
+  monkeypatch.setattr(sweep_lib, "run_sasrec", lambda *a, **k: pytest.fail("a finished sweep ran SASRec"))
+  again = sweep_lib.main(args)
+  assert again["best"] == report["best"] and again["test_mean"] == report["test_mean"]
+
+
+def test_out_of_time_exits_for_a_rerun(tmp_path):
+  data_dir = _successor_dataset(tmp_path / "data", users=20)
+  with pytest.raises(SystemExit) as stopped:
+    sweep_lib.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", "--stop_after_seconds=1e-9"])
+  assert stopped.value.code == sweep_lib.EXIT_RERUN
+  assert not os.path.exists(tmp_path / "out" / "points")

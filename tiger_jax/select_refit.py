@@ -1,0 +1,438 @@
+r"""Select on validation, refit on train + validation, evaluate on test: the tuned recipe as one command.
+
+  python -m tiger_jax.select_refit --gin_file=gin/tuned.gin --gin.MODEL_DIR=\"/tmp/beauty_tuned\" \
+      --gin.MIXTURE_OR_TASK_NAME=\"'tiger_beauty'\" --gin.TASK_CACHE_DIR=\"'work/beauty/cache'\" \
+      [--gin.RANDOM_SEED=1] [--until=select|refit|test]
+
+The flags are tiger_jax.train's. Each phase re-reads the same gin files and bindings and adds its own, and
+leaves its own part of MODEL_DIR:
+
+  1 select/<candidate>/  each candidate (a named list of gin bindings, e.g. a width) trained on the training
+                         split with periodic validation, up to TRAIN_STEPS (the horizon) or an early stop;
+     selection.json      every candidate's validation curve, the rule (`SelectionRule`, from the config) and
+                         what it chose: a candidate and a step
+  2 refit/               the chosen candidate trained on train + validation for exactly selection.json's
+                         `refit_steps` (read from that file, never from a gin file), no validation metrics
+  3 test/                the refit's last checkpoint decoded on the test split (metrics.json, predictions.jsonl)
+
+The test split is read in phase 3 only (phases 1 and 2 refuse a config whose splits name it). Rerunning the
+command after an interruption resumes the phase it was in from its latest checkpoint; a finished phase
+(select/<candidate>/done.json, selection.json, refit/done.json, test/metrics.json) is never redone.
+`SelectRefitConfig.selection_from` takes the choice from another run's MODEL_DIR instead of phase 1, e.g.
+seeds 1 and 2 refitting what seed 0 selected.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import gin
+
+from tiger_jax import gin_utils
+from tiger_jax import utils
+
+log = logging.getLogger("tiger_jax.select_refit")
+
+SELECT_DIR = "select"
+SELECTION_FILE = "selection.json"
+REFIT_DIR = "refit"
+TEST_DIR = "test"
+DONE_FILE = "done.json"
+PHASES = ("select", "refit", "test")
+DEFAULT_CANDIDATE = "default"
+# Every phase's own bindings come after the user's, in a block that imports what it binds.
+_PHASE_HEADER = ("from __gin__ import dynamic_registration\n"
+                 "import tiger_jax.train as train_script\n"
+                 "from tiger_jax import utils\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionRule:
+  """Which validation evaluation wins: the best `metric`; values within `tolerance` of it tie, and ties go to
+  the earliest step, then to the candidate listed first (the cheaper one, by convention)."""
+  metric: str = "validation/ndcg@10"
+  mode: str = "max"
+  tolerance: float = 0.0
+
+  def __post_init__(self):
+    if self.mode not in ("max", "min"):
+      raise ValueError(f"SelectionRule.mode must be 'max' or 'min', got {self.mode!r}")
+    if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0):
+      raise ValueError(f"SelectionRule.tolerance must be a number >= 0, got {self.tolerance!r}")
+    if not self.metric:
+      raise ValueError("SelectionRule.metric is empty")
+
+  def choose(self, curves: Mapping[str, Sequence[tuple[int, float]]]) -> dict[str, Any]:
+    """curves: candidate -> [(step, value)], in candidate order. Returns {candidate, step, value, best}."""
+    points = [(name, int(step), float(value)) for name, curve in curves.items() for step, value in curve
+              if math.isfinite(value)]
+    if not points:
+      raise ValueError(f"no finite {self.metric!r} value in any validation curve ({sorted(curves)}): "
+                       "nothing to select from")
+    sign = 1.0 if self.mode == "max" else -1.0
+    best = max(sign * value for _, _, value in points)
+    order = {name: i for i, name in enumerate(curves)}
+    tied = [p for p in points if sign * p[2] >= best - self.tolerance]
+    name, step, value = min(tied, key=lambda p: (p[1], order[p[0]]))
+    return {"candidate": name, "step": step, "value": value, "best_value": sign * best}
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectRefitConfig:
+  """What the procedure chooses from and how (bound in the experiment's gin file).
+
+  candidates: name -> gin bindings applied on top of the config (e.g. a width); None: the config as it is.
+  selection_from: another run's MODEL_DIR whose selection.json this run refits instead of running phase 1.
+  """
+  rule: SelectionRule = SelectionRule()
+  candidates: Optional[Mapping[str, Sequence[str]]] = None
+  selection_from: Optional[str] = None
+
+  def candidate_bindings(self) -> dict[str, list[str]]:
+    if self.candidates is None:
+      return {DEFAULT_CANDIDATE: []}
+    if not self.candidates:
+      raise ValueError("SelectRefitConfig.candidates is empty: give at least one, or None")
+    out = {}
+    for name, bindings in self.candidates.items():
+      if not isinstance(name, str) or not name or os.sep in name or name.startswith("."):
+        raise ValueError(f"SelectRefitConfig.candidates: {name!r} is not a usable directory name")
+      if isinstance(bindings, str) or not all(isinstance(b, str) for b in bindings):
+        raise ValueError(f"SelectRefitConfig.candidates[{name!r}] must be a list of gin binding strings, "
+                         f"got {bindings!r}")
+      out[name] = list(bindings)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gin: one parse per phase.
+
+
+def _literal(value: Any) -> str:
+  """A Python value as a gin literal."""
+  if isinstance(value, str):
+    return repr(value)
+  return json.dumps(value) if value is not None else "None"
+
+
+def _parse(flags: argparse.Namespace, candidate: Sequence[str] = (), phase: Sequence[str] = (),
+           extra_files: Sequence[str] = ()) -> None:
+  """Clears gin and parses the user's files (+ extra_files), then candidate, user and phase bindings."""
+  gin.clear_config()
+  bindings = list(candidate) + list(flags.gin_bindings)
+  if phase:
+    bindings.append(_PHASE_HEADER + "\n".join(phase))
+  gin_utils.parse_gin_flags(flags.gin_search_paths, list(flags.gin_file) + list(extra_files), bindings)
+
+
+def _query(name: str, default: Any = None) -> Any:
+  try:
+    return gin.query_parameter(name)
+  except ValueError:
+    return default
+
+
+def _macro(name: str) -> Any:
+  return _query(f"%{name}")
+
+
+def _procedure_config() -> SelectRefitConfig:
+  """The parsed SelectRefitConfig; the defaults when the gin files never mention it."""
+  try:
+    configurable = gin.get_configurable(SelectRefitConfig)
+  except ValueError:
+    return SelectRefitConfig()
+  return configurable()
+
+
+def _check_splits(phase: str, allowed: Mapping[str, str]) -> None:
+  """Refuses a config whose dataset scopes read other splits than this phase may (never 'test' before 3)."""
+  for scope, expected in allowed.items():
+    split = _query(f"{scope}/utils.DatasetConfig.split")
+    if split is not None and split != expected:
+      raise ValueError(f"phase {phase!r}: the config's {scope}/utils.DatasetConfig.split is {split!r}; this "
+                       f"phase reads {expected!r} there (the test split stays unread until phase 'test')")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Records.
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def validation_curve(model_dir: str, metric: str, last_step: Optional[int] = None) -> list[dict]:
+  """The evaluations in model_dir/metrics.jsonl that hold `metric`, one per step (a rerun's row wins)."""
+  path = os.path.join(model_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: phase 1 wrote no metrics")
+  rows = {}
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path} line {number}: not valid JSON ({e})") from None
+      if metric in row and (last_step is None or row["step"] <= last_step):
+        rows[int(row["step"])] = {k: v for k, v in row.items() if k == "step" or k.startswith("validation/")}
+  return [rows[s] for s in sorted(rows)]
+
+
+def _identity(config: SelectRefitConfig, candidates: Mapping[str, Sequence[str]]) -> dict:
+  """What a selection record must agree with before a rerun reuses it."""
+  return {"rule": dataclasses.asdict(config.rule), "candidates": {k: list(v) for k, v in candidates.items()},
+          "task": _macro("MIXTURE_OR_TASK_NAME")}
+
+
+def _check_record(path: str, record: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+  for key, value in expected.items():
+    if record.get(key) != value:
+      raise ValueError(f"{path}: its {key} {record.get(key)!r} differs from the config's {value!r}; a finished "
+                       "phase is never redone, so use a fresh MODEL_DIR (or restore the config)")
+
+
+def read_selection(path: str) -> dict:
+  """selection.json, checked for what phase 2 reads from it."""
+  record = _read_json(path)
+  chosen = record.get("chosen") or {}
+  steps = record.get("refit_steps")
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+    raise ValueError(f"{path}: refit_steps must be a positive integer, got {steps!r}")
+  name = chosen.get("candidate")
+  if name not in (record.get("candidates") or {}):
+    raise ValueError(f"{path}: chosen.candidate {name!r} is not among its candidates "
+                     f"{sorted(record.get('candidates') or {})}")
+  return record
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Phases.
+
+
+def _train(where: str):
+  """Runs tiger_jax.train.train with the parsed config; raises on a signal so the phase stays unfinished."""
+  from tiger_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  result = train_lib.train_using_gin()
+  if result.stopped_by_signal is not None:
+    raise Interrupted(result.stopped_by_signal, where)
+  return result
+
+
+class Interrupted(Exception):
+  """A phase's training stopped on a signal after a checkpoint; rerunning the command resumes it."""
+
+  def __init__(self, signum: int, where: str):
+    super().__init__(f"signal {signum} during {where}: checkpointed; rerun the same command to resume")
+    self.signum = signum
+
+
+def run_select(flags, root: str, config: SelectRefitConfig, candidates: Mapping[str, list[str]]) -> dict:
+  """Phase 1: trains every candidate on the training split, then writes selection.json."""
+  path = os.path.join(root, SELECTION_FILE)
+  identity = _identity(config, candidates)
+  if os.path.exists(path):
+    record = read_selection(path)
+    _check_record(path, record, identity if not record.get("selection_from") else
+                  {"task": identity["task"]})
+    log.info("phase 1 (select): %s exists; not redone (chose %s at step %d)", path,
+             record["chosen"]["candidate"], record["refit_steps"])
+    return {"status": "done before", "record": record}
+  if config.selection_from:
+    source = os.path.join(config.selection_from, SELECTION_FILE)
+    if not os.path.exists(source):
+      raise FileNotFoundError(f"SelectRefitConfig.selection_from: {source} not found (run phase 1 there first)")
+    record = read_selection(source)
+    _check_record(source, record, {"task": identity["task"], "rule": identity["rule"]})
+    record = dict(record, selection_from=os.path.abspath(source))
+    utils.write_json(path, record)
+    log.info("phase 1 (select): taken from %s (%s at step %d)", source, record["chosen"]["candidate"],
+             record["refit_steps"])
+    return {"status": "copied", "record": record}
+
+  rule = config.rule
+  runs = {}
+  for name, bindings in candidates.items():
+    model_dir = os.path.join(root, SELECT_DIR, name)
+    done_path = os.path.join(model_dir, DONE_FILE)
+    if os.path.exists(done_path):
+      done = _read_json(done_path)
+      _check_record(done_path, done, {"bindings": bindings})
+      log.info("phase 1 (select): candidate %r finished before (step %d)", name, done["step"])
+    else:
+      _parse(flags, bindings, [f"MODEL_DIR = {_literal(model_dir)}",
+                               f"train_script.train.best_metric = {_literal(rule.metric)}",
+                               f"train_script.train.best_mode = {_literal(rule.mode)}"])
+      _check_splits("select", {"train": "train", "train_eval": "validation", "infer_eval": "validation"})
+      log.info("phase 1 (select): candidate %r on the training split, up to %s steps, in %s", name,
+               _macro("TRAIN_STEPS"), model_dir)
+      result = _train(f"phase 1, candidate {name!r}")
+      done = {"step": result.step, "start_step": result.start_step, "horizon": _macro("TRAIN_STEPS"),
+              "stopped_early": result.stopped_early, "best": result.best, "bindings": bindings,
+              "seed": _macro("RANDOM_SEED"), "time": time.time()}
+      utils.write_json(done_path, done)
+    curve = validation_curve(model_dir, rule.metric, done["step"])
+    if not curve:
+      raise ValueError(f"{model_dir}/metrics.jsonl holds no {rule.metric!r}: the config computes no such "
+                       "validation metric (gin/runs/train.gin sets one, or fix "
+                       "SelectionRule.metric)")
+    runs[name] = dict(done, curve=curve)
+
+  chosen = rule.choose({name: [(row["step"], row[rule.metric]) for row in run["curve"]]
+                        for name, run in runs.items()})
+  run = runs[chosen["candidate"]]
+  last_evaluated = run["curve"][-1]["step"]
+  at_horizon = chosen["step"] == last_evaluated and not run["stopped_early"]
+  if at_horizon:
+    log.warning("phase 1 (select): the chosen step %d is the last one evaluated; the curve may still be "
+                "rising (a longer TRAIN_STEPS horizon could choose later)", chosen["step"])
+  record = dict(identity, chosen=chosen, refit_steps=chosen["step"], chosen_at_horizon=at_horizon,
+                random_seed=_macro("RANDOM_SEED"), runs=runs, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+  utils.write_json(path, record)
+  log.info("phase 1 (select): %s %.4f at step %d of candidate %r -> %s", rule.metric, chosen["value"],
+           chosen["step"], chosen["candidate"], path)
+  return {"status": "ran", "record": record}
+
+
+def run_refit(flags, root: str) -> dict:
+  """Phase 2: the chosen candidate on train + validation for exactly selection.json's refit_steps."""
+  selection_path = os.path.join(root, SELECTION_FILE)
+  record = read_selection(selection_path)
+  steps = record["refit_steps"]
+  name = record["chosen"]["candidate"]
+  model_dir = os.path.join(root, REFIT_DIR)
+  done_path = os.path.join(model_dir, DONE_FILE)
+  if os.path.exists(done_path):
+    done = _read_json(done_path)
+    if done.get("steps") != steps or done.get("candidate") != name:
+      raise ValueError(f"{done_path}: the refit finished as {done.get('candidate')!r} for {done.get('steps')} "
+                       f"steps, but {selection_path} now says {name!r} for {steps}; use a fresh MODEL_DIR")
+    log.info("phase 2 (refit): finished before (%d steps of %r)", steps, name)
+    return {"status": "done before", "steps": steps, "candidate": name}
+  _parse(flags, record["candidates"][name], [
+      f"MODEL_DIR = {_literal(model_dir)}",
+      f"TRAIN_STEPS = {steps}",
+      "train/utils.DatasetConfig.split = 'train+validation'",
+      "train_script.train.eval_metric_fns = []",
+      "train_script.train.best_metric = None",
+      "train_script.train.early_stopping_steps = None"])
+  _check_splits("refit", {"train": "train+validation"})
+  started = _checkpoint_steps(model_dir)
+  if started and max(started) > steps:
+    raise ValueError(f"{model_dir} holds a checkpoint at step {max(started)}, past the {steps} refit steps of "
+                     f"{selection_path} (was the record changed after the refit started?); use a fresh MODEL_DIR")
+  log.info("phase 2 (refit): candidate %r on train + validation for %d steps (from %s), in %s", name, steps,
+           selection_path, model_dir)
+  result = _train("phase 2 (refit)")
+  if result.step != steps:
+    raise RuntimeError(f"phase 2 (refit): training ended at step {result.step}, expected {steps}")
+  utils.write_json(done_path, {"steps": steps, "candidate": name, "start_step": result.start_step,
+                               "seed": _macro("RANDOM_SEED"), "time": time.time()})
+  return {"status": "ran", "steps": steps, "candidate": name, "start_step": result.start_step}
+
+
+def _checkpoint_steps(model_dir: str) -> list[int]:
+  from tiger_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  directory = checkpoints.checkpoint_dir(model_dir)
+  if not os.path.isdir(directory):
+    return []
+  return [int(name) for name in os.listdir(directory) if name.isdigit()]
+
+
+def run_test(flags, root: str) -> dict:
+  """Phase 3: the refit's last checkpoint on the test split, through tiger_jax.eval."""
+  out_dir = os.path.join(root, TEST_DIR)
+  metrics_path = os.path.join(out_dir, "metrics.json")
+  record = read_selection(os.path.join(root, SELECTION_FILE))
+  if os.path.exists(metrics_path):
+    log.info("phase 3 (test): %s exists; not redone", metrics_path)
+    return {"status": "done before", "metrics": _read_json(metrics_path)}
+  model_dir = os.path.join(root, REFIT_DIR)
+  done_path = os.path.join(model_dir, DONE_FILE)
+  if not os.path.exists(done_path):
+    raise FileNotFoundError(f"{done_path} not found: phase 2 (refit) has not finished")
+  done = _read_json(done_path)
+  _parse(flags, record["candidates"][done["candidate"]], [
+      f"MODEL_DIR = {_literal(model_dir)}",
+      "EVAL_SPLIT = 'test'",
+      "EVAL_CHECKPOINT = 'latest'",
+      f"EVAL_OUTPUT_DIR = {_literal(out_dir)}"], extra_files=["gin/runs/eval.gin"])
+  from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  log.info("phase 3 (test): the refit's last checkpoint (step %d) on the test split -> %s", done["steps"],
+           out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  gin_utils.write_config(out_dir)
+  metrics = gin.get_configurable(eval_lib.evaluate)()
+  if metrics["step"] != done["steps"]:
+    raise RuntimeError(f"phase 3 (test): evaluated step {metrics['step']}, but the refit finished at "
+                       f"{done['steps']}")
+  return {"status": "ran", "metrics": metrics}
+
+
+def run_procedure(flags: argparse.Namespace) -> dict:
+  """All phases up to flags.until; returns what each one did."""
+  _parse(flags)
+  root = _macro("MODEL_DIR")
+  if not root:
+    raise ValueError("MODEL_DIR is not set: pass --gin.MODEL_DIR=\\\"/path\\\"")
+  config = _procedure_config()
+  candidates = config.candidate_bindings()
+  until = getattr(flags, "until", "test")
+  os.makedirs(root, exist_ok=True)
+  report = {"model_dir": root}
+  try:
+    report["select"] = run_select(flags, root, config, candidates)
+    if PHASES.index(until) >= 1:
+      report["refit"] = run_refit(flags, root)
+    if PHASES.index(until) >= 2:
+      report["test"] = run_test(flags, root)
+  finally:
+    gin.clear_config()
+  if "test" in report:
+    chosen = report["select"]["record"]["chosen"]
+    found = report["test"]["metrics"]
+    log.info("select-then-refit %s: %r at step %d (%s %.4f) -> test %s", root, chosen["candidate"],
+             chosen["step"], report["select"]["record"]["rule"]["metric"], chosen["value"],
+             " ".join(f"{k} {found[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+  return report
+
+
+def _extra_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--until", choices=PHASES, default="test",
+                      help="Stop after this phase (a later run with a later phase continues).")
+
+
+def main(flags: argparse.Namespace) -> None:
+  from tiger_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  try:
+    run_procedure(flags)
+  except Interrupted as e:
+    log.warning("%s", e)
+    sys.exit(128 + e.signum)
+  except train_lib.NonFiniteLossError as e:
+    log.error("%s", e)
+    sys.exit(3)
+
+
+def console_main(argv: Optional[Sequence[str]] = None) -> None:
+  """`python -m tiger_jax.select_refit`: tiger_jax.train's flags plus --until."""
+  gin_utils.run(main, argv, extra_flags=_extra_flags)
+
+
+if __name__ == "__main__":
+  # Delegate to the importable module, whose configurables are the ones gin files refer to.
+  from tiger_jax import select_refit as _module  # pylint: disable=import-self
+  _module.console_main()

@@ -10,8 +10,8 @@
 # the network and the training run. Environment: DATASET (beauty), DATA_DIR (data/$DATASET), GIN_FILE
 # (gin/${DATASET}_quick.gin), WORK_DIR (work/$DATASET: embeddings/ and one folder per experiment holding
 # semantic_ids.npz, cache/ and model/), MODEL_DIR, TASK (tiger_$DATASET), STAGES ("embed ids cache train
-# eval"), VENV (.venv), PYTHON (python3). Each stage is skipped when its artifact is current; training
-# resumes from its latest checkpoint.
+# eval"; "embed ids cache select_refit" for gin/tuned.gin), VENV (.venv), PYTHON (python3). Each stage is
+# skipped when its artifact is current; training resumes from its latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -45,7 +45,9 @@ DATA_DIR=${DATA_DIR:-data/$DATASET}
 GIN_FILE=${GIN_FILE:-gin/${DATASET}_quick.gin}
 WORK_DIR=${WORK_DIR:-work/$DATASET}
 TASK=${TASK:-tiger_$DATASET}
-STAGES=${STAGES:-embed ids cache train eval}
+# A select-then-refit recipe (gin/tuned.gin) trains, refits and tests in one stage.
+if grep -q "select_refit" "$GIN_FILE"; then DEFAULT_STAGES="embed ids cache select_refit"; else DEFAULT_STAGES="embed ids cache train eval"; fi
+STAGES=${STAGES:-$DEFAULT_STAGES}
 EXPERIMENT_DIR="$WORK_DIR/$(basename "$GIN_FILE" .gin)"
 EMBEDDINGS_DIR="$WORK_DIR/embeddings"
 CACHE_DIR="$EXPERIMENT_DIR/cache"
@@ -73,10 +75,13 @@ stage cache "$PY" -m tasks.cache_tasks --tasks="$TASK" --data_dir="$DATA_DIR" \
   --output_cache_dir="$CACHE_DIR" --semantic_ids="$EXPERIMENT_DIR/semantic_ids.npz"
 stage train "$PY" -m tiger_jax.train "${RUN_GIN[@]}"
 stage eval "$PY" -m tiger_jax.eval "${RUN_GIN[@]}" --gin_file=gin/runs/eval.gin
+stage select_refit "$PY" -m tiger_jax.select_refit "${RUN_GIN[@]}"
+METRICS="$MODEL_DIR/eval_test/metrics.json"
+[ -f "$MODEL_DIR/test/metrics.json" ] && METRICS="$MODEL_DIR/test/metrics.json"
 
 echo
 echo "== results ($DATASET, $GIN_FILE)"
-"$PY" - "$MODEL_DIR/eval_test/metrics.json" <<'PYEOF'
+"$PY" - "$METRICS" <<'PYEOF'
 import json, os, sys
 path = sys.argv[1]
 if os.path.exists(path):

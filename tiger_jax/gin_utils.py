@@ -16,6 +16,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import gin
 
+from tiger_jax import compilation
+
 # The repository's gin/ directory (next to the package) is searched by default, like t5x's configs dir.
 # Includes may be written relative to the repository root ('gin/runs/train.gin') or to gin/ itself
 # ('runs/train.gin'); both resolve from any working directory.
@@ -88,6 +90,10 @@ def define_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
   parser.add_argument("--process_index", type=int, default=None,
                       help="This process's index, for --multiprocess_gpu.")
   parser.add_argument("--log_level", default="INFO", help="Python logging level.")
+  parser.add_argument("--compilation_cache_dir", default=None,
+                      help="Persistent XLA compilation cache (default: $TIGER_COMPILATION_CACHE_DIR, "
+                           "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/tiger_jax/xla); 'off' disables it. "
+                           "See tiger_jax/compilation.py.")
   return parser
 
 
@@ -186,6 +192,7 @@ def run(main: Callable[[argparse.Namespace], Any], argv: Optional[Sequence[str]]
   """t5x's `gin_utils.run`: parse flags, start jax.distributed if asked, parse gin, call `main(flags)`."""
   flags = parse_flags(argv, extra_flags)
   setup_logging(flags.log_level)
+  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   maybe_initialize_distributed(flags)
   parse_gin_flags(flags.gin_search_paths, flags.gin_file, flags.gin_bindings)
   return main(flags)
@@ -217,6 +224,7 @@ def parse_stage_flags(argv: Optional[Sequence[str]], prog: str,
       extra_flags(parser)
   flags = parse_flags(argv, extra, prog=prog)
   setup_logging(flags.log_level)
+  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   # Not finalized: finalizing checks every reference and %gin.REQUIRED macro, the trainer's included, which a
   # data stage neither needs nor always has (gin/beauty.gin's MODEL is bound by the model file through a
   # configurable this stage never calls). Gin still checks a stage's own required arguments when called.

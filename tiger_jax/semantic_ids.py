@@ -607,6 +607,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   configurables this stage does not import (the trainer's) are skipped, so the experiment's gin
   file can be passed too.
   """
+  from tiger_jax import compilation  # pylint: disable=g-import-not-at-top
   from tiger_jax import gin_utils  # pylint: disable=g-import-not-at-top
 
   def extra(parser):
@@ -616,6 +617,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
   flags = gin_utils.parse_flags(argv, extra, prog="tiger_jax.semantic_ids")
   gin_utils.setup_logging(flags.log_level)
+  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   gin_utils.parse_gin_flags(flags.gin_search_paths, flags.gin_file, flags.gin_bindings,
                             skip_unknown=True)
   kwargs = {"force": True} if flags.force else {}

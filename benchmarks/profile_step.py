@@ -119,8 +119,9 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
     state = partitioner.replicate(init_state)
     idx = idx_for[length]
     fn = runner.get(length, state, data, idx, n, rng)
-    if hlo_dir:
-      with gzip.open(os.path.join(hlo_dir, f"hlo_{name}_{length}.txt.gz"), "wt") as f:
+    if hlo_dir and (trace_lengths is None or length in trace_lengths):
+      loop = "fixed" if fixed_trip_count else "dynamic"
+      with gzip.open(os.path.join(hlo_dir, f"hlo_{name}_{loop}_{length}.txt.gz"), "wt") as f:
         f.write(fn.as_text())
     state, outs = fn(state, data, idx, n, rng)  # warm-up; its losses are the first k steps from init
     first_losses = np.asarray(jax.device_get(outs["loss"]), np.float64)
@@ -168,8 +169,9 @@ def main() -> None:
   p.add_argument("--lengths", default="81,17")
   p.add_argument("--trace_lengths", default=None, help="lengths to trace (default: all); '' traces none")
   p.add_argument("--steps_per_dispatch", type=int, default=50)
-  p.add_argument("--loop", choices=("fixed", "dynamic"), default="fixed",
-                 help="trip count of the compiled loop: the trainer's (fixed for full dispatches) or a run-time n")
+  p.add_argument("--loop", default="fixed",
+                 help="trip count of the compiled loop: fixed (the trainer's, for full dispatches), dynamic (a "
+                      "run-time n), or both, comma-separated")
   p.add_argument("--reps", type=int, default=4)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--tag", default="")
@@ -184,15 +186,20 @@ def main() -> None:
   report = {**_common.run_metadata(xla_flags=os.environ.get("XLA_FLAGS", "")), "args": vars(args),
             "bucket_mix": mix, "variants": {}}
   path = os.path.join(args.out_dir, f"profile_step{'_' + args.tag if args.tag else ''}.json")
+  loops = [x for x in args.loop.split(",") if x]
+  if not loops or set(loops) - {"fixed", "dynamic"}:
+    p.error(f"--loop: expected fixed and/or dynamic, got {args.loop!r}")
   for name in filter(None, args.variants.split(",")):
-    result = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps, args.top,
-                             args.model_gin, args.out_dir if args.dump_hlo else None,
-                             args.loop == "fixed", trace_lengths)
-    result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
-    report["variants"][name] = result
-    print(f"\n== {name}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)
-    with open(path, "w") as f:  # after every variant, so a cut-off run keeps what it measured
-      json.dump(report, f, indent=1)
+    for loop in loops:
+      key = name if len(loops) == 1 else f"{name}/{loop}"
+      result = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps, args.top,
+                               args.model_gin, args.out_dir if args.dump_hlo else None,
+                               loop == "fixed", trace_lengths)
+      result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
+      report["variants"][key] = result
+      print(f"\n== {key}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)
+      with open(path, "w") as f:  # after every variant, so a cut-off run keeps what it measured
+        json.dump(report, f, indent=1)
   print(f"\nwrote {path}")
 
 

@@ -245,6 +245,23 @@ def test_resident_split_is_padded_to_a_power_of_two_without_changing_training(ca
   np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
 
 
+def test_full_dispatches_loop_a_compile_time_count_partial_ones_a_run_time_n(cache_dir, tmp_path, monkeypatch):
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  built = []
+  real_build = train.StepRunner._build
+  monkeypatch.setattr(train.StepRunner, "_build",
+                      lambda self, length, full: built.append((self.k, length, full)) or real_build(self, length, full))
+  losses = {}
+  # 6 steps: three full dispatches of 2, or a full dispatch of 4 then a partial one of 2 (the same batches).
+  for k in (2, 4):
+    r = train.train(model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),
+                    model_dir=str(tmp_path / str(k)), total_steps=6, eval_period=None, steps_per_dispatch=k,
+                    use_tensorboard=False, eval_metric_fns=(), best_metric=None)
+    losses[k] = r.losses
+  assert sorted(built) == [(2, 81, True), (4, 81, False), (4, 81, True)]
+  np.testing.assert_allclose(losses[2], losses[4], rtol=1e-6)
+
+
 def _raw_states(model_dir, steps):
   """Full train states (raw params, EMA, optimizer) of periodic checkpoints, as saved."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top

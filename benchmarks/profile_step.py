@@ -85,7 +85,7 @@ def summarise(kernels: dict, steps: int, top: int) -> dict:
 
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
-                    hlo_dir: str | None, fixed_trip_count: bool = True, trace_lengths=None) -> dict:
+                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
   dtype, one_hot, prng_impl, dropout = VARIANTS[name]
   jax.config.update("jax_default_prng_impl", prng_impl)
   model = train_speed.make_model(model_gin, dtype, dropout, one_hot)
@@ -169,9 +169,9 @@ def main() -> None:
   p.add_argument("--lengths", default="81,17")
   p.add_argument("--trace_lengths", default=None, help="lengths to trace (default: all); '' traces none")
   p.add_argument("--steps_per_dispatch", type=int, default=50)
-  p.add_argument("--loop", default="fixed",
-                 help="trip count of the compiled loop: fixed (the trainer's, for full dispatches), dynamic (a "
-                      "run-time n), or both, comma-separated")
+  p.add_argument("--loop", default="dynamic",
+                 help="trip count of the compiled loop: dynamic (a run-time n, the trainer's), fixed "
+                      "(StepRunner.fixed_trip_count), or both, comma-separated")
   p.add_argument("--reps", type=int, default=4)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--tag", default="")

@@ -141,6 +141,16 @@ def test_adafactor_grouped_by_shape_equals_per_tensor():
     grouped.update(grads, state_g[:2], p_g)
 
 
+def test_grouped_global_norm_equals_optax_and_uses_one_reduction_per_shape():
+  rng = np.random.default_rng(1)
+  shapes = {"a": (64, 32), "b": (64, 32), "c": (7,), "d": (3, 5, 2), "e": (7,), "f": (64, 32)}
+  tree = {k: jnp.asarray(rng.normal(size=s) * 10 ** (i - 3), jnp.float32) for i, (k, s) in enumerate(shapes.items())}
+  np.testing.assert_allclose(utils.global_norm(tree), optax.global_norm(tree), rtol=1e-6)
+  hlo = jax.jit(utils.global_norm).lower(tree).as_text()
+  assert hlo.count("stablehlo.reduce") == 3  # (64, 32) x 3, (7,) x 2, (3, 5, 2)
+  assert jax.jit(optax.global_norm).lower(tree).as_text().count("stablehlo.reduce") == 6
+
+
 def test_schedule_is_a_pure_function_of_seed_and_step():
   lengths = np.random.default_rng(0).integers(1, 82, 203)
   a = utils.BatchSchedule(lengths, 16, seed=3)
@@ -245,21 +255,31 @@ def test_resident_split_is_padded_to_a_power_of_two_without_changing_training(ca
   np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
 
 
-def test_full_dispatches_loop_a_compile_time_count_partial_ones_a_run_time_n(cache_dir, tmp_path, monkeypatch):
+def test_fixed_trip_count_loop_runs_the_same_steps_as_the_run_time_loop(cache_dir):
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
-  built = []
-  real_build = train.StepRunner._build
-  monkeypatch.setattr(train.StepRunner, "_build",
-                      lambda self, length, full: built.append((self.k, length, full)) or real_build(self, length, full))
-  losses = {}
-  # 6 steps: three full dispatches of 2, or a full dispatch of 4 then a partial one of 2 (the same batches).
-  for k in (2, 4):
-    r = train.train(model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),
-                    model_dir=str(tmp_path / str(k)), total_steps=6, eval_period=None, steps_per_dispatch=k,
-                    use_tensorboard=False, eval_metric_fns=(), best_metric=None)
-    losses[k] = r.losses
-  assert sorted(built) == [(2, 81, True), (4, 81, False), (4, 81, True)]
-  np.testing.assert_allclose(losses[2], losses[4], rtol=1e-6)
+  partitioner = partitioning.PjitPartitioner()
+  lr_fn = utils.create_learning_rate_scheduler()
+  tx = utils.adafactor(lr_fn)
+  arrays = utils.get_dataset_arrays(_cfg(cache_dir), utils.MODEL_FEATURES)
+  data = partitioner.replicate(arrays)
+  params = model.get_initial_variables(jax.random.PRNGKey(0), {f: (1, a.shape[1]) for f, a in arrays.items()})
+  state0 = {"step": np.zeros((), np.int32), "params": jax.device_get(params["params"]),
+            "opt_state": jax.device_get(tx.init(params["params"]))}
+  idx = partitioner.replicate(np.arange(3 * 8, dtype=np.int32).reshape(3, 8))
+  rng = partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
+  outs = {}
+  for fixed in (True, False):
+    runner = train.StepRunner(model, tx, lr_fn, partitioner, 3, resident=True, fixed_trip_count=fixed)
+    for n, full in ((3, True), (2, False)):
+      state = partitioner.replicate(state0)
+      fn = runner.get(81, state, data, idx, partitioner.replicate(np.asarray(n, np.int32)), rng, full=full)
+      state, out = fn(state, data, idx, partitioner.replicate(np.asarray(n, np.int32)), rng)
+      outs[fixed, n] = (np.asarray(out["loss"])[:n], jax.device_get(state["params"]))
+    assert sorted(runner._compiled) == ([(81, False), (81, True)] if fixed else [(81, False)])
+  for n in (3, 2):
+    np.testing.assert_array_equal(outs[True, n][0], outs[False, n][0])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, outs[True, n][1], outs[False, n][1])
+  assert not np.array_equal(outs[True, 3][0][:2], np.zeros(2))
 
 
 def _raw_states(model_dir, steps):

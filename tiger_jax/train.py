@@ -198,11 +198,16 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
 
 
 class StepRunner:
-  """Builds and caches one compiled multi-step function per encoder length."""
+  """Builds and caches one compiled multi-step function per encoder length.
+
+  `fixed_trip_count` compiles full dispatches as a loop of exactly steps_per_dispatch steps (a partial
+  dispatch then needs a second program); off, one program per length loops a run-time number of steps.
+  The trainer leaves it off; benchmarks/profile_step.py --loop fixed,dynamic compares the two.
+  """
 
   def __init__(self, model, tx, learning_rate_fn, partitioner: partitioning.PjitPartitioner,
                steps_per_dispatch: int, resident: bool, ema_decay: Optional[float] = None,
-               fixed_trip_count: bool = True):
+               fixed_trip_count: bool = False):
     self.model = model
     self.ema_decay = ema_decay
     self.tx = tx
@@ -226,7 +231,7 @@ class StepRunner:
       d = self.ema_decay
       new_state["ema_params"] = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p,
                                                        state["ema_params"], params)
-    out = {"loss": jnp.asarray(loss, jnp.float32), "grad_norm": optax.global_norm(grads),
+    out = {"loss": jnp.asarray(loss, jnp.float32), "grad_norm": utils.global_norm(grads),
            "learning_rate": jnp.asarray(self.learning_rate_fn(step), jnp.float32)}
     for k, v in _scalar_metrics(metrics).items():
       out.setdefault(k, jnp.asarray(v, jnp.float32))
@@ -255,8 +260,8 @@ class StepRunner:
         outs = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), outs, out)
         return state, outs
 
-      # A full dispatch loops a compile-time number of times: XLA then knows the trip count and the
-      # host need not read the loop condition back after every step.
+      # With fixed_trip_count, a full dispatch loops a compile-time number of times (XLA then knows the
+      # trip count); otherwise, and for a partial dispatch, the loop runs the run-time n.
       return jax.lax.fori_loop(0, k if full else n, body, (state, outs))
 
     rep = self.partitioner.replicated

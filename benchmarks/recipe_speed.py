@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -113,7 +114,16 @@ def run_stages(commands: Sequence[tuple[str, Optional[list]]], work_dir: str, lo
       continue
     argv = [a.replace("{eval_checkpoint}", eval_checkpoint(os.path.join(work_dir, "model"))) for a in argv]
     with open(log_path, "w") as log:
-      returncode = subprocess.call(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+      proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+      try:
+        returncode = proc.wait()
+      finally:  # interrupted (Ctrl-C, SIGTERM): the stage must not outlive the benchmark and hold the GPU
+        if proc.poll() is None:
+          proc.terminate()
+          try:
+            proc.wait(timeout=60)
+          except subprocess.TimeoutExpired:
+            proc.kill()
     results.append(StageResult(name, argv, time.time() - start, returncode, log_path))
     print(f"  {name:<6} {results[-1].seconds:8.1f} s  rc={returncode}  ({log_path})", flush=True)
     if returncode != 0:
@@ -237,6 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--binding", action="append", default=[], help="NAME=VALUE gin binding for training and eval")
   p.add_argument("--eval_binding", action="append", default=[], help="NAME=VALUE gin binding for eval only")
   args = p.parse_args(argv)
+  signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # runs run_stages' clean-up
   caches = [c for c in args.caches.split(",") if c]
   if not caches or set(caches) - {"cold", "warm"}:
     p.error(f"--caches: expected cold and/or warm, got {args.caches!r}")

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -56,11 +57,35 @@ def test_run_stages_times_each_and_stops_at_the_first_failure(tmp_path):
   assert summary["total_seconds"] == pytest.approx(sum(r.seconds for r in results), abs=0.2)
 
 
+def test_a_stopped_benchmark_stops_its_running_stage(tmp_path):
+  marker = tmp_path / "stage_pid"
+  script = textwrap.dedent(f"""\
+      import sys, time
+      sys.path.insert(0, {os.path.join(REPO, 'benchmarks')!r})
+      import recipe_speed
+      stage = [sys.executable, "-c", "import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(600)"]
+      recipe_speed.main.__globals__["signal"].signal(15, lambda s, f: sys.exit(143))
+      recipe_speed.run_stages([("train", stage)], {str(tmp_path / 'w')!r}, {str(tmp_path / 'logs')!r})
+      """)
+  bench = subprocess.Popen([sys.executable, "-c", script])
+  deadline = time.time() + 60
+  while not marker.exists() or not marker.read_text():
+    assert time.time() < deadline and bench.poll() is None
+    time.sleep(0.1)
+  stage_pid = int(marker.read_text())
+  bench.terminate()
+  assert bench.wait(timeout=60) == 143
+  with pytest.raises(ProcessLookupError):
+    for _ in range(100):  # the stage is gone (reaped by the benchmark before it exited)
+      os.kill(stage_pid, 0)
+      time.sleep(0.1)
+
+
 def test_parse_train_log_reads_what_the_trainer_logs():
   text = textwrap.dedent("""\
       2026-12-05 10:03:26,368 INFO tiger_jax.train] compiled the 100-step loop for encoder length 33 in 61.7s
       2026-12-05 10:03:38,635 INFO tiger_jax.train] compiled the 100-step loop for encoder length 17 in 73.9s
-      2026-12-05 10:04:00,000 INFO tiger_jax.train] compiled the n <= 100-step loop for encoder length 17 in 5.0s
+      2026-12-05 10:04:00,000 INFO tiger_jax.train] compiled the fixed 100-step loop for encoder length 17 in 5.0s
       2026-12-05 10:05:21,711 INFO tiger_jax.train] eval at step 40 (56.6s): validation/loss 3.818 validation/ndcg@10 0.0312 | best
       2026-12-05 10:05:23,853 INFO tiger_jax.train] trained steps 0..40 in 2m59s: 0.9 steps/s while training (1168.62 ms/step); 2m12s compiling, evaluating and checkpointing
       """)

@@ -270,7 +270,8 @@ class StepRunner:
                                       out_axis_resources=(rep, rep), donate_argnums=(0,))
 
   def get(self, length: int, state, data, idx, n, dropout_base, full: bool = True):
-    """The compiled loop for `length`: `full` runs exactly steps_per_dispatch steps (n is ignored), else n."""
+    """The compiled loop for `length`; with fixed_trip_count, `full` picks the loop of exactly
+    steps_per_dispatch steps (n ignored), else the loop runs n steps."""
     full = full and self.fixed_trip_count
     key = (length, full)
     if key not in self._compiled:
@@ -278,7 +279,7 @@ class StepRunner:
       self._compiled[key] = self._build(length, full).lower(state, data, idx, n, dropout_base).compile()
       seconds = time.time() - start
       self.compile_seconds[length] = self.compile_seconds.get(length, 0.0) + seconds
-      log.info("compiled the %s-step loop for encoder length %d in %.1fs", self.k if full else "n <= %d" % self.k,
+      log.info("compiled the %s%d-step loop for encoder length %d in %.1fs", "fixed " if full else "", self.k,
                length, seconds)
     return self._compiled[key]
 

@@ -82,7 +82,7 @@ def summarise(kernels: dict, steps: int, top: int) -> dict:
 
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
-                    hlo_dir: str | None) -> dict:
+                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
   dtype, one_hot, prng_impl, dropout = VARIANTS[name]
   jax.config.update("jax_default_prng_impl", prng_impl)
   model = train_speed.make_model(model_gin, dtype, dropout, one_hot)
@@ -93,49 +93,68 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
   data = partitioner.replicate(feats)
   shapes = {f: (1, feats[f].shape[1]) for f in utils.MODEL_FEATURES}
   params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
-  state = partitioner.replicate({"step": np.zeros((), np.int32), "params": jax.device_get(params),
-                                 "opt_state": jax.device_get(tx.init(params))})
+  init_state = {"step": np.zeros((), np.int32), "params": jax.device_get(params),
+                "opt_state": jax.device_get(tx.init(params))}
   rng = partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
-  runner = train_lib.StepRunner(model, tx, lr_fn, partitioner, k, resident=True)
+  runner = train_lib.StepRunner(model, tx, lr_fn, partitioner, k, resident=True,
+                                fixed_trip_count=fixed_trip_count)
   nonpad = utils.nonpad_lengths(feats[utils.ENCODER_INPUT])
   order = np.random.default_rng(0).permutation(len(nonpad))
   n = partitioner.replicate(np.asarray(k, np.int32))
-  out = {}
+  idx_for = {}
   for length in lengths:
     pool = order[nonpad[order] <= length]
-    idx = partitioner.replicate(np.resize(pool, k * 256).reshape(k, 256).astype(np.int32))
-    start = time.perf_counter()
+    idx_for[length] = partitioner.replicate(np.resize(pool, k * 256).reshape(k, 256).astype(np.int32))
+  # Every length's loop at once, as train() compiles them before its first step.
+  start = time.perf_counter()
+  runner.precompile(lengths, lambda length: (partitioner.replicate(init_state), data, idx_for[length], n, rng))
+  all_compile_s = time.perf_counter() - start
+  print(f"\n== {name}: compiled the loops of lengths {list(lengths)} in {all_compile_s:.1f} s "
+        f"({'fixed' if fixed_trip_count else 'dynamic'} trip count)", flush=True)
+  out = {"compile_all_lengths_s": all_compile_s, "fixed_trip_count": fixed_trip_count}
+  for length in lengths:
+    state = partitioner.replicate(init_state)
+    idx = idx_for[length]
     fn = runner.get(length, state, data, idx, n, rng)
-    compile_s = time.perf_counter() - start
-    if hlo_dir:
-      with gzip.open(os.path.join(hlo_dir, f"hlo_{name}_{length}.txt.gz"), "wt") as f:
+    if hlo_dir and (trace_lengths is None or length in trace_lengths):
+      loop = "fixed" if fixed_trip_count else "dynamic"
+      with gzip.open(os.path.join(hlo_dir, f"hlo_{name}_{loop}_{length}.txt.gz"), "wt") as f:
         f.write(fn.as_text())
-    state, outs = fn(state, data, idx, n, rng)  # warm-up
-    jax.block_until_ready(outs)
+    state, outs = fn(state, data, idx, n, rng)  # warm-up; its losses are the first k steps from init
+    first_losses = np.asarray(jax.device_get(outs["loss"]), np.float64)
     start = time.perf_counter()
     for _ in range(reps):
       state, outs = fn(state, data, idx, n, rng)
     jax.block_until_ready(outs)
     ms = 1000 * (time.perf_counter() - start) / (reps * k)
-    trace_dir = tempfile.mkdtemp(prefix="profile_step_")
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-      state, outs = fn(state, data, idx, n, rng)
-      jax.block_until_ready(outs)
-    entry = {"ms_per_step": ms, "examples_per_s": 256 / ms * 1000, "compile_s": compile_s,
-             "loss_last": float(np.asarray(outs["loss"])[-1])}
-    try:
-      entry.update(summarise(device_kernels(trace_dir), k, top))
-    except (FileNotFoundError, KeyError, ValueError) as e:
-      entry["trace_error"] = repr(e)
+    entry = {"ms_per_step": ms, "examples_per_s": 256 / ms * 1000,
+             "compile_s": runner.compile_seconds.get(length), "loss_last": float(np.asarray(outs["loss"])[-1]),
+             "first_dispatch_losses": first_losses.tolist()}
+    if trace_lengths is None or length in trace_lengths:
+      trace_dir = tempfile.mkdtemp(prefix="profile_step_")
+      with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        state, outs = fn(state, data, idx, n, rng)
+        jax.block_until_ready(outs)
+      try:
+        entry.update(summarise(device_kernels(trace_dir), k, top))
+      except (FileNotFoundError, KeyError, ValueError) as e:
+        entry["trace_error"] = repr(e)
     out[int(length)] = entry
-    print(f"\n== {name} L={length}: {ms:.3f} ms/step, compile {compile_s:.1f} s, "
-          f"device busy {entry.get('device_busy_ms_per_step', float('nan')):.3f} ms/step, "
+    print(f"\n== {name} L={length}: {ms:.3f} ms/step, device busy "
+          f"{entry.get('device_busy_ms_per_step', float('nan')):.3f} ms/step, "
           f"{entry.get('kernels_per_step', float('nan')):.0f} kernels/step", flush=True)
     for row in entry.get("top", [])[:top]:
       print(f"  {row['ms_per_step']:8.4f} ms {row['calls_per_step']:6.1f}x {100 * row['share']:5.1f}%  "
             f"{row['name'][:110]}", flush=True)
   jax.config.update("jax_default_prng_impl", "threefry2x32")
   return out
+
+
+def bucket_mix(arrays: dict, lengths) -> dict[int, float]:
+  """Share of the training examples whose encoder input fits each length (and no shorter one of them)."""
+  nonpad = utils.nonpad_lengths(arrays[utils.ENCODER_INPUT])
+  padded = np.array([utils.bucket_length(int(l), lengths, max(lengths)) for l in nonpad])
+  return {int(b): float(np.mean(padded == b)) for b in sorted(lengths)}
 
 
 def main() -> None:
@@ -145,7 +164,11 @@ def main() -> None:
   p.add_argument("--model_gin", default="gin/models/tiger_t5.gin")
   p.add_argument("--variants", default="bf16,bf16_onehot,bf16_onehot_rbg")
   p.add_argument("--lengths", default="81,17")
+  p.add_argument("--trace_lengths", default=None, help="lengths to trace (default: all); '' traces none")
   p.add_argument("--steps_per_dispatch", type=int, default=50)
+  p.add_argument("--loop", default="dynamic",
+                 help="trip count of the compiled loop: dynamic (a run-time n, the trainer's), fixed "
+                      "(StepRunner.fixed_trip_count), or both, comma-separated")
   p.add_argument("--reps", type=int, default=4)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--tag", default="")
@@ -154,15 +177,26 @@ def main() -> None:
   os.makedirs(args.out_dir, exist_ok=True)
   arrays = train_speed.build_examples_in_memory(args.data_dir)["train"]
   lengths = [int(x) for x in args.lengths.split(",")]
+  trace_lengths = (None if args.trace_lengths is None
+                   else [int(x) for x in args.trace_lengths.split(",") if x])
+  mix = bucket_mix(arrays, lengths)
   report = {**_common.run_metadata(xla_flags=os.environ.get("XLA_FLAGS", "")), "args": vars(args),
-            "variants": {}}
+            "bucket_mix": mix, "variants": {}}
   path = os.path.join(args.out_dir, f"profile_step{'_' + args.tag if args.tag else ''}.json")
+  loops = [x for x in args.loop.split(",") if x]
+  if not loops or set(loops) - {"fixed", "dynamic"}:
+    p.error(f"--loop: expected fixed and/or dynamic, got {args.loop!r}")
   for name in filter(None, args.variants.split(",")):
-    report["variants"][name] = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps,
-                                               args.top, args.model_gin,
-                                               args.out_dir if args.dump_hlo else None)
-    with open(path, "w") as f:  # after every variant, so a cut-off run keeps what it measured
-      json.dump(report, f, indent=1)
+    for loop in loops:
+      key = name if len(loops) == 1 else f"{name}/{loop}"
+      result = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps, args.top,
+                               args.model_gin, args.out_dir if args.dump_hlo else None,
+                               loop == "fixed", trace_lengths)
+      result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
+      report["variants"][key] = result
+      print(f"\n== {key}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)
+      with open(path, "w") as f:  # after every variant, so a cut-off run keeps what it measured
+        json.dump(report, f, indent=1)
   print(f"\nwrote {path}")
 
 

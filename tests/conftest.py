@@ -2,12 +2,16 @@
 import gzip
 import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Entry points called in-process turn the persistent compilation cache on (tiger_jax/compilation.py): keep the
+# test session's programs out of the user's own cache directory.
+os.environ.setdefault("TIGER_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="tiger_jax_tests_xla_"))
 
 
 # The paper's RQ-VAE shrunk to seconds on a CPU, for the end-to-end experiment tests.

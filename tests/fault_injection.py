@@ -1,6 +1,6 @@
 """Runs `python -m tiger_jax.train` with pauses at the points a fault-injection test kills it.
 
-  python tests/fault_injection.py <train flags...>
+  PYTHONPATH=. python tests/fault_injection.py <train flags...>
 
 Three points are slowed by $TIGER_FAULT_PAUSE seconds (default 0.3) and announced on stdout, one line each,
 before the pause, so a test can send a signal while the trainer is in one of them:
@@ -12,11 +12,7 @@ The validation pause ends early when the run is asked to stop, as the real valid
 """
 import asyncio
 import os
-import sys
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from orbax.checkpoint._src.handlers import json_checkpoint_handler  # noqa: E402
 from tiger_jax import train  # noqa: E402

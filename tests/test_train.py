@@ -148,6 +148,16 @@ def test_adafactor_grouped_by_shape_equals_per_tensor():
     grouped.update(grads, state_g[:2], p_g)
 
 
+def test_grouped_global_norm_equals_optax_and_uses_one_reduction_per_shape():
+  rng = np.random.default_rng(1)
+  shapes = {"a": (64, 32), "b": (64, 32), "c": (7,), "d": (3, 5, 2), "e": (7,), "f": (64, 32)}
+  tree = {k: jnp.asarray(rng.normal(size=s) * 10 ** (i - 3), jnp.float32) for i, (k, s) in enumerate(shapes.items())}
+  np.testing.assert_allclose(utils.global_norm(tree), optax.global_norm(tree), rtol=1e-6)
+  hlo = jax.jit(utils.global_norm).lower(tree).as_text()
+  assert hlo.count("stablehlo.reduce") == 3  # (64, 32) x 3, (7,) x 2, (3, 5, 2)
+  assert jax.jit(optax.global_norm).lower(tree).as_text().count("stablehlo.reduce") == 6
+
+
 def test_schedule_is_a_pure_function_of_seed_and_step():
   lengths = np.random.default_rng(0).integers(1, 82, 203)
   a = utils.BatchSchedule(lengths, 16, seed=3)
@@ -250,6 +260,33 @@ def test_resident_split_is_padded_to_a_power_of_two_without_changing_training(ca
                      if isinstance(x, dict) and utils.ENCODER_INPUT in x}
   assert resident_shapes == {train.resident_rows(num_examples)}
   np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
+
+
+def test_fixed_trip_count_loop_runs_the_same_steps_as_the_run_time_loop(cache_dir):
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  partitioner = partitioning.PjitPartitioner()
+  lr_fn = utils.create_learning_rate_scheduler()
+  tx = utils.adafactor(lr_fn)
+  arrays = utils.get_dataset_arrays(_cfg(cache_dir), utils.MODEL_FEATURES)
+  data = partitioner.replicate(arrays)
+  params = model.get_initial_variables(jax.random.PRNGKey(0), {f: (1, a.shape[1]) for f, a in arrays.items()})
+  state0 = {"step": np.zeros((), np.int32), "params": jax.device_get(params["params"]),
+            "opt_state": jax.device_get(tx.init(params["params"]))}
+  idx = partitioner.replicate(np.arange(3 * 8, dtype=np.int32).reshape(3, 8))
+  rng = partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
+  outs = {}
+  for fixed in (True, False):
+    runner = train.StepRunner(model, tx, lr_fn, partitioner, 3, resident=True, fixed_trip_count=fixed)
+    for n, full in ((3, True), (2, False)):
+      state = partitioner.replicate(state0)
+      fn = runner.get(81, state, data, idx, partitioner.replicate(np.asarray(n, np.int32)), rng, full=full)
+      state, out = fn(state, data, idx, partitioner.replicate(np.asarray(n, np.int32)), rng)
+      outs[fixed, n] = (np.asarray(out["loss"])[:n], jax.device_get(state["params"]))
+    assert sorted(runner._compiled) == ([(81, False), (81, True)] if fixed else [(81, False)])
+  for n in (3, 2):
+    np.testing.assert_array_equal(outs[True, n][0], outs[False, n][0])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, outs[True, n][1], outs[False, n][1])
+  assert not np.array_equal(outs[True, 3][0][:2], np.zeros(2))
 
 
 def _raw_states(model_dir, steps):
@@ -481,7 +518,7 @@ class _FaultyRun:
   def __init__(self, gin_file, model_dir, env, pause):
     self.proc = subprocess.Popen(
         [sys.executable, FAULT_SCRIPT, f"--gin_file={gin_file}", f'--gin.MODEL_DIR="{model_dir}"'], cwd=REPO,
-        env=dict(env, TIGER_FAULT_PAUSE=str(pause)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=dict(env, TIGER_FAULT_PAUSE=str(pause), PYTHONPATH=REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     self.points, self.log_lines = queue.Queue(), queue.Queue()
     self.log = []
     for stream, sink in ((self.proc.stdout, self.points), (self.proc.stderr, self.log_lines)):

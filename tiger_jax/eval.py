@@ -12,6 +12,7 @@ best checkpoint is chosen by the same code.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -77,6 +78,23 @@ class Retriever:
       return aux["items"], aux["scores"]
 
     self._predict = jax.jit(predict)
+    self._compiled: dict[int, Any] = {}  # encoder length -> beam search compiled ahead (rng None)
+
+  def precompile(self, lengths: Sequence[int]) -> None:
+    """Compiles the decode of every encoder length at once: XLA compiles outside the GIL, so the lengths'
+    programs build side by side instead of one after another at their first batch."""
+    todo = sorted({int(length) for length in lengths} - set(self._compiled))
+
+    def build(length: int):
+      tokens = np.zeros((self.batch_size, length), np.int32)  # what retrieve() passes, placed the same way
+      return self._predict.lower(self.params, tokens, self.trie, None).compile()
+
+    if len(todo) == 1:
+      self._compiled[todo[0]] = build(todo[0])
+    elif todo:
+      with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
+        for length, compiled in zip(todo, pool.map(build, todo)):
+          self._compiled[length] = compiled
 
   def retrieve(self, encoder_input_tokens: np.ndarray, rng: Optional[jax.Array] = None,
                should_stop: Optional[Callable[[], bool]] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +107,19 @@ class Retriever:
     items = np.full((n, self.num_beams), -1, np.int32)
     scores = np.full((n, self.num_beams), -np.inf, np.float32)
     lengths = utils.nonpad_lengths(tokens)
-    for b, (idx, length) in enumerate(utils.eval_batches(lengths, self.batch_size, self.length_buckets,
-                                                         tokens.shape[1])):
+    batches = list(utils.eval_batches(lengths, self.batch_size, self.length_buckets, tokens.shape[1]))
+    if rng is None:
+      self.precompile([length for _, length in batches])
+    for b, (idx, length) in enumerate(batches):
       if should_stop is not None and should_stop():
         raise utils.StopRequested(f"retrieval stopped after {b} of the batches")
       batch = np.zeros((self.batch_size, length), np.int32)
       batch[:len(idx)] = tokens[idx, :length]
-      key = None if rng is None else jax.random.fold_in(rng, b)
-      got_items, got_scores = jax.device_get(self._predict(self.params, batch, self.trie, key))
+      if rng is None:
+        out = self._compiled[length](self.params, batch, self.trie, None)
+      else:
+        out = self._predict(self.params, batch, self.trie, jax.random.fold_in(rng, b))
+      got_items, got_scores = jax.device_get(out)
       items[idx], scores[idx] = got_items[:len(idx)], got_scores[:len(idx)]
     return items, scores
 

@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import gin
 
+from tiger_jax import compilation
+
 # The repository's gin/ directory (next to the package) is searched by default, like t5x's configs dir.
 # Includes may be written relative to the repository root ('gin/runs/train.gin') or to gin/ itself
 # ('runs/train.gin'); both resolve from any working directory.
@@ -92,6 +94,10 @@ def define_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
   parser.add_argument("--process_index", type=int, default=None,
                       help="This process's index, for --multiprocess_gpu.")
   parser.add_argument("--log_level", default="INFO", help="Python logging level.")
+  parser.add_argument("--compilation_cache_dir", default=None,
+                      help="Persistent XLA compilation cache (default: $TIGER_COMPILATION_CACHE_DIR, "
+                           "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/tiger_jax/xla); 'off' disables it. "
+                           "See tiger_jax/compilation.py.")
   return parser
 
 
@@ -277,6 +283,7 @@ def run(main: Callable[[argparse.Namespace], Any], argv: Optional[Sequence[str]]
   """t5x's `gin_utils.run`: parse flags, start jax.distributed if asked, parse gin, call `main(flags)`."""
   flags = parse_flags(argv, extra_flags)
   setup_logging(flags.log_level)
+  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   maybe_initialize_distributed(flags)
   parse_gin_or_exit(flags)
   return main(flags)
@@ -308,6 +315,7 @@ def parse_stage_flags(argv: Optional[Sequence[str]], prog: str,
       extra_flags(parser)
   flags = parse_flags(argv, extra, prog=prog)
   setup_logging(flags.log_level)
+  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   parse_gin_or_exit(flags, finalize_config=False)
   return flags
 

@@ -10,7 +10,7 @@ decoder fed z + sg(sum_l e_l - z) (straight-through) so reconstruction gradients
 Codebooks start as k-means centroids of the first batch's residuals, level by level. Adagrad,
 learning rate 0.4, batch 1024, averaged over the batch.
 
-Two choices the paper leaves open, both measured on Beauty (benchmarks/results/rqvae_*):
+Two choices the paper leaves open, both measured on Beauty (experiments/results/rqvae_*):
 * Adagrad's initial accumulator is 10 (optax's 0.1 diverges in five steps at lr 0.4 with the
   squared-norm loss; a per-dimension mean loss is stable but the model then learns nothing but
   the mean embedding in hundreds of epochs; PyTorch's 0 collapses the codebooks at once).
@@ -80,7 +80,7 @@ class RQVAEConfig:
   # "sum": squared norms as written in the paper; "mean": divided by the vector dimension.
   loss_reduction: str = "sum"
   # Adagrad's starting accumulator. optax/TF's 0.1 diverges within 5 steps at lr 0.4 on the
-  # summed loss, PyTorch's 0 collapses the codebooks; 10 is stable (benchmarks/results/rqvae_*).
+  # summed loss, PyTorch's 0 collapses the codebooks; 10 is stable (experiments/results/rqvae_*).
   adagrad_initial_accumulator: float = 10.0
   adagrad_eps: float = 1e-7
 

@@ -649,6 +649,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   The recipe (method, RQ-VAE settings, collaborative fusion) comes from the gin files: a gin/rqvae/*.gin file,
   or the experiment file that includes one (every stage of run.sh reads the same experiment file).
   """
+  from tiger_jax import compilation  # pylint: disable=g-import-not-at-top
   from tiger_jax import gin_utils  # pylint: disable=g-import-not-at-top
 
   def extra(parser):
@@ -660,6 +661,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
   flags = gin_utils.parse_flags(argv, extra, prog="tiger_jax.semantic_ids")
   gin_utils.setup_logging(flags.log_level)
+  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   gin_utils.parse_gin_or_exit(flags, finalize_config=False)
   kwargs = {"force": True} if flags.force else {}
   for name in ("work_dir", "embeddings_dir", "data_dir"):

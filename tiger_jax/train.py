@@ -214,10 +214,16 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
 
 
 class StepRunner:
-  """Builds and caches one compiled multi-step function per encoder length."""
+  """Builds and caches one compiled multi-step function per encoder length.
+
+  `fixed_trip_count` compiles full dispatches as a loop of exactly steps_per_dispatch steps (a partial
+  dispatch then needs a second program); off, one program per length loops a run-time number of steps.
+  The trainer leaves it off; benchmarks/profile_step.py --loop fixed,dynamic compares the two.
+  """
 
   def __init__(self, model, tx, learning_rate_fn, partitioner: partitioning.PjitPartitioner,
-               steps_per_dispatch: int, resident: bool, ema_decay: Optional[float] = None):
+               steps_per_dispatch: int, resident: bool, ema_decay: Optional[float] = None,
+               fixed_trip_count: bool = False):
     self.model = model
     self.ema_decay = ema_decay
     self.tx = tx
@@ -225,7 +231,8 @@ class StepRunner:
     self.partitioner = partitioner
     self.k = steps_per_dispatch
     self.resident = resident
-    self._compiled: dict[int, Any] = {}
+    self.fixed_trip_count = fixed_trip_count
+    self._compiled: dict[tuple[int, bool], Any] = {}
     self.compile_seconds: dict[int, float] = {}
 
   def one_step(self, state, batch, dropout_base):
@@ -240,13 +247,13 @@ class StepRunner:
       d = self.ema_decay
       new_state["ema_params"] = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p,
                                                        state["ema_params"], params)
-    out = {"loss": jnp.asarray(loss, jnp.float32), "grad_norm": optax.global_norm(grads),
+    out = {"loss": jnp.asarray(loss, jnp.float32), "grad_norm": utils.global_norm(grads),
            "learning_rate": jnp.asarray(self.learning_rate_fn(step), jnp.float32)}
     for k, v in _scalar_metrics(metrics).items():
       out.setdefault(k, jnp.asarray(v, jnp.float32))
     return new_state, out
 
-  def _build(self, length: int):
+  def _build(self, length: int, full: bool):
     k = self.k
     data_sharding = self.partitioner.data_sharding()
 
@@ -269,26 +276,33 @@ class StepRunner:
         outs = jax.tree_util.tree_map(lambda buf, v: buf.at[i].set(v), outs, out)
         return state, outs
 
-      return jax.lax.fori_loop(0, n, body, (state, outs))
+      # With fixed_trip_count, a full dispatch loops a compile-time number of times (XLA then knows the
+      # trip count); otherwise, and for a partial dispatch, the loop runs the run-time n.
+      return jax.lax.fori_loop(0, k if full else n, body, (state, outs))
 
     rep = self.partitioner.replicated
     data_spec = rep if self.resident else self.partitioner.data_sharding(batch_axis=1)
     return self.partitioner.partition(multi_step, in_axis_resources=(rep, data_spec, rep, rep, rep),
                                       out_axis_resources=(rep, rep), donate_argnums=(0,))
 
-  def get(self, length: int, state, data, idx, n, dropout_base):
-    if length not in self._compiled:
+  def get(self, length: int, state, data, idx, n, dropout_base, full: bool = True):
+    """The compiled loop for `length`; with fixed_trip_count, `full` picks the loop of exactly
+    steps_per_dispatch steps (n ignored), else the loop runs n steps."""
+    full = full and self.fixed_trip_count
+    key = (length, full)
+    if key not in self._compiled:
       start = time.time()
-      self._compiled[length] = self._build(length).lower(state, data, idx, n, dropout_base).compile()
-      self.compile_seconds[length] = time.time() - start
-      log.info("compiled the %d-step loop for encoder length %d in %.1fs", self.k, length,
-               self.compile_seconds[length])
-    return self._compiled[length]
+      self._compiled[key] = self._build(length, full).lower(state, data, idx, n, dropout_base).compile()
+      seconds = time.time() - start
+      self.compile_seconds[length] = self.compile_seconds.get(length, 0.0) + seconds
+      log.info("compiled the %s%d-step loop for encoder length %d in %.1fs", "fixed " if full else "", self.k,
+               length, seconds)
+    return self._compiled[key]
 
   def precompile(self, lengths: Sequence[int], args_for: Callable[[int], tuple]) -> None:
     """Compiles the loops of several encoder lengths at once: XLA compiles outside the GIL, and on a GPU
     each length's compile (autotuning included) took about a minute when done one after another."""
-    todo = [length for length in lengths if length not in self._compiled]
+    todo = [length for length in lengths if (length, self.fixed_trip_count) not in self._compiled]
     if len(todo) < 2:
       for length in todo:
         self.get(length, *args_for(length))
@@ -707,7 +721,7 @@ def train(*,
       n = schedule.run_length(step, limit)
       length = schedule.length(step)
       data, idx_dev, n_dev = dispatch_args(step, n, length)
-      fn = paused(runner.get, length, state, data, idx_dev, n_dev, dropout_base)
+      fn = paused(runner.get, length, state, data, idx_dev, n_dev, dropout_base, n == steps_per_dispatch)
       state, outs = fn(state, data, idx_dev, n_dev, dropout_base)
       if pending is not None:
         drain(pending)

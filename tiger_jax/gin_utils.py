@@ -315,8 +315,8 @@ def parse_stage_flags(argv: Optional[Sequence[str]], prog: str,
       extra_flags(parser)
   flags = parse_flags(argv, extra, prog=prog)
   setup_logging(flags.log_level)
-  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   parse_gin_or_exit(flags, finalize_config=False)
+  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   return flags
 
 

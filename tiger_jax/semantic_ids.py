@@ -661,8 +661,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
   flags = gin_utils.parse_flags(argv, extra, prog="tiger_jax.semantic_ids")
   gin_utils.setup_logging(flags.log_level)
-  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   gin_utils.parse_gin_or_exit(flags, finalize_config=False)
+  compilation.enable_compilation_cache(flags.compilation_cache_dir)
   kwargs = {"force": True} if flags.force else {}
   for name in ("work_dir", "embeddings_dir", "data_dir"):
     if getattr(flags, name):

@@ -162,12 +162,16 @@ def parse_gin_flags(gin_search_paths: Sequence[str] = DEFAULT_GIN_SEARCH_PATHS,
       gin.parse_config_file(path)
     except (ValueError, SyntaxError) as e:
       raise GinConfigError(_explain(str(e), f"gin file {path}")) from e
+  unused_in_files = set(unused_macros())
   for binding in gin_bindings:
     try:
       gin.parse_config(binding)
     except (ValueError, SyntaxError) as e:
       raise GinConfigError(_explain(str(e), f"binding {_as_flag(binding)}", binding)) from e
-  unused = unused_macros()
+  # A macro the files set and no file reads is a mistake in the files; one a binding sets and nothing reads is
+  # a misspelt flag. A file's macro whose every use a binding overrides is fine.
+  set_by_bindings = {b.split("=", 1)[0].strip() for b in gin_bindings}
+  unused = sorted(set(unused_macros()) & (unused_in_files | set_by_bindings))
   if unused:
     defined = sorted(_defined_macros() - set(unused))
     hints = "; ".join(f"{m}{_did_you_mean(m, defined)}" for m in unused)

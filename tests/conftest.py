@@ -95,7 +95,8 @@ def relative_path_run(tmp_path_factory):
   data_dir, asins = write_category_walk_dataset(root / "data", np.random.default_rng(0), num_items=24,
                                                 num_users=40, length_cycle=5, user_digits=2)
   task = "tiger_relativerun"
-  cache_tasks.cache_task(task, str(root / "work" / "cache"), data_dir=data_dir, backend="numpy")
+  cache_tasks.cache_task(task, str(root / "work" / "cache"), data_dir=data_dir, backend="numpy",
+                         semantic_ids_path="random")
   (root / "tiny.gin").write_text(textwrap.dedent(f"""\
       from __gin__ import dynamic_registration
       from tiger_jax import network

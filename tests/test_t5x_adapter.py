@@ -237,10 +237,10 @@ def test_semantic_id_trie_holds_the_task_catalogue(tmp_path):
   from tasks import tiger_tasks
   data_dir, asins = write_category_walk_dataset(tmp_path / "walk", np.random.default_rng(0), num_items=30,
                                                 num_users=40, length_cycle=3, user_digits=2)
-  tiger_tasks.register_tiger_task("tiger_t5x_walk", data_dir=data_dir)
+  tiger_tasks.register_tiger_task("tiger_t5x_walk", data_dir=data_dir, semantic_ids_path="random")
   trie = tiger_tasks.semantic_id_trie("tiger_t5x_walk")
   dataset = tiger_tasks._load(data_dir)
-  tokens = tiger_tasks.item_tokens(dataset, tiger_tasks.resolve_semantic_ids(dataset, None))
+  tokens = tiger_tasks.item_tokens(dataset, tiger_tasks.resolve_semantic_ids(dataset, "random"))
   assert trie.num_items == len(asins)
   np.testing.assert_array_equal(trie.lookup(LAYOUT.tokens_to_codes(tokens)), np.arange(len(asins)))
   with pytest.raises(ValueError, match="not a task registered"):

@@ -106,7 +106,7 @@ def _provenance(result: dict) -> list[str]:
   return lines
 
 
-PLOTTERS = {"cold_start": "cold_start", "diversity": "diversity"}  # experiment -> benchmarks/ module with plot()
+PLOTTERS = {"cold_start": "benchmarks.cold_start", "diversity": "benchmarks.diversity"}  # experiment -> module with plot()
 
 
 def _image(result: dict, referenced: set, results_dir: str = "") -> list[str]:

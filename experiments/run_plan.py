@@ -64,7 +64,8 @@ class Runner:
     self.results = os.path.join(root, "results")
     os.makedirs(self.results, exist_ok=True)
     self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), REPO) if p), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3",
-                    JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jaxcache"), TIGER_GIT_REVISION=revision,
+                    JAX_COMPILATION_CACHE_DIR=os.path.join(root, "jaxcache"),
+                    TIGER_COMPILATION_CACHE_DIR=os.path.join(root, "jaxcache"), TIGER_GIT_REVISION=revision,
                     XLA_PYTHON_CLIENT_MEM_FRACTION=str(mem_fraction))
     self.concurrency = concurrency
     self.lock = threading.Lock()

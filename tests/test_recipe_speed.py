@@ -140,7 +140,7 @@ def test_tiny_recipe_cold_then_warm(tmp_path):
       """))
   out = tmp_path / "out"
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "recipe_speed.py"), "--dataset=recipetiny",
+  subprocess.run([sys.executable, "-m", "benchmarks.recipe_speed", "--dataset=recipetiny",
                   f"--data_dir={data_dir}", f"--out_dir={out}", f"--recipes=tiny={gin_file}",
                   f"--rqvae_gin={rqvae_gin}", f"--embeddings_dir={embeddings}", "--train_steps=4"],
                  cwd=REPO, env=env, check=True, timeout=900)

@@ -23,7 +23,8 @@ def test_builtin_tasks_are_registered():
 
 
 @pytest.mark.slow
-def test_beauty_train_split_yields_131413_examples():
+def test_beauty_train_split_yields_131413_examples(monkeypatch):
+  monkeypatch.setenv("TIGER_SEMANTIC_IDS", "random")  # the count does not depend on the IDs
   task = seqio.get_mixture_or_task("tiger_beauty")
   ds = task.get_dataset(sequence_length=LENGTHS, split="train", shuffle=False)
   count = ds.reduce(np.int64(0), lambda n, _: n + 1).numpy()

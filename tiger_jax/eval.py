@@ -189,11 +189,11 @@ def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpo
     raise ValueError(f"num_beams={num_beams}: Recall/NDCG@10 need at least 10 beams")
   checkpoint = checkpoints.parse_checkpoint_choice(checkpoint)
   output_dir = output_dir or os.path.join(model_dir, f"eval_{dataset_cfg.split}")
-  check_writable_dir(output_dir)
   start = time.time()
   provenance.check_cache(model_dir, provenance.cache_fingerprint(dataset_cfg.cache_dir,
                                                                  dataset_cfg.mixture_or_task_name),
                          "eval", strict=False)
+  check_writable_dir(output_dir)
   params, step = checkpoints.restore_params(model_dir, checkpoint)
   arrays = utils.get_dataset_arrays(dataset_cfg, (utils.ENCODER_INPUT, "user_index", "target_item"))
   if max_examples:

@@ -575,15 +575,16 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
     raise ValueError("make_semantic_ids: no work dir (pass --work_dir or bind "
                      "make_semantic_ids.work_dir)")
   source = embeddings_dir or work_dir
-  x, asins = load_embeddings(source, embeddings_file, asins_file)
   fusion = None
-  if collaborative:
+  if collaborative:  # fuse_collaborative reads the text embeddings itself
     if not data_dir:
       raise ValueError("make_semantic_ids.collaborative needs the dataset: pass --data_dir")
     from tiger_jax import collaborative as collaborative_lib  # pylint: disable=g-import-not-at-top
     from tiger_jax.data import load_dataset  # pylint: disable=g-import-not-at-top
     x, info = collaborative_lib.fuse_collaborative(load_dataset(data_dir), source, None)
-    fusion = info["collaborative"]
+    asins, fusion = np.asarray(info["asins"], dtype=str), info["collaborative"]
+  else:
+    x, asins = load_embeddings(source, embeddings_file, asins_file)
   unseen_mask = None
   if cold_start_split:
     if method != "rqvae":

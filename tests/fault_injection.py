@@ -12,16 +12,24 @@ The validation pause ends early when the run is asked to stop, as the real valid
 """
 import asyncio
 import os
+import sys
+import threading
 import time
 
 from orbax.checkpoint._src.handlers import json_checkpoint_handler  # noqa: E402
 from tiger_jax import train  # noqa: E402
 
 PAUSE = float(os.environ.get("TIGER_FAULT_PAUSE", "0.3"))
+_STDOUT_LOCK = threading.Lock()
 
 
 def announce(*words) -> None:
-  print("FAULT-POINT", *words, flush=True)
+  # One write under a lock: orbax's commit thread announces saves while the main thread announces
+  # dispatches, and print()'s separate writes of words and newline could interleave into one garbled line.
+  line = " ".join(["FAULT-POINT", *map(str, words)]) + "\n"
+  with _STDOUT_LOCK:
+    sys.stdout.write(line)
+    sys.stdout.flush()
 
 
 def _slow_dispatches():

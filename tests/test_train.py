@@ -512,13 +512,20 @@ def _cmd(gin_file, model_dir, *bindings):
 FAULT_SCRIPT = os.path.join(REPO, "tests", "fault_injection.py")
 
 
+def _default_sigint() -> None:
+  """The trainer keeps an ignored SIGINT ignored (a shell's background job); the tests send it one whatever
+  the terminal pytest runs in, so the child starts with the default disposition."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _FaultyRun:
   """A trainer under tests/fault_injection.py whose fault points (stdout) and log (stderr) are read live."""
 
   def __init__(self, gin_file, model_dir, env, pause):
     self.proc = subprocess.Popen(
         [sys.executable, FAULT_SCRIPT, f"--gin_file={gin_file}", f'--gin.MODEL_DIR="{model_dir}"'], cwd=REPO,
-        env=dict(env, TIGER_FAULT_PAUSE=str(pause), PYTHONPATH=REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=dict(env, TIGER_FAULT_PAUSE=str(pause), PYTHONPATH=REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint)
     self.points, self.log_lines = queue.Queue(), queue.Queue()
     self.log = []
     for stream, sink in ((self.proc.stdout, self.points), (self.proc.stderr, self.log_lines)):

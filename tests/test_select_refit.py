@@ -200,11 +200,19 @@ def test_select_refit_test_end_to_end(tmp_path, cache_dir, recorded_reads):
   test_reads = [r for r in reads if "test" in r[0].split("+")]
   assert test_reads and all(after_select and after_refit for _, after_select, after_refit in test_reads)
   assert {r[0] for r in reads if not r[2]} == {"train", "validation", "train+validation"}
+  # ... and after the chosen phase-1 params were decoded on validation, for a hybrid to be weighed on.
+  validation = json.load(open(os.path.join(root, "validation", "metrics.json")))
+  assert validation["split"] == "validation" and validation["step"] == record["chosen"]["step"]
+  assert validation["checkpoint"] == "best"
+  assert validation["ndcg@10"] == pytest.approx(record["chosen"]["value"], abs=1e-6)
+  splits = [r[0] for r in reads]
+  assert max(i for i, s in enumerate(splits) if s == "validation") < splits.index("test")
+  assert len(open(os.path.join(root, "validation", "predictions.jsonl")).readlines()) == validation["num_users"]
 
   # A rerun redoes nothing and reads nothing.
   reads.clear()
   again = select_refit.run_procedure(_flags(gin_file, root))
-  assert [again[p]["status"] for p in ("select", "refit", "test")] == ["done before"] * 3
+  assert [again[p]["status"] for p in ("select", "refit", "validation", "test")] == ["done before"] * 4
   assert reads == []
   # A finished selection made by another rule is refused, not silently reused.
   with pytest.raises(ValueError, match=r"selection\.json: its rule"):
@@ -335,3 +343,18 @@ def test_tuned_gin_parses_into_the_phases(tmp_path):
   assert gin.query_parameter("network.T5Config.mlp_dim") == 2048
   assert gin.query_parameter("%TRAIN_STEPS") == 1234
   assert np.isclose(gin.query_parameter("%EMA_DECAY"), 0.999)
+
+
+def test_selected_checkpoint_is_best_then_a_kept_step_then_none(tmp_path):
+  """Phase 3's validation decode uses the params the rule chose: best/ if it holds that step, else a kept one."""
+  seed0, seed1 = tmp_path / "seed0", tmp_path / "seed1"
+  for sub in ("best/8", "checkpoints/12", "checkpoints/16"):
+    (seed0 / "select" / "wide" / sub).mkdir(parents=True)
+  record = {"chosen": {"candidate": "wide", "step": 8}}
+  wide = str(seed0 / "select" / "wide")
+  assert select_refit.selected_checkpoint(record, str(seed0)) == (wide, "best")
+  # Another seed refitting seed 0's choice decodes seed 0's phase-1 params.
+  copied = dict(record, selection_from=str(seed0 / "selection.json"))
+  assert select_refit.selected_checkpoint(copied, str(seed1)) == (wide, "best")
+  assert select_refit.selected_checkpoint({"chosen": {"candidate": "wide", "step": 12}}, str(seed0)) == (wide, 12)
+  assert select_refit.selected_checkpoint({"chosen": {"candidate": "wide", "step": 4}}, str(seed0)) is None

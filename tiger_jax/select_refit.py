@@ -13,11 +13,14 @@ leaves its own part of MODEL_DIR:
                          what it chose: a candidate and a step
   2 refit/               the chosen candidate trained on train + validation for exactly selection.json's
                          `refit_steps` (read from that file, never from a gin file), no validation metrics
-  3 test/                the refit's last checkpoint decoded on the test split (metrics.json, predictions.jsonl)
+  3 validation/          the chosen phase-1 checkpoint decoded on the validation split (metrics.json,
+                         predictions.jsonl): what a hybrid's weights are chosen on (tiger_jax.fusion)
+    test/                the refit's last checkpoint decoded on the test split (metrics.json, predictions.jsonl)
 
 The test split is read in phase 3 only (phases 1 and 2 refuse a config whose splits name it). Rerunning the
 command after an interruption resumes the phase it was in from its latest checkpoint; a finished phase
-(select/<candidate>/done.json, selection.json, refit/done.json, test/metrics.json) is never redone.
+(select/<candidate>/done.json, selection.json, refit/done.json, validation/ and test/metrics.json) is never
+redone.
 `SelectRefitConfig.selection_from` takes the choice from another run's MODEL_DIR instead of phase 1, e.g.
 seeds 1 and 2 refitting what seed 0 selected.
 """
@@ -44,6 +47,7 @@ SELECT_DIR = "select"
 SELECTION_FILE = "selection.json"
 REFIT_DIR = "refit"
 TEST_DIR = "test"
+VALIDATION_DIR = "validation"
 DONE_FILE = "done.json"
 PHASES = ("select", "refit", "test")
 DEFAULT_CANDIDATE = "default"
@@ -90,10 +94,12 @@ class SelectRefitConfig:
 
   candidates: name -> gin bindings applied on top of the config (e.g. a width); None: the config as it is.
   selection_from: another run's MODEL_DIR whose selection.json this run refits instead of running phase 1.
+  validation_predictions: phase 3 also decodes the validation split with the selected phase-1 params.
   """
   rule: SelectionRule = SelectionRule()
   candidates: Optional[Mapping[str, Sequence[str]]] = None
   selection_from: Optional[str] = None
+  validation_predictions: bool = True
 
   def candidate_bindings(self) -> dict[str, list[str]]:
     if self.candidates is None:
@@ -352,6 +358,59 @@ def _checkpoint_steps(model_dir: str) -> list[int]:
   return [int(name) for name in os.listdir(directory) if name.isdigit()]
 
 
+def selected_checkpoint(record: Mapping[str, Any], root: str) -> Optional[tuple[str, Any]]:
+  """(phase-1 MODEL_DIR, checkpoint choice) holding the params the selection evaluated at its chosen step, or
+  None when no checkpoint of that step was kept. `best/` holds them when the rule's metric is the one the
+  trainer kept its best by and the chosen step is that best one (tolerance 0); else a periodic checkpoint of
+  that step, if still on disk."""
+  from tiger_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  source = record.get("selection_from")
+  select_root = os.path.dirname(source) if source else root
+  model_dir = os.path.join(select_root, SELECT_DIR, record["chosen"]["candidate"])
+  step = record["chosen"]["step"]
+  if checkpoints.saved_steps(checkpoints.checkpoint_dir(model_dir, "best")) == [step]:
+    return model_dir, "best"
+  if step in checkpoints.saved_steps(checkpoints.checkpoint_dir(model_dir, "latest")):
+    return model_dir, step
+  return None
+
+
+def run_validation(flags, root: str) -> dict:
+  """Phase 3, first part: the selected phase-1 params decoded on the validation split (VALIDATION_DIR).
+
+  These are the validation predictions of the model whose refit is tested, so a hybrid can choose how to
+  weigh it on validation (tiger_jax.fusion) before anything reads test."""
+  out_dir = os.path.join(root, VALIDATION_DIR)
+  metrics_path = os.path.join(out_dir, "metrics.json")
+  if os.path.exists(metrics_path):
+    return {"status": "done before", "metrics": _read_json(metrics_path)}
+  record = read_selection(os.path.join(root, SELECTION_FILE))
+  found = selected_checkpoint(record, root)
+  if found is None:
+    log.warning("phase 3 (validation): no checkpoint of the chosen step %d is kept; no validation predictions",
+                record["chosen"]["step"])
+    return {"status": "no checkpoint"}
+  model_dir, checkpoint = found
+  _parse(flags, record["candidates"][record["chosen"]["candidate"]], [
+      f"MODEL_DIR = {_literal(model_dir)}",
+      "EVAL_SPLIT = 'validation'",
+      f"EVAL_CHECKPOINT = {_literal(checkpoint)}",
+      f"EVAL_OUTPUT_DIR = {_literal(out_dir)}"], extra_files=["gin/runs/eval.gin"])
+  from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  log.info("phase 3 (validation): %s checkpoint %s on the validation split -> %s", model_dir, checkpoint, out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  gin_utils.write_config(out_dir)
+  metrics = gin.get_configurable(eval_lib.evaluate)()
+  if metrics["step"] != record["chosen"]["step"]:
+    raise RuntimeError(f"phase 3 (validation): decoded step {metrics['step']} of {model_dir}, but "
+                       f"{SELECTION_FILE} chose step {record['chosen']['step']}")
+  metric = record["rule"]["metric"].split("/", 1)[-1]
+  if metric in metrics and abs(metrics[metric] - record["chosen"]["value"]) > 1e-3:
+    log.warning("phase 3 (validation): %s %.4f here, %.4f when the trainer validated step %d", metric,
+                metrics[metric], record["chosen"]["value"], metrics["step"])
+  return {"status": "ran", "metrics": metrics}
+
+
 def run_test(flags, root: str) -> dict:
   """Phase 3: the refit's last checkpoint on the test split, through tiger_jax.eval."""
   out_dir = os.path.join(root, TEST_DIR)
@@ -398,6 +457,8 @@ def run_procedure(flags: argparse.Namespace) -> dict:
     if PHASES.index(until) >= 1:
       report["refit"] = run_refit(flags, root)
     if PHASES.index(until) >= 2:
+      if config.validation_predictions:
+        report["validation"] = run_validation(flags, root)
       report["test"] = run_test(flags, root)
   finally:
     gin.clear_config()

@@ -146,6 +146,11 @@ def _flags(gin_file, model_dir, *bindings, until="test"):
   return flags
 
 
+def _only(flags, names):
+  flags.only_candidates = names.split(",")
+  return flags
+
+
 @pytest.fixture
 def recorded_reads(monkeypatch):
   """Every split read through utils.get_dataset_arrays, with the phases finished at that moment."""
@@ -225,9 +230,18 @@ def test_refit_reads_the_step_and_candidate_from_the_record(tmp_path, cache_dir)
           'narrow': ['network.T5Config.mlp_dim = 32'], 'wide': ['network.T5Config.mlp_dim = 48']}
       """)
   root = str(tmp_path / "run")
+  # One process per candidate: each trains its own and stops; the run without the flag selects.
+  with pytest.raises(ValueError, match=r"--only_candidates: \['medium'\] are not candidates"):
+    select_refit.run_procedure(_only(_flags(gin_file, root), "medium"))
+  report = select_refit.run_procedure(_only(_flags(gin_file, root), "wide"))
+  assert report["select"] == {"status": "partial", "candidates": ["wide"]} and "refit" not in report
+  assert os.listdir(os.path.join(root, "select")) == ["wide"]
+  assert not os.path.exists(os.path.join(root, "selection.json"))
+  wide_done = open(os.path.join(root, "select", "wide", "done.json")).read()
   report = select_refit.run_procedure(_flags(gin_file, root, until="select"))
   assert report["select"]["status"] == "ran" and "refit" not in report
   assert sorted(os.listdir(os.path.join(root, "select"))) == ["narrow", "wide"]
+  assert open(os.path.join(root, "select", "wide", "done.json")).read() == wide_done  # not trained again
   assert not os.path.exists(os.path.join(root, "refit"))
   path = os.path.join(root, "selection.json")
   record = json.load(open(path))

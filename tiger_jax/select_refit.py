@@ -22,7 +22,9 @@ command after an interruption resumes the phase it was in from its latest checkp
 (select/<candidate>/done.json, selection.json, refit/done.json, validation/ and test/metrics.json) is never
 redone.
 `SelectRefitConfig.selection_from` takes the choice from another run's MODEL_DIR instead of phase 1, e.g.
-seeds 1 and 2 refitting what seed 0 selected.
+seeds 1 and 2 refitting what seed 0 selected. The candidates of phase 1 can train side by side, one process
+each (`--only_candidates=d128`, `--only_candidates=d256`; on one GPU give each a share of its memory with
+XLA_PYTHON_CLIENT_MEM_FRACTION): each stops after its candidates, and the command without the flag selects.
 """
 from __future__ import annotations
 
@@ -270,8 +272,14 @@ def run_select(flags, root: str, config: SelectRefitConfig, candidates: Mapping[
     return {"status": "copied", "record": record}
 
   rule = config.rule
+  only = list(getattr(flags, "only_candidates", None) or [])
+  unknown = sorted(set(only) - set(candidates))
+  if unknown:
+    raise ValueError(f"--only_candidates: {unknown} are not candidates of the config ({list(candidates)})")
   runs = {}
   for name, bindings in candidates.items():
+    if only and name not in only:
+      continue
     model_dir = os.path.join(root, SELECT_DIR, name)
     done_path = os.path.join(model_dir, DONE_FILE)
     if os.path.exists(done_path):
@@ -296,6 +304,10 @@ def run_select(flags, root: str, config: SelectRefitConfig, candidates: Mapping[
                        "validation metric (gin/runs/train.gin sets one, or fix "
                        "SelectionRule.metric)")
     runs[name] = dict(done, curve=curve)
+  if only:
+    log.info("phase 1 (select): candidates %s trained; selection.json is written by a run without "
+             "--only_candidates once every candidate has finished", only)
+    return {"status": "partial", "candidates": only}
 
   chosen = rule.choose({name: [(row["step"], row[rule.metric]) for row in run["curve"]]
                         for name, run in runs.items()})
@@ -454,6 +466,8 @@ def run_procedure(flags: argparse.Namespace) -> dict:
   report = {"model_dir": root}
   try:
     report["select"] = run_select(flags, root, config, candidates)
+    if report["select"]["status"] == "partial":
+      return report
     if PHASES.index(until) >= 1:
       report["refit"] = run_refit(flags, root)
     if PHASES.index(until) >= 2:
@@ -474,6 +488,9 @@ def run_procedure(flags: argparse.Namespace) -> dict:
 def _extra_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--until", choices=PHASES, default="test",
                       help="Stop after this phase (a later run with a later phase continues).")
+  parser.add_argument("--only_candidates", type=lambda text: [x for x in text.split(",") if x], default=None,
+                      help="Phase 1 for these candidates only (comma-separated), then stop: processes side by "
+                           "side each train some; a run without the flag then selects and goes on.")
 
 
 def main(flags: argparse.Namespace) -> None:

@@ -7,8 +7,9 @@ Each recipe is the chain of stage commands (python -m tiger_jax.embed, tiger_jax
 tasks.cache_tasks, tiger_jax.train, tiger_jax.eval), each a process of its own, in a fresh work directory.
 'cold' starts from an empty compilation cache (a first run on a machine); 'warm' then reruns every stage in
 another fresh work directory with the cache the cold run filled (a second run, or another dataset of the
-same shapes). Recipes: `paper` is gin/<dataset>.gin, `tuned` gin/<dataset>_tuned.gin; NAME=GIN_FILE names
-any other. The Semantic IDs follow the recipe's own gin file (--rqvae_gin adds a Semantic-ID file after it).
+same shapes). Recipes: `paper` is gin/<dataset>.gin, `tuned` gin/<dataset>_tuned.gin, `any` gin/tuned.gin (one
+stage, tiger_jax.select_refit, trains its candidates, refits and tests); NAME=GIN_FILE names any other. The
+Semantic IDs follow the recipe's own gin file (--rqvae_gin adds a Semantic-ID file after it).
 
 --embeddings_dir copies embeddings.npy/embeddings.json from there instead of running the embedding stage
 (which needs the sentence-transformers model on disk). --train_steps shortens training; the table then also
@@ -34,6 +35,14 @@ from benchmarks import _common  # noqa: E402  (command, date, revision, card)
 
 REPO = _common.REPO
 STAGES = ("embed", "ids", "cache", "train", "eval")
+# A select-then-refit recipe (gin/tuned.gin) trains its candidates, refits and tests in one stage.
+SELECT_REFIT_STAGES = ("embed", "ids", "cache", "select_refit")
+
+
+def is_select_refit(gin_file: str) -> bool:
+  """Whether the experiment file configures tiger_jax.select_refit (run.sh's test, too)."""
+  with open(gin_file if os.path.isfile(gin_file) else os.path.join(REPO, gin_file)) as f:
+    return "select_refit" in f.read()
 EMBEDDING_FILES = ("embeddings.npy", "embeddings.json")
 
 
@@ -48,14 +57,15 @@ class StageResult:
 
 
 def recipe_gin_files(dataset: str, specs: Sequence[str]) -> dict[str, str]:
-  """Recipe name -> experiment gin file: 'paper', 'tuned', or NAME=GIN_FILE."""
+  """Recipe name -> experiment gin file: 'paper', 'tuned' (the dataset's own), 'any' (gin/tuned.gin, the one
+  select-then-refit recipe for any catalogue), or NAME=GIN_FILE."""
   out = {}
   for spec in specs:
     name, sep, path = spec.partition("=")
     if not sep:
-      defaults = {"paper": f"gin/{dataset}.gin", "tuned": f"gin/{dataset}_tuned.gin"}
+      defaults = {"paper": f"gin/{dataset}.gin", "tuned": f"gin/{dataset}_tuned.gin", "any": "gin/tuned.gin"}
       if name not in defaults:
-        raise ValueError(f"--recipes: unknown recipe {name!r}; use paper, tuned or NAME=GIN_FILE")
+        raise ValueError(f"--recipes: unknown recipe {name!r}; use paper, tuned, any or NAME=GIN_FILE")
       path = defaults[name]
     if not os.path.isfile(os.path.join(REPO, path)) and not os.path.isfile(path):
       raise FileNotFoundError(f"--recipes: {name}'s gin file {path} does not exist")
@@ -78,6 +88,15 @@ def stage_commands(*, dataset: str, data_dir: str, work_dir: str, gin_file: str,
   run_gin += [f"--gin.{b}" for b in bindings]
   embed = None if embeddings_dir else [python, "-m", "tiger_jax.embed", f"--data_dir={data_dir}",
                                        f"--work_dir={work_dir}"]
+  if is_select_refit(gin_file):
+    train_and_test = [("select_refit", [python, "-m", "tiger_jax.select_refit", *run_gin])]
+  else:
+    train_and_test = [
+        ("train", [python, "-m", "tiger_jax.train", *run_gin]),
+        # The checkpoint the recipe keeps as best, or its last one when it keeps none (a refit).
+        ("eval", [python, "-m", "tiger_jax.eval", *run_gin, "--gin_file=gin/runs/eval.gin",
+                  "--gin.EVAL_CHECKPOINT='{eval_checkpoint}'", *[f"--gin.{b}" for b in eval_bindings]]),
+    ]
   return [
       ("embed", embed),
       ("ids", [python, "-m", "tiger_jax.semantic_ids", f"--data_dir={data_dir}", f"--work_dir={work_dir}",
@@ -86,10 +105,7 @@ def stage_commands(*, dataset: str, data_dir: str, work_dir: str, gin_file: str,
       ("cache", [python, "-m", "tasks.cache_tasks", f"--tasks={task}", f"--data_dir={data_dir}",
                  f"--output_cache_dir={cache_dir}", f"--semantic_ids={os.path.join(work_dir, 'semantic_ids.npz')}",
                  "--backend=numpy"]),
-      ("train", [python, "-m", "tiger_jax.train", *run_gin]),
-      # The checkpoint the recipe keeps as best, or its last one when it keeps none (a refit).
-      ("eval", [python, "-m", "tiger_jax.eval", *run_gin, "--gin_file=gin/runs/eval.gin",
-                "--gin.EVAL_CHECKPOINT='{eval_checkpoint}'", *[f"--gin.{b}" for b in eval_bindings]]),
+      *train_and_test,
   ]
 
 
@@ -171,16 +187,19 @@ def recipe_train_steps(gin_file: str) -> Optional[int]:
   return steps
 
 
-def summarise(results: list[StageResult], model_dir: str) -> dict:
+def summarise(results: list[StageResult], model_dir: str, num_stages: int = len(STAGES)) -> dict:
   stages = {r.name: {"seconds": round(r.seconds, 1), "returncode": r.returncode, "given": r.given,
                      "command": r.command, "log": r.log} for r in results}
   out = {"stages": stages, "total_seconds": round(sum(r.seconds for r in results), 1),
-         "complete": len(results) == len(STAGES) and all(r.returncode == 0 for r in results)}
-  train = next((r for r in results if r.name == "train"), None)
+         "complete": len(results) == num_stages and all(r.returncode == 0 for r in results)}
+  # select_refit's log holds every candidate's training and the refit's; the last summary line is the refit's.
+  train = next((r for r in results if r.name in ("train", "select_refit")), None)
   if train is not None:
     with open(train.log) as f:
       out["train"] = parse_train_log(f.read())
   metrics_path = os.path.join(model_dir, "eval_test", "metrics.json")
+  if not os.path.exists(metrics_path):
+    metrics_path = os.path.join(model_dir, "test", "metrics.json")  # select_refit's phase 3
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       m = json.load(f)
@@ -196,7 +215,8 @@ def print_table(report: dict) -> None:
     caches = list(runs)
     print(f"\n{recipe} ({report['gin_files'][recipe]}):")
     print(f"  {'stage':<8}" + "".join(f"{c:>12}" for c in caches))
-    for stage in STAGES:
+    stages = STAGES if "train" in runs[caches[0]]["stages"] else SELECT_REFIT_STAGES
+    for stage in stages:
       cells = []
       for c in caches:
         s = runs[c]["stages"].get(stage)
@@ -238,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--data_dir", default=None, help="default: data/<dataset>")
   p.add_argument("--out_dir", required=True)
   p.add_argument("--work_root", default=None, help="work directories (default: <out_dir>/work)")
-  p.add_argument("--recipes", default="paper", help="comma-separated: paper, tuned, NAME=GIN_FILE")
+  p.add_argument("--recipes", default="paper", help="comma-separated: paper, tuned, any, NAME=GIN_FILE")
   p.add_argument("--caches", default="cold,warm", help="cold (empty compilation cache), warm (the cold run's)")
   p.add_argument("--compilation_cache_dir", default=None, help="default: <work_root>/xla_cache, emptied for cold")
   p.add_argument("--rqvae_gin", default=None, help="a gin/rqvae/*.gin file read after the recipe's own")
@@ -276,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                 bindings=args.binding, eval_bindings=args.eval_binding)
       results = run_stages(commands, work_dir, os.path.join(args.out_dir, "logs", f"{recipe}_{cache}"),
                            args.embeddings_dir, env)
-      run = summarise(results, os.path.join(work_dir, "model"))
+      run = summarise(results, os.path.join(work_dir, "model"), len(commands))
       full_steps = recipe_train_steps(gin_file)
       if args.train_steps and full_steps and run.get("train", {}).get("ms_per_step"):
         run["recipe_train_steps"] = full_steps

@@ -25,6 +25,28 @@ def test_recipes_name_the_datasets_gin_files(tmp_path):
     recipe_speed.recipe_gin_files("beauty", ["fast"])
   with pytest.raises(FileNotFoundError, match="gin/nosuch_tuned.gin"):
     recipe_speed.recipe_gin_files("nosuch", ["tuned"])
+  assert recipe_speed.recipe_gin_files("nosuch", ["any"]) == {"any": "gin/tuned.gin"}
+
+
+def test_the_select_then_refit_recipe_is_one_stage_that_reports_its_test_metrics(tmp_path):
+  commands = dict(recipe_speed.stage_commands(
+      dataset="toys", data_dir="/d", work_dir="/w", gin_file="gin/tuned.gin", rqvae_gin=None,
+      compilation_cache_dir="/c", train_steps=500, embeddings_dir="/e"))
+  assert list(commands) == list(recipe_speed.SELECT_REFIT_STAGES)
+  assert commands["select_refit"][1:3] == ["-m", "tiger_jax.select_refit"]
+  assert "--gin.TRAIN_STEPS=500" in commands["select_refit"] and "--compilation_cache_dir=/c" in commands["select_refit"]
+  assert "--gin.MIXTURE_OR_TASK_NAME='tiger_toys'" in commands["select_refit"]
+  model_dir = tmp_path / "model"
+  (model_dir / "test").mkdir(parents=True)
+  metrics = {"recall@5": 0.05, "ndcg@5": 0.03, "recall@10": 0.08, "ndcg@10": 0.04, "num_users": 9, "step": 6,
+             "checkpoint": "latest", "decode_seconds": 1.0, "seconds": 2.0}
+  (model_dir / "test" / "metrics.json").write_text(json.dumps(metrics))
+  log = tmp_path / "select_refit.log"
+  log.write_text("trained steps 0..6 in 3s: 2.0 steps/s while training (500.00 ms/step); 1s compiling, "
+                 "evaluating and checkpointing\n")
+  results = [recipe_speed.StageResult(name, ["x"], 1.0, 0, str(log)) for name in recipe_speed.SELECT_REFIT_STAGES]
+  run = recipe_speed.summarise(results, str(model_dir), len(results))
+  assert run["complete"] and run["test"]["ndcg@10"] == 0.04 and run["train"]["ms_per_step"] == 500.0
 
 
 def test_stage_commands_share_one_compilation_cache_and_the_work_dir():

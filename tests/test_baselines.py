@@ -116,6 +116,18 @@ def test_transition_scores_by_hand_and_holdouts_never_count_their_targets(tmp_pa
   recomputed = eval_lib.metrics_from_predictions(str(out / "eval_validation" / "predictions.jsonl"))
   for k in ("recall@5", "ndcg@5"):
     assert recomputed[k] == pytest.approx(written[k])
+  # --refit: test is scored, and its predictions written, with the validation targets counted (holdout 1).
+  refit_out = tmp_path / "tr_refit"
+  refit_study = transitions.run(data_dir, str(refit_out), window=1, refit=True)
+  assert refit_study["test"]["holdout"] == 1 and refit_study["validation"]["holdout"] == 2
+  written = json.load(open(refit_out / "eval_test" / "metrics.json"))
+  assert written["ndcg@10"] == pytest.approx(study["test_refit_holdout1"]["ndcg@10"])
+  rows = [json.loads(line) for line in open(refit_out / "eval_test" / "predictions.jsonl")]
+  assert [(r["user"], r["target"]) for r in rows] == [("u0", "E"), ("u1", "D"), ("u2", "C")]
+  # u0 (history A B C D, target E): only u2's validation target makes D -> E a counted transition.
+  assert rows[0]["topk"][0] == "E"
+  usual = [json.loads(line) for line in open(out / "eval_test" / "predictions.jsonl")]
+  assert usual[0]["user"] == "u0" and usual[0]["topk"][0] != "E"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ on Amazon Beauty and Sports it is most of it (README, Table 1).
 training data (what TIGER trains on), 1 adds each user's validation target (the refit of
 gin/*_refit.gin), 3 drops each user's most recent training item too. Evaluating validation with holdout 3
 against holdout 2 measures, on validation, what refitting with holdout 1 then buys on test.
-Writes `<out_dir>/eval_<split>/{metrics.json,predictions.jsonl}` for the standard counts and
-`<out_dir>/transitions.json`.
+Writes `<out_dir>/eval_<split>/{metrics.json,predictions.jsonl}` for the standard counts (`--refit`: test from
+holdout 1, as a select-then-refit TIGER is tested) and `<out_dir>/transitions.json`.
 """
 from __future__ import annotations
 
@@ -111,10 +111,12 @@ def evaluate_split(dataset: Dataset, split: str, holdout: int = 2, window: int =
 
 
 def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5,
-                predictions_dir: Optional[str] = None) -> dict[str, dict[str, Any]]:
+                predictions_dir: Optional[str] = None, refit: bool = False) -> dict[str, dict[str, Any]]:
   """The refit measured on validation (holdout 3 vs 2), then applied to test (holdout 2 vs 1).
 
-  `predictions_dir`: where the usual counts' (holdout 2) validation and test predictions.jsonl go."""
+  `predictions_dir`: where the validation and test predictions.jsonl go: validation from the usual counts
+  (holdout 2); test from the same counts, or with `refit` from counts that include each user's validation
+  target (holdout 1), as a select-then-refit TIGER is tested (the "test" entry is then that one)."""
   usual = transition_counts(dataset.sessions, len(dataset.catalog), 2, window, decay)  # validation and test
 
   def predictions(split):
@@ -123,14 +125,15 @@ def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5,
   return {"validation_holdout3": evaluate_split(dataset, "validation", 3, window, decay),
           "validation": evaluate_split(dataset, "validation", 2, window, decay, counted=usual,
                                        predictions_path=predictions("validation")),
-          "test": evaluate_split(dataset, "test", 2, window, decay, counted=usual,
-                                 predictions_path=predictions("test")),
+          "test": evaluate_split(dataset, "test", 1 if refit else 2, window, decay,
+                                 counted=None if refit else usual, predictions_path=predictions("test")),
           "test_refit_holdout1": evaluate_split(dataset, "test", 1, window, decay)}
 
 
-def run(data_dir: str, out_dir: Optional[str] = None, window: int = 3, decay: float = 0.5) -> dict:
+def run(data_dir: str, out_dir: Optional[str] = None, window: int = 3, decay: float = 0.5,
+        refit: bool = False) -> dict:
   dataset = sequences.load_dataset(data_dir)
-  results = refit_study(dataset, window, decay, predictions_dir=out_dir)
+  results = refit_study(dataset, window, decay, predictions_dir=out_dir, refit=refit)
   for name, result in results.items():
     log.info("transitions %s/%s (holdout %d): %s", dataset.name, name, result["holdout"],
              " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
@@ -138,7 +141,8 @@ def run(data_dir: str, out_dir: Optional[str] = None, window: int = 3, decay: fl
     for split in ("validation", "test"):
       evaluation.write_metrics(out_dir, split, results[split])
     utils.write_json(os.path.join(out_dir, "transitions.json"),
-                     {"dataset": dataset.stats(), "window": window, "decay": decay, "results": results})
+                     {"dataset": dataset.stats(), "window": window, "decay": decay, "refit": refit,
+                      "results": results})
   return results
 
 
@@ -149,9 +153,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--out_dir", required=True, help="Where eval_<split>/metrics.json and transitions.json go.")
   parser.add_argument("--window", type=int, default=3, help="How many recent items vote.")
   parser.add_argument("--decay", type=float, default=0.5, help="Weight factor per step back in time.")
+  parser.add_argument("--refit", action="store_true",
+                      help="Test (metrics and predictions) with counts that include the validation targets, "
+                           "as a select-then-refit recipe is tested.")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s] %(message)s")
-  run(args.data_dir, args.out_dir, args.window, args.decay)
+  run(args.data_dir, args.out_dir, args.window, args.decay, args.refit)
 
 
 if __name__ == "__main__":

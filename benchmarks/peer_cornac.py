@@ -8,8 +8,8 @@ d_model 128, 6 heads of 64, d_ff 1024, dropout 0.1, RQ-VAE 512-256-128-32 with 3
 the same users' sequences under the same leave-one-out split (train prefixes, validation = second-to-last item),
 the same item embeddings (each builds its own Semantic IDs from them) and batch 256, in one process tree on one
 machine, one after the other. cornac is not a dependency of this project: `pip install cornac==3.0.1` (it needs
-torch and transformers, which the `data` extra brings); on a host without network, `pip download cornac==3.0.1
-powerlaw` elsewhere and `pip install --no-index` the wheels.
+torch and transformers, which the `data` extra brings); on a host without network, `pip download -d DIR
+cornac==3.0.1` elsewhere (its dependencies come along) and `pip install --no-index --find-links DIR cornac`.
 
 Measured, for each system:
 - examples per second of its training loop (cornac: its epochs' examples over the time spent in its training

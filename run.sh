@@ -10,7 +10,7 @@
 # the network and the training run. Environment: DATASET (beauty), DATA_DIR (data/$DATASET), GIN_FILE
 # (gin/${DATASET}_quick.gin), WORK_DIR (work/$DATASET: embeddings/ and one folder per experiment holding
 # semantic_ids.npz, cache/ and model/), MODEL_DIR, TASK (tiger_$DATASET), STAGES ("embed ids cache train
-# eval"; "embed ids cache select_refit" for gin/tuned.gin), VENV (.venv), PYTHON (python3). Each stage is
+# eval"; "embed ids cache select_refit transitions hybrid" for gin/tuned.gin), VENV (.venv), PYTHON (python3). Each stage is
 # skipped when its artifact is current; training resumes from its latest checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -45,8 +45,13 @@ DATA_DIR=${DATA_DIR:-data/$DATASET}
 GIN_FILE=${GIN_FILE:-gin/${DATASET}_quick.gin}
 WORK_DIR=${WORK_DIR:-work/$DATASET}
 TASK=${TASK:-tiger_$DATASET}
-# A select-then-refit recipe (gin/tuned.gin) trains, refits and tests in one stage.
-if grep -q "select_refit" "$GIN_FILE"; then DEFAULT_STAGES="embed ids cache select_refit"; else DEFAULT_STAGES="embed ids cache train eval"; fi
+# A select-then-refit recipe (gin/tuned.gin) trains, refits and tests in one stage, then fuses its ranked lists
+# with the item-transition baseline's into a hybrid weighed on validation.
+if grep -q "select_refit" "$GIN_FILE"; then
+  DEFAULT_STAGES="embed ids cache select_refit transitions hybrid"
+else
+  DEFAULT_STAGES="embed ids cache train eval"
+fi
 STAGES=${STAGES:-$DEFAULT_STAGES}
 EXPERIMENT_DIR="$WORK_DIR/$(basename "$GIN_FILE" .gin)"
 EMBEDDINGS_DIR="$WORK_DIR/embeddings"
@@ -76,19 +81,30 @@ stage cache "$PY" -m tasks.cache_tasks --tasks="$TASK" --data_dir="$DATA_DIR" \
 stage train "$PY" -m tiger_jax.train "${RUN_GIN[@]}"
 stage eval "$PY" -m tiger_jax.eval "${RUN_GIN[@]}" --gin_file=gin/runs/eval.gin
 stage select_refit "$PY" -m tiger_jax.select_refit "${RUN_GIN[@]}"
+# Test from counts that include the validation targets, as the refit model is tested.
+stage transitions "$PY" -m tiger_jax.baselines.transitions --data_dir="$DATA_DIR" --refit \
+  --out_dir="$EXPERIMENT_DIR/transitions"
+stage hybrid "$PY" -m tiger_jax.fusion --system=tiger="$MODEL_DIR" \
+  --system=transitions="$EXPERIMENT_DIR/transitions" --out_dir="$EXPERIMENT_DIR/hybrid"
 METRICS="$MODEL_DIR/eval_test/metrics.json"
 [ -f "$MODEL_DIR/test/metrics.json" ] && METRICS="$MODEL_DIR/test/metrics.json"
 
 echo
 echo "== results ($DATASET, $GIN_FILE)"
-"$PY" - "$METRICS" <<'PYEOF'
+"$PY" - "$METRICS" "$EXPERIMENT_DIR/hybrid/eval_test/metrics.json" <<'PYEOF'
 import json, os, sys
-path = sys.argv[1]
+path, hybrid = sys.argv[1], sys.argv[2]
+keys = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 if os.path.exists(path):
   m = json.load(open(path))
   print(f"  test split, {m['num_users']} users, {m['num_beams']} beams, step {m['step']} ({m['checkpoint']}):")
-  print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+  print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys))
   print(f"  metrics: {path}")
+if os.path.exists(hybrid):
+  m = json.load(open(hybrid))
+  print(f"  hybrid ({' + '.join(m['systems'])}, weights {m['weights']}, c {m['c']:g}, chosen on validation):")
+  print("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys))
+  print(f"  metrics: {hybrid}")
 PYEOF
 echo "== wall time per stage"
 for i in "${!STAGE_NAMES[@]}"; do

@@ -205,7 +205,8 @@ def test_select_refit_test_end_to_end(tmp_path, cache_dir, recorded_reads):
   test_reads = [r for r in reads if "test" in r[0].split("+")]
   assert test_reads and all(after_select and after_refit for _, after_select, after_refit in test_reads)
   assert {r[0] for r in reads if not r[2]} == {"train", "validation", "train+validation"}
-  # ... and after the chosen phase-1 params were decoded on validation, for a hybrid to be weighed on.
+  # ... and after the chosen phase-1 params were decoded on validation (right after the selection), for a
+  # hybrid to be weighed on.
   validation = json.load(open(os.path.join(root, "validation", "metrics.json")))
   assert validation["split"] == "validation" and validation["step"] == record["chosen"]["step"]
   assert validation["checkpoint"] == "best"
@@ -246,6 +247,14 @@ def test_refit_reads_the_step_and_candidate_from_the_record(tmp_path, cache_dir)
   path = os.path.join(root, "selection.json")
   record = json.load(open(path))
   assert set(record["runs"]) == {"narrow", "wide"}
+  assert report["validation"]["status"] == "ran" and report["validation"]["metrics"]["step"] == record["chosen"]["step"]
+  # A run refitting this choice (another seed) takes these validation predictions as they are.
+  seed2 = str(tmp_path / "seed2")
+  report = select_refit.run_procedure(_flags(gin_file, seed2, f"--gin.select_refit.SelectRefitConfig.selection_from="
+                                             f"'{root}'", until="select"))
+  assert report["validation"]["status"] == "copied"
+  assert open(os.path.join(seed2, "validation", "predictions.jsonl")).read() == open(
+      os.path.join(root, "validation", "predictions.jsonl")).read()
   # Edit the record: another candidate, a step count no gin file names and no evaluation used.
   other = "wide" if record["chosen"]["candidate"] == "narrow" else "narrow"
   record["chosen"]["candidate"], record["refit_steps"] = other, 6
@@ -275,6 +284,8 @@ def test_refit_reads_the_step_and_candidate_from_the_record(tmp_path, cache_dir)
   copied = json.load(open(os.path.join(seed1, "selection.json")))
   assert copied["refit_steps"] == 6 and copied["chosen"]["candidate"] == other
   assert copied["selection_from"] == os.path.abspath(path)
+  # Seed 0's validation predictions are of the choice before the edit: not copied.
+  assert report["validation"]["status"] != "copied"
 
 
 def test_interrupted_phases_resume_where_they_stopped_and_test_stays_unread(tmp_path, cache_dir, monkeypatch):

@@ -11,11 +11,11 @@ leaves its own part of MODEL_DIR:
                          split with periodic validation, up to TRAIN_STEPS (the horizon) or an early stop;
      selection.json      every candidate's validation curve, the rule (`SelectionRule`, from the config) and
                          what it chose: a candidate and a step
+     validation/         the chosen params decoded on the validation split (metrics.json, predictions.jsonl):
+                         what a hybrid's weights are chosen on (tiger_jax.fusion)
   2 refit/               the chosen candidate trained on train + validation for exactly selection.json's
                          `refit_steps` (read from that file, never from a gin file), no validation metrics
-  3 validation/          the chosen phase-1 checkpoint decoded on the validation split (metrics.json,
-                         predictions.jsonl): what a hybrid's weights are chosen on (tiger_jax.fusion)
-    test/                the refit's last checkpoint decoded on the test split (metrics.json, predictions.jsonl)
+  3 test/                the refit's last checkpoint decoded on the test split (metrics.json, predictions.jsonl)
 
 The test split is read in phase 3 only (phases 1 and 2 refuse a config whose splits name it). Rerunning the
 command after an interruption resumes the phase it was in from its latest checkpoint; a finished phase
@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -50,6 +51,7 @@ SELECTION_FILE = "selection.json"
 REFIT_DIR = "refit"
 TEST_DIR = "test"
 VALIDATION_DIR = "validation"
+CHOSEN_FILE = "chosen.json"
 DONE_FILE = "done.json"
 PHASES = ("select", "refit", "test")
 DEFAULT_CANDIDATE = "default"
@@ -96,7 +98,7 @@ class SelectRefitConfig:
 
   candidates: name -> gin bindings applied on top of the config (e.g. a width); None: the config as it is.
   selection_from: another run's MODEL_DIR whose selection.json this run refits instead of running phase 1.
-  validation_predictions: phase 3 also decodes the validation split with the selected phase-1 params.
+  validation_predictions: phase 1 ends by decoding the validation split with the params it chose.
   """
   rule: SelectionRule = SelectionRule()
   candidates: Optional[Mapping[str, Sequence[str]]] = None
@@ -388,18 +390,27 @@ def selected_checkpoint(record: Mapping[str, Any], root: str) -> Optional[tuple[
 
 
 def run_validation(flags, root: str) -> dict:
-  """Phase 3, first part: the selected phase-1 params decoded on the validation split (VALIDATION_DIR).
+  """Phase 1's last part: the chosen params decoded on the validation split (VALIDATION_DIR).
 
   These are the validation predictions of the model whose refit is tested, so a hybrid can choose how to
-  weigh it on validation (tiger_jax.fusion) before anything reads test."""
+  weigh it on validation (tiger_jax.fusion) before anything reads test. Done right after the selection, the
+  phase-1 checkpoints are no longer needed once it has run. A run that took its selection from another
+  (`selection_from`) copies that run's validation/ when it has one."""
   out_dir = os.path.join(root, VALIDATION_DIR)
   metrics_path = os.path.join(out_dir, "metrics.json")
   if os.path.exists(metrics_path):
     return {"status": "done before", "metrics": _read_json(metrics_path)}
   record = read_selection(os.path.join(root, SELECTION_FILE))
+  source = record.get("selection_from")
+  source_dir = source and os.path.join(os.path.dirname(source), VALIDATION_DIR)
+  if source_dir and os.path.exists(os.path.join(source_dir, CHOSEN_FILE)) and \
+      _read_json(os.path.join(source_dir, CHOSEN_FILE)) == record["chosen"]:
+    shutil.copytree(source_dir, out_dir, dirs_exist_ok=True)
+    log.info("phase 1 (validation): copied from %s", source_dir)
+    return {"status": "copied", "metrics": _read_json(metrics_path)}
   found = selected_checkpoint(record, root)
   if found is None:
-    log.warning("phase 3 (validation): no checkpoint of the chosen step %d is kept; no validation predictions",
+    log.warning("phase 1 (validation): no checkpoint of the chosen step %d is kept; no validation predictions",
                 record["chosen"]["step"])
     return {"status": "no checkpoint"}
   model_dir, checkpoint = found
@@ -409,16 +420,17 @@ def run_validation(flags, root: str) -> dict:
       f"EVAL_CHECKPOINT = {_literal(checkpoint)}",
       f"EVAL_OUTPUT_DIR = {_literal(out_dir)}"], extra_files=["gin/runs/eval.gin"])
   from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
-  log.info("phase 3 (validation): %s checkpoint %s on the validation split -> %s", model_dir, checkpoint, out_dir)
+  log.info("phase 1 (validation): %s checkpoint %s on the validation split -> %s", model_dir, checkpoint, out_dir)
   os.makedirs(out_dir, exist_ok=True)
   gin_utils.write_config(out_dir)
   metrics = gin.get_configurable(eval_lib.evaluate)()
+  utils.write_json(os.path.join(out_dir, CHOSEN_FILE), record["chosen"])  # what these predictions are of
   if metrics["step"] != record["chosen"]["step"]:
-    raise RuntimeError(f"phase 3 (validation): decoded step {metrics['step']} of {model_dir}, but "
+    raise RuntimeError(f"phase 1 (validation): decoded step {metrics['step']} of {model_dir}, but "
                        f"{SELECTION_FILE} chose step {record['chosen']['step']}")
   metric = record["rule"]["metric"].split("/", 1)[-1]
   if metric in metrics and abs(metrics[metric] - record["chosen"]["value"]) > 1e-3:
-    log.warning("phase 3 (validation): %s %.4f here, %.4f when the trainer validated step %d", metric,
+    log.warning("phase 1 (validation): %s %.4f here, %.4f when the trainer validated step %d", metric,
                 metrics[metric], record["chosen"]["value"], metrics["step"])
   return {"status": "ran", "metrics": metrics}
 
@@ -468,11 +480,11 @@ def run_procedure(flags: argparse.Namespace) -> dict:
     report["select"] = run_select(flags, root, config, candidates)
     if report["select"]["status"] == "partial":
       return report
+    if config.validation_predictions:
+      report["validation"] = run_validation(flags, root)
     if PHASES.index(until) >= 1:
       report["refit"] = run_refit(flags, root)
     if PHASES.index(until) >= 2:
-      if config.validation_predictions:
-        report["validation"] = run_validation(flags, root)
       report["test"] = run_test(flags, root)
   finally:
     gin.clear_config()

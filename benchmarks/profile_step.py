@@ -33,14 +33,16 @@ from tiger_jax import train as train_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
 # name -> (activation dtype, one-hot lookups, PRNG implementation for dropout, dropout rate,
-#          Adafactor over stacks of same-shaped tensors (utils.per_shape_group) rather than per tensor)
+#          Adafactor over stacks of same-shaped tensors (utils.per_shape_group) rather than per tensor,
+#          dropout layer: 'rng' (flax's) or 'hash' (tiger_jax/dropout.py))
 VARIANTS = {
-    "fp32": ("float32", False, "threefry2x32", 0.1, True),
-    "bf16": ("bfloat16", False, "threefry2x32", 0.1, True),
-    "bf16_onehot": ("bfloat16", True, "threefry2x32", 0.1, True),
-    "bf16_onehot_rbg": ("bfloat16", True, "unsafe_rbg", 0.1, True),
-    "bf16_onehot_rbg_pertensor": ("bfloat16", True, "unsafe_rbg", 0.1, False),
-    "bf16_onehot_nodropout": ("bfloat16", True, "threefry2x32", 0.0, True),
+    "fp32": ("float32", False, "threefry2x32", 0.1, True, "rng"),
+    "bf16": ("bfloat16", False, "threefry2x32", 0.1, True, "rng"),
+    "bf16_onehot": ("bfloat16", True, "threefry2x32", 0.1, True, "rng"),
+    "bf16_onehot_rbg": ("bfloat16", True, "unsafe_rbg", 0.1, True, "rng"),
+    "bf16_onehot_rbg_pertensor": ("bfloat16", True, "unsafe_rbg", 0.1, False, "rng"),
+    "bf16_onehot_hashdrop": ("bfloat16", True, "unsafe_rbg", 0.1, True, "hash"),
+    "bf16_onehot_nodropout": ("bfloat16", True, "threefry2x32", 0.0, True, "rng"),
 }
 
 
@@ -85,9 +87,10 @@ def summarise(kernels: dict, steps: int, top: int) -> dict:
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
                     hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
-  dtype, one_hot, prng_impl, dropout, grouped = VARIANTS[name]
+  dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[name]
   jax.config.update("jax_default_prng_impl", prng_impl)
-  model = train_speed.make_model(model_gin, dtype, dropout, one_hot)
+  model = train_speed.make_model(model_gin, dtype, dropout, one_hot,
+                                 bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'"])
   partitioner = partitioning.PjitPartitioner()
   lr_fn = utils.create_learning_rate_scheduler()
   tx = utils.adafactor(lr_fn, group_same_shapes=grouped)

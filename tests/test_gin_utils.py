@@ -207,3 +207,15 @@ def test_a_macro_only_a_gin_file_sets_and_nothing_reads_is_an_error(tmp_path):
   with pytest.raises(gin_utils.GinConfigError, match="EVAL_PERIODS"):
     gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, [str(tmp_path / "exp.gin")],
                               ['MODEL_DIR = "/tmp/m"'])
+
+
+def test_a_model_file_parses_alone_although_only_a_run_file_reads_its_model_macro():
+  """Benchmarks build just the network from gin/models/*.gin; MODEL is t5x's macro for the run file."""
+  from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+  model = train_speed.make_model("gin/models/tiger_t5.gin", "bfloat16", 0.1, True,
+                                 bindings=["network.T5Config.dropout_impl = 'hash'"])
+  assert model.module.config.dropout_impl == "hash" and model.module.config.one_hot_lookups
+  # A flag that sets MODEL and nothing reads is still the error it was.
+  with pytest.raises(gin_utils.GinConfigError, match="MODEL"):
+    gin_utils.parse_gin_flags(gin_utils.DEFAULT_GIN_SEARCH_PATHS, ["gin/models/tiger_t5.gin"],
+                              ["MODEL = @models.EncoderDecoderModel()"], finalize_config=False)

@@ -141,6 +141,11 @@ def register_configurables() -> None:
     importlib.import_module(module)
 
 
+# Macros a file sets for the file that includes it, as t5x's model files set MODEL for the run files: not an
+# error when such a file is parsed alone (a benchmark building just the model), unless a flag sets them.
+EXPORTED_MACROS = ("MODEL",)
+
+
 def parse_gin_flags(gin_search_paths: Sequence[str] = DEFAULT_GIN_SEARCH_PATHS,
                     gin_files: Sequence[str] = (),
                     gin_bindings: Sequence[str] = (),
@@ -171,7 +176,7 @@ def parse_gin_flags(gin_search_paths: Sequence[str] = DEFAULT_GIN_SEARCH_PATHS,
   # A macro the files set and no file reads is a mistake in the files; one a binding sets and nothing reads is
   # a misspelt flag. A file's macro whose every use a binding overrides is fine.
   set_by_bindings = {b.split("=", 1)[0].strip() for b in gin_bindings}
-  unused = sorted(set(unused_macros()) & (unused_in_files | set_by_bindings))
+  unused = sorted((set(unused_macros()) & (unused_in_files | set_by_bindings)) - (set(EXPORTED_MACROS) - set_by_bindings))
   if unused:
     defined = sorted(_defined_macros() - set(unused))
     hints = "; ".join(f"{m}{_did_you_mean(m, defined)}" for m in unused)

@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tiger_jax import dropout as dropout_lib
+
 Array = jax.Array
 DType = Any
 
@@ -63,6 +65,8 @@ class T5Config:
   dropout_rate: float = 0.1
   # t5x drops whole feature vectors shared along the length axis; () gives ordinary dropout.
   dropout_broadcast_dims: Sequence[int] = (-2,)
+  # 'rng': flax's nn.Dropout; 'hash': masks hashed from the element index (tiger_jax/dropout.py), no extra kernels.
+  dropout_impl: str = 'rng'
   logits_via_embedding: bool = True
   float32_attention_logits: bool = True
   relative_attention_num_buckets: int = 32
@@ -79,6 +83,8 @@ class T5Config:
     object.__setattr__(self, 'dtype', jnp.dtype(self.dtype))
     if not self.mlp_activations:
       raise ValueError('T5Config.mlp_activations: need at least one activation')
+    if self.dropout_impl not in dropout_lib.IMPLS:
+      raise ValueError(f'T5Config.dropout_impl: {self.dropout_impl!r} is not one of {dropout_lib.IMPLS}')
 
 
 def count_params(tree) -> int:
@@ -210,6 +216,7 @@ class MlpBlock(nn.Module):
   activations: Sequence[str] = ('relu',)
   dropout_rate: float = 0.1
   dropout_broadcast_dims: Sequence[int] = (-2,)
+  dropout_impl: str = 'rng'
   dtype: DType = jnp.float32
 
   @nn.compact
@@ -222,7 +229,7 @@ class MlpBlock(nn.Module):
                    kernel_init=init, name=dense_name)(x)
       y = _activation(name)(y)
       h = y if h is None else h * y
-    h = nn.Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
+    h = dropout_lib.make_dropout(self.dropout_rate, self.dropout_broadcast_dims, self.dropout_impl)(
         h, deterministic=deterministic)
     return nn.Dense(x.shape[-1], use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                     kernel_init=init, name='wo')(h)
@@ -272,6 +279,7 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   dropout_rate: float = 0.1
   dropout_broadcast_dims: Sequence[int] = (-2,)
+  dropout_impl: str = 'rng'
   float32_logits: bool = True
   dtype: DType = jnp.float32
 
@@ -345,7 +353,7 @@ class MultiHeadAttention(nn.Module):
     if mask is not None:
       logits = jnp.where(mask > 0, logits, jnp.asarray(_MASK_BIAS, logits_dtype))
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.dropout_rate, broadcast_dims=self.dropout_broadcast_dims)(
+    weights = dropout_lib.make_dropout(self.dropout_rate, self.dropout_broadcast_dims, self.dropout_impl)(
         weights, deterministic=deterministic)
     if shared:
       out = _shared_kv_values(weights, value)
@@ -367,14 +375,15 @@ def project_cross_kv(config: T5Config, attention_params: Any, encoded: Array
                     projection.apply({'params': attention_params['value']}, encoded))
 
 
-def _dropout(config: T5Config) -> nn.Dropout:
-  return nn.Dropout(config.dropout_rate, broadcast_dims=config.dropout_broadcast_dims)
+def _dropout(config: T5Config) -> nn.Module:
+  return dropout_lib.make_dropout(config.dropout_rate, config.dropout_broadcast_dims, config.dropout_impl)
 
 
 def _attention(config: T5Config, name: str) -> MultiHeadAttention:
   return MultiHeadAttention(num_heads=config.num_heads, head_dim=config.head_dim,
                             dropout_rate=config.dropout_rate,
                             dropout_broadcast_dims=config.dropout_broadcast_dims,
+                            dropout_impl=config.dropout_impl,
                             float32_logits=config.float32_attention_logits, dtype=config.dtype,
                             name=name)
 
@@ -382,8 +391,8 @@ def _attention(config: T5Config, name: str) -> MultiHeadAttention:
 def _mlp(config: T5Config) -> MlpBlock:
   return MlpBlock(mlp_dim=config.mlp_dim, activations=config.mlp_activations,
                   dropout_rate=config.dropout_rate,
-                  dropout_broadcast_dims=config.dropout_broadcast_dims, dtype=config.dtype,
-                  name='mlp')
+                  dropout_broadcast_dims=config.dropout_broadcast_dims,
+                  dropout_impl=config.dropout_impl, dtype=config.dtype, name='mlp')
 
 
 def _norm(config: T5Config, name: str) -> LayerNorm:

@@ -2,9 +2,9 @@
 
 Why: flax's `nn.Dropout` draws each site's bits with its own random-number call, and on a GPU every call is
 a kernel launch of its own (the paper's network has 44 dropout sites; about 120 of a training step's ~1,050
-kernels were dropout). Here a site mixes one per-site seed (from the module's `dropout` rng, as `nn.Dropout`
-gets it) with the element's flat index through an integer hash, which XLA fuses into the kernel that uses the
-mask. The masks are as independent across elements, sites and steps as the hash makes them (a 32-bit
+kernels were dropout). Here a site mixes the apply's `dropout` key, a hash of the site's place in the module
+tree (computed in Python while tracing) and the element's flat index through an integer hash, which XLA fuses
+into the kernel that uses the mask. The masks are as independent across elements, sites and steps as the hash makes them (a 32-bit
 avalanche mixer), not a cryptographic stream; the expected keep rate is exact up to 2^-32.
 
 `make_dropout(rate, broadcast_dims, impl)` returns `nn.Dropout` for impl 'rng' (the default everywhere) and
@@ -60,7 +60,6 @@ class HashDropout(nn.Module):
       shape[dim] = 1
     keep = keep_mask(self._seed(), shape, self.rate)
     return jnp.where(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs)).astype(inputs.dtype)
-
 
   def _seed(self) -> jax.Array:
     """A uint32 seed for this call: the apply's `dropout` key mixed with a hash of this call's place.

@@ -176,7 +176,8 @@ def parse_gin_flags(gin_search_paths: Sequence[str] = DEFAULT_GIN_SEARCH_PATHS,
   # A macro the files set and no file reads is a mistake in the files; one a binding sets and nothing reads is
   # a misspelt flag. A file's macro whose every use a binding overrides is fine.
   set_by_bindings = {b.split("=", 1)[0].strip() for b in gin_bindings}
-  unused = sorted((set(unused_macros()) & (unused_in_files | set_by_bindings)) - (set(EXPORTED_MACROS) - set_by_bindings))
+  exported = set(EXPORTED_MACROS) - set_by_bindings
+  unused = sorted((set(unused_macros()) & (unused_in_files | set_by_bindings)) - exported)
   if unused:
     defined = sorted(_defined_macros() - set(unused))
     hints = "; ".join(f"{m}{_did_you_mean(m, defined)}" for m in unused)

@@ -372,6 +372,21 @@ def _checkpoint_steps(model_dir: str) -> list[int]:
   return [int(name) for name in os.listdir(directory) if name.isdigit()]
 
 
+def _evaluate(flags, candidate: Sequence[str], model_dir: str, split: str, checkpoint: Any, out_dir: str
+              ) -> dict:
+  """tiger_jax.eval of one checkpoint of `model_dir` on `split`, configured as the candidate was trained, with
+  the config written beside the metrics and predictions in `out_dir`."""
+  _parse(flags, candidate, [
+      f"MODEL_DIR = {_literal(model_dir)}",
+      f"EVAL_SPLIT = {_literal(split)}",
+      f"EVAL_CHECKPOINT = {_literal(checkpoint)}",
+      f"EVAL_OUTPUT_DIR = {_literal(out_dir)}"], extra_files=["gin/runs/eval.gin"])
+  from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  gin_utils.write_config(out_dir)
+  return gin.get_configurable(eval_lib.evaluate)()
+
+
 def selected_checkpoint(record: Mapping[str, Any], root: str) -> Optional[tuple[str, Any]]:
   """(phase-1 MODEL_DIR, checkpoint choice) holding the params the selection evaluated at its chosen step, or
   None when no checkpoint of that step was kept. `best/` holds them when the rule's metric is the one the
@@ -414,16 +429,9 @@ def run_validation(flags, root: str) -> dict:
                 record["chosen"]["step"])
     return {"status": "no checkpoint"}
   model_dir, checkpoint = found
-  _parse(flags, record["candidates"][record["chosen"]["candidate"]], [
-      f"MODEL_DIR = {_literal(model_dir)}",
-      "EVAL_SPLIT = 'validation'",
-      f"EVAL_CHECKPOINT = {_literal(checkpoint)}",
-      f"EVAL_OUTPUT_DIR = {_literal(out_dir)}"], extra_files=["gin/runs/eval.gin"])
-  from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   log.info("phase 1 (validation): %s checkpoint %s on the validation split -> %s", model_dir, checkpoint, out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  gin_utils.write_config(out_dir)
-  metrics = gin.get_configurable(eval_lib.evaluate)()
+  metrics = _evaluate(flags, record["candidates"][record["chosen"]["candidate"]], model_dir, "validation",
+                      checkpoint, out_dir)
   utils.write_json(os.path.join(out_dir, CHOSEN_FILE), record["chosen"])  # what these predictions are of
   if metrics["step"] != record["chosen"]["step"]:
     raise RuntimeError(f"phase 1 (validation): decoded step {metrics['step']} of {model_dir}, but "
@@ -448,17 +456,9 @@ def run_test(flags, root: str) -> dict:
   if not os.path.exists(done_path):
     raise FileNotFoundError(f"{done_path} not found: phase 2 (refit) has not finished")
   done = _read_json(done_path)
-  _parse(flags, record["candidates"][done["candidate"]], [
-      f"MODEL_DIR = {_literal(model_dir)}",
-      "EVAL_SPLIT = 'test'",
-      "EVAL_CHECKPOINT = 'latest'",
-      f"EVAL_OUTPUT_DIR = {_literal(out_dir)}"], extra_files=["gin/runs/eval.gin"])
-  from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   log.info("phase 3 (test): the refit's last checkpoint (step %d) on the test split -> %s", done["steps"],
            out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  gin_utils.write_config(out_dir)
-  metrics = gin.get_configurable(eval_lib.evaluate)()
+  metrics = _evaluate(flags, record["candidates"][done["candidate"]], model_dir, "test", "latest", out_dir)
   if metrics["step"] != done["steps"]:
     raise RuntimeError(f"phase 3 (test): evaluated step {metrics['step']}, but the refit finished at "
                        f"{done['steps']}")

@@ -122,12 +122,16 @@ def refit_study(dataset: Dataset, window: int = 3, decay: float = 0.5,
   def predictions(split):
     return predictions_dir and os.path.join(evaluation.eval_dir(predictions_dir, split),
                                             evaluation.PREDICTIONS_FILE)
+  with_validation = transition_counts(dataset.sessions, len(dataset.catalog), 1, window, decay)
+  test = evaluate_split(dataset, "test", 1 if refit else 2, window, decay,
+                        counted=with_validation if refit else usual, predictions_path=predictions("test"))
   return {"validation_holdout3": evaluate_split(dataset, "validation", 3, window, decay),
           "validation": evaluate_split(dataset, "validation", 2, window, decay, counted=usual,
                                        predictions_path=predictions("validation")),
-          "test": evaluate_split(dataset, "test", 1 if refit else 2, window, decay,
-                                 counted=None if refit else usual, predictions_path=predictions("test")),
-          "test_refit_holdout1": evaluate_split(dataset, "test", 1, window, decay)}
+          "test": test,
+          # With `refit`, the test entry is already this one: not scored twice.
+          "test_refit_holdout1": dict(test) if refit else evaluate_split(dataset, "test", 1, window, decay,
+                                                                         counted=with_validation)}
 
 
 def run(data_dir: str, out_dir: Optional[str] = None, window: int = 3, decay: float = 0.5,

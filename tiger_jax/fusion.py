@@ -148,13 +148,14 @@ def weight_grid(num_systems: int, step: float) -> list[tuple[float, ...]]:
 def split_metrics(users_lists: Sequence[Sequence[Sequence[str]]], targets: Sequence[str], weights, c: float,
                   k: int, ks: Sequence[int] = metrics_lib.DEFAULT_KS) -> dict[str, float]:
   """Recall/NDCG@ks of the fused lists."""
-  ranks = np.full(len(targets), -1, np.int64)
-  for u, (lists, target) in enumerate(zip(users_lists, targets)):
-    for position, (asin, _) in enumerate(fuse(lists, weights, c, k)):
-      if asin == target:
-        ranks[u] = position
-        break
+  ranks = np.array([_target_rank(fuse(lists, weights, c, k), target)
+                    for lists, target in zip(users_lists, targets)], np.int64)
   return metrics_lib.ranking_metrics(ranks, ks)
+
+
+def _target_rank(fused: Sequence[tuple[str, float]], target: str) -> int:
+  """0-based position of the target in a fused list, -1 when absent (metrics.target_ranks' convention)."""
+  return next((position for position, (asin, _) in enumerate(fused) if asin == target), -1)
 
 
 def _identity(systems: Mapping[str, str], grid: Sequence, cs: Sequence[float], metric: str, k: int) -> dict:
@@ -207,10 +208,7 @@ def write_split(systems: Mapping[str, str], out_dir: str, split: str, weights, c
   with open(tmp, "w") as f:
     for u, (user, target, user_lists) in enumerate(zip(users, targets, lists)):
       fused = fuse(user_lists, weights, c, k)
-      for position, (asin, _) in enumerate(fused):
-        if asin == target:
-          ranks[u] = position
-          break
+      ranks[u] = _target_rank(fused, target)
       f.write(json.dumps({"user": user, "target": target, "topk": [a for a, _ in fused],
                           "scores": [round(s, 6) for _, s in fused]}) + "\n")
   os.replace(tmp, os.path.join(directory, PREDICTIONS_FILE))

@@ -111,6 +111,19 @@ def test_run_parses_gin_and_calls_main(tmp_path, monkeypatch):
   assert calls == [{"coordinator_address": "h:1", "num_processes": 1, "process_id": 0}]
 
 
+def test_run_reports_a_missing_checkpoint_in_one_line_with_exit_code_2(tmp_path, capsys):
+  """A stage run before the one that writes its input (eval before train) names the path, not a traceback."""
+  from tiger_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / "model")
+  with pytest.raises(SystemExit) as exit_info:
+    gin_utils.run(lambda flags: checkpoints.restore_params(model_dir, "best"), [])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  errors = [line for line in err.splitlines() if line.startswith("error:")]
+  assert "Traceback" not in err and len(errors) == 1, err
+  assert errors[0].startswith(f"error: {model_dir}: no checkpoint (best)"), errors
+
+
 def test_write_config(tmp_path):
   gin.external_configurable(_fn, "test_fn3")
   gin.parse_config("test_fn3.a = 4")

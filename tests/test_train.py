@@ -619,6 +619,18 @@ def test_cli_run_writes_config_metrics_checkpoints(cli):
   assert step == best_step and "encoder" in params
 
 
+def test_cli_without_a_task_cache_names_the_missing_file_and_the_command_that_builds_it(cli):
+  empty = os.path.join(cli["tmp"], "no_cache")
+  out = subprocess.run(_cmd(cli["gin_file"], os.path.join(cli["tmp"], "uncached"), f'--gin.TASK_CACHE_DIR="{empty}"'),
+                       cwd=REPO, env=cli["env"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, out.stderr[-3000:]
+  assert f"{empty}/{TASK}/train.npz: no cached split 'train'" in errors[0]
+  assert f"tasks.cache_tasks --tasks={TASK}" in errors[0] and f"--output_cache_dir={empty}" in errors[0]
+
+
 def _wait_for(path, proc, timeout):
   deadline = time.time() + timeout
   while time.time() < deadline:

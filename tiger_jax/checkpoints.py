@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tiger_jax import utils
+
 PERIODIC_DIR = "checkpoints"
 BEST_DIR = "best"
 
@@ -163,15 +165,14 @@ def restore_params(path: str, which: Union[str, int] = "best", abstract_params: 
             lambda x, a: jax.device_put(x.astype(a.dtype), getattr(a, "sharding", None)), params,
             abstract_params)
       if dtype is not None:
-        from tiger_jax import utils  # pylint: disable=g-import-not-at-top
         params = utils.cast_floating(params, dtype)
       logging.info("restored params of step %d from %s", step, directory)
       return params, int(step)
     finally:
       mngr.close()
   found = {d: saved_steps(d) for d in candidates if os.path.isdir(d)}
-  raise FileNotFoundError(f"{path}: no checkpoint ({which}) found under {candidates}"
-                          + (f"; steps on disk: {found}" if found else ""))
+  raise utils.MissingArtifactError(f"{path}: no checkpoint ({which}) found under {candidates}"
+                                   + (f"; steps on disk: {found}" if found else ""))
 
 
 def _to_builtin(tree: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import gin
 
 from tiger_jax import compilation
+from tiger_jax import utils
 
 # The repository's gin/ directory (next to the package) is searched by default, like t5x's configs dir.
 # Includes may be written relative to the repository root ('gin/runs/train.gin') or to gin/ itself
@@ -290,13 +291,19 @@ def setup_logging(level: str = "INFO") -> None:
 
 def run(main: Callable[[argparse.Namespace], Any], argv: Optional[Sequence[str]] = None,
         extra_flags: Optional[Callable[[argparse.ArgumentParser], Any]] = None) -> Any:
-  """t5x's `gin_utils.run`: parse flags, start jax.distributed if asked, parse gin, call `main(flags)`."""
+  """t5x's `gin_utils.run`: parse flags, start jax.distributed if asked, parse gin, call `main(flags)`; a missing
+  task cache or checkpoint ends it with one line naming the path (exit 2)."""
   flags = parse_flags(argv, extra_flags)
   setup_logging(flags.log_level)
   compilation.enable_compilation_cache(flags.compilation_cache_dir)
   maybe_initialize_distributed(flags)
   parse_gin_or_exit(flags)
-  return main(flags)
+  try:
+    return main(flags)
+  except utils.MissingArtifactError as e:
+    # gin appends "In call to configurable ..." on a second line; the first names the file and the fix.
+    sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
+    raise SystemExit(2) from None
 
 
 # Small helpers gin files can call (t5x ships the same ones).

@@ -241,6 +241,13 @@ def adamw(learning_rate, *, b1: float = 0.9, b2: float = 0.999, weight_decay: fl
 # Task cache (numpy only).
 
 
+class MissingArtifactError(FileNotFoundError):
+  """What an earlier stage writes (a task cache, a checkpoint) is not there: that stage has not run here.
+
+  Entry points run through `gin_utils.run` report it in one line naming the path (exit 2).
+  """
+
+
 def resolve_cache_dir(cache_dir: Optional[str]) -> str:
   """The task cache root: the config's value, else $TIGER_TASK_CACHE_DIR."""
   cache_dir = cache_dir or os.environ.get(CACHE_DIR_ENV)
@@ -314,7 +321,11 @@ def get_dataset_arrays(cfg: DatasetConfig, features: Sequence[str] = MODEL_FEATU
     raise NotImplementedError("packing is not implemented; use train(length_buckets=...) instead")
   path = os.path.join(resolve_cache_dir(cfg.cache_dir), cfg.mixture_or_task_name, f"{cfg.split}.npz")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no cached split {cfg.split!r} of task {cfg.mixture_or_task_name!r}")
+    raise MissingArtifactError(
+        f"{path}: no cached split {cfg.split!r} of task {cfg.mixture_or_task_name!r}; build the task's cache first: "
+        f"python -m tasks.cache_tasks --tasks={cfg.mixture_or_task_name} --data_dir=<dataset> "
+        f"--output_cache_dir={os.path.dirname(os.path.dirname(path))} --semantic_ids=<semantic_ids.npz> "
+        "(run.sh's cache stage)")
   raw = _load_npz(path) if cfg.use_memory_cache else _load_npz.__wrapped__(path)
   out = {}
   n = None

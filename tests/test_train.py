@@ -732,6 +732,17 @@ def test_initial_checkpoint_of_a_specific_step(cli):
   assert _final_params(model_dir)[1] == 28
 
 
+def test_initial_checkpoint_of_a_step_never_saved_is_one_line_and_exit_code_2(cli):
+  missing = os.path.join(cli["model_dir"], "checkpoints", "999")
+  out = subprocess.run(_cmd(cli["gin_file"], os.path.join(cli["tmp"], "finetune_missing"),
+                            f"--gin.INITIAL_CHECKPOINT_PATH='{missing}'",
+                            "--gin.utils.RestoreCheckpointConfig.mode='specific'"),
+                       cwd=REPO, env=cli["env"], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [f"error: {missing}: no checkpoint at step 999"], errors
+
+
 def _steps_in(directory):
   """Complete checkpoints: orbax renames a step's temporary directory to the bare number when it is done."""
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []

@@ -823,7 +823,8 @@ def _restore_initial(restore_cfg: utils.RestoreCheckpointConfig, abstract_state,
       try:
         step = ckpt.latest_step() if which == "latest" else which
         if step is None or step not in ckpt.all_steps():
-          raise FileNotFoundError(f"{path}: no checkpoint" + ("" if which == "latest" else f" at step {which}"))
+          raise utils.MissingArtifactError(
+              f"{path}: no checkpoint" + ("" if which == "latest" else f" at step {which}"))
         state, _ = ckpt.restore(step, abstract_state)
       finally:
         ckpt.close()

@@ -69,6 +69,12 @@ def test_infer_cli_rejects_k_before_loading_the_model(relative_path_run, tmp_pat
   assert out.returncode == 2 and r"valid range [1, 20]" in out.stderr, out.stderr[-2000:]
 
 
+def test_infer_cli_on_a_folder_that_holds_no_model_is_one_line(relative_path_run, tmp_path):
+  out = _infer_cli(relative_path_run, str(tmp_path), f"--model_dir={tmp_path / 'nomodel'}", "--k=5")
+  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert f"error: {tmp_path / 'nomodel' / 'config.gin'} not found" in out.stderr
+
+
 def test_a_history_string_is_a_type_error_saying_to_pass_a_list(recommender):
   """recommend("B004756YJA") used to look up the items 'B', '0', '0', ... and report them unknown."""
   with pytest.raises(TypeError, match=r"must be a list of ASINs.*\['P01'\]"):

@@ -30,6 +30,7 @@ import numpy as np
 from tiger_jax import checkpoints
 from tiger_jax import eval as eval_lib
 from tiger_jax import provenance
+from tiger_jax import utils
 from tiger_jax.data import splits
 from tiger_jax import vocab as vocab_lib
 
@@ -125,7 +126,7 @@ class Recommender:
                      task: Optional[str] = None, **kwargs) -> "Recommender":
     config = os.path.join(model_dir, "config.gin")
     if not os.path.exists(config):
-      raise FileNotFoundError(f"{config} not found: is {model_dir} a training MODEL_DIR?")
+      raise utils.MissingArtifactError(f"{config} not found: is {model_dir} a training MODEL_DIR?")
     checkpoints.parse_checkpoint_choice(checkpoint)
     model = model_from_config(config)
     if cache_dir is None:
@@ -196,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   try:
     rec = Recommender.from_model_dir(args.model_dir, args.checkpoint, args.cache_dir, args.task,
                                      num_beams=args.num_beams)
-  except provenance.ProvenanceError as e:
+  except (provenance.ProvenanceError, utils.MissingArtifactError) as e:
     raise SystemExit(f"error: {e}") from None
   history = [a for a in args.history.split(",") if a]
   try:

@@ -201,22 +201,7 @@ def test_cornac_trains_and_validates_on_tiger_jax_examples(tiny_dataset_dir):
       (tuple(asins[i] for i in h), asins[t]) for h, t in zip(split.history, split.target))
 
 
-TINY_GIN = """\
-from __gin__ import dynamic_registration
-from tiger_jax import network
-include 'gin/runs/train.gin'
-include 'gin/models/tiger_t5.gin'
-ACTIVATION_DTYPE = 'float32'
-STEPS_PER_DISPATCH = 4
-LENGTH_BUCKETS = [81]
-network.T5Config:
-  emb_dim = 32
-  num_heads = 2
-  num_encoder_layers = 1
-  num_decoder_layers = 1
-  head_dim = 16
-  mlp_dim = 64
-"""
+TINY_GIN = "include 'tests/tiny_t5.gin'\n"
 
 
 def test_tiny_run_end_to_end(tmp_path, monkeypatch):

@@ -140,25 +140,12 @@ def test_tiny_recipe_cold_then_warm(tmp_path):
   rqvae_gin.write_text(TINY_RQVAE_GIN)
   gin_file = tmp_path / "tiny.gin"
   gin_file.write_text(textwrap.dedent("""\
-      from __gin__ import dynamic_registration
-      from tiger_jax import network
-      include 'gin/runs/train.gin'
-      include 'gin/models/tiger_t5.gin'
+      include 'tests/tiny_t5.gin'
       MIXTURE_OR_TASK_NAME = 'tiger_recipetiny'
-      ACTIVATION_DTYPE = 'float32'
       TRAIN_STEPS = 8
       BATCH_SIZE = 16
       EVAL_BATCH_SIZE = 16
       EVAL_PERIOD = 4
-      STEPS_PER_DISPATCH = 4
-      LENGTH_BUCKETS = [81]
-      network.T5Config:
-        emb_dim = 32
-        num_heads = 2
-        num_encoder_layers = 1
-        num_decoder_layers = 1
-        head_dim = 16
-        mlp_dim = 64
       """))
   out = tmp_path / "out"
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")

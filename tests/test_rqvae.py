@@ -176,6 +176,26 @@ def test_entry_point_writes_and_skips(tmp_path):
     gin.clear_config()
 
 
+def test_entry_point_creates_a_work_dir_that_does_not_exist_yet(tmp_path):
+  """The RQ-VAE writes its loss history beside the IDs; a new --work_dir must not fail after training."""
+  gin = pytest.importorskip("gin")
+  np.save(tmp_path / "embeddings.npy", _data(300))
+  (tmp_path / "asins.txt").write_text("".join(f"A{i}\n" for i in range(300)))
+  work_dir = tmp_path / "new" / "exp"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  gin.clear_config()
+  try:
+    sid.main([f"--gin_file={os.path.join(repo, 'gin', 'rqvae', 'quick.gin')}", f"--work_dir={work_dir}",
+              f"--embeddings_dir={tmp_path}", "--gin.RQVAEConfig.hidden_dims=(16,)",
+              "--gin.RQVAEConfig.latent_dim=4", "--gin.RQVAEConfig.codebook_size=8",
+              "--gin.RQVAEConfig.num_epochs=2", "--gin.RQVAEConfig.batch_size=64",
+              "--gin.RQVAEConfig.kmeans_iters=3"])
+  finally:
+    gin.clear_config()
+  assert len(sid.SemanticIds.load(str(work_dir))) == 300
+  assert (work_dir / "rqvae_history.npy").exists() and (work_dir / "semantic_ids_config.gin").exists()
+
+
 def test_entry_point_lsh_and_random_need_no_training(tmp_path):
   gin = pytest.importorskip("gin")
   np.save(tmp_path / "embeddings.npy", _data(300))

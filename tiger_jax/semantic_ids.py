@@ -613,6 +613,7 @@ def make_semantic_ids(work_dir: Optional[str] = None, method: str = "rqvae", see
   if fusion is not None:
     cfg_dict["collaborative"] = fusion
   out = output_file if os.path.isabs(output_file) else os.path.join(work_dir, output_file)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # before training, not after it
   digest = input_hash(x, asins, method, cfg_dict)
   if os.path.exists(out) and not force:
     old = SemanticIds.load(out)

@@ -1,4 +1,5 @@
 """RQ-VAE: quantiser arithmetic, gradients, k-means init, training determinism, bad input, CLI."""
+import dataclasses
 import json
 import os
 
@@ -103,6 +104,20 @@ def test_training_is_deterministic_and_learns():
   assert a["stats"]["reconstruction_loss"] < a["stats"]["init_reconstruction_loss"]
   assert a["codes3"].shape == (200, 3) and a["codes3"].max() < 8
   assert [r["epoch"] for r in a["stats"]["dead_code_resets"]] == [1]  # Never after the last epoch.
+
+
+def test_timing_keeps_the_compiling_dispatch_apart_from_the_steady_rate():
+  assert rqvae.dispatch_timing([], 4) == {"first_dispatch_seconds": None, "steady_ms_per_step": None}
+  # 10 s to compile and run 2 epochs, then 3 dispatches of 2 epochs x 4 steps in 0.024 s each: 1 ms per step.
+  timing = rqvae.dispatch_timing([(2, 10.0), (2, 0.008), (2, 0.008), (2, 0.008)], 4)
+  assert timing["first_dispatch_seconds"] == 10.0
+  assert timing["steady_ms_per_step"] == pytest.approx(1.0)
+  assert rqvae.dispatch_timing([(2, 10.0)], 4)["steady_ms_per_step"] is None
+  cfg = dataclasses.replace(TINY, num_epochs=3, epochs_per_dispatch=1, dead_code_reset_every=0)
+  stats = rqvae.train_rqvae(_data(), cfg)["stats"]
+  assert stats["first_dispatch_seconds"] > 0 and stats["steady_ms_per_step"] > 0
+  steady_seconds = stats["steady_ms_per_step"] * 2 * stats["steps_per_epoch"] / 1000
+  assert stats["first_dispatch_seconds"] + steady_seconds <= stats["train_seconds"] + 1e-3
 
 
 def test_dead_code_reset_revives_unused_codewords():

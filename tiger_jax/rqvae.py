@@ -358,6 +358,7 @@ class Trainer:
     history: list[np.ndarray] = []
     resets: list[dict] = []
     usage: list[list[float]] = []
+    dispatches: list[tuple[int, float]] = []  # (epochs, seconds) per dispatch, host sync included
     reset_until = int(cfg.dead_code_reset_until * num_epochs)
     period = cfg.epochs_per_dispatch
     if cfg.dead_code_reset_every > 0:
@@ -369,6 +370,7 @@ class Trainer:
       if cfg.dead_code_reset_every > 0:  # Stop exactly on reset boundaries.
         todo = min(todo, cfg.dead_code_reset_every - done % cfg.dead_code_reset_every)
       rng, chunk_rng, reset_rng = jax.random.split(rng, 3)
+      t_dispatch = time.time()
       state.params, state.opt_state, h = self._chunk(state.params, state.opt_state, x,
                                                      chunk_rng, todo)
       done += todo
@@ -382,13 +384,26 @@ class Trainer:
           and done <= reset_until and done < num_epochs):
         state.params, dead = self._reset(state.params, x, reset_rng)
         resets.append({"epoch": done, "dead": np.asarray(dead).tolist()})
+      jax.block_until_ready(state.params)
+      dispatches.append((todo, time.time() - t_dispatch))
       if log_fn is not None:
         last = history[-1][-1]
         log_fn(f"epoch {done}/{num_epochs} loss {last[0]:.6f} recon {last[1]:.6f} "
                f"rq {last[2]:.6f} usage {[round(u, 3) for u in usage[-1][1:]]} "
                f"({time.time() - t0:.1f}s)")
     hist = np.concatenate(history) if history else np.zeros((0, 3))
-    return state, {"history": hist, "resets": resets, "usage": usage}
+    return state, {"history": hist, "resets": resets, "usage": usage, "dispatches": dispatches}
+
+
+def dispatch_timing(dispatches: Sequence[tuple[int, float]], steps_per_epoch: int) -> dict:
+  """The first dispatch's seconds (it compiles the epoch loop) apart from the steady ms per step of the rest, so
+  a short schedule's rate is not dominated by its compile."""
+  if not dispatches:
+    return {"first_dispatch_seconds": None, "steady_ms_per_step": None}
+  rest = dispatches[1:]
+  steps = sum(epochs for epochs, _ in rest) * steps_per_epoch
+  return {"first_dispatch_seconds": dispatches[0][1],
+          "steady_ms_per_step": 1000 * sum(sec for _, sec in rest) / steps if steps else None}
 
 
 def _usage(codes: np.ndarray, k: int) -> list[float]:
@@ -423,6 +438,7 @@ def train_rqvae(embeddings: np.ndarray, cfg: Optional[RQVAEConfig] = None,
       "steps_per_epoch": trainer.steps_per_epoch, "batch_size": trainer.batch_size,
       "train_steps": trainer.steps_per_epoch * cfg.num_epochs,
       "init_seconds": t_init, "train_seconds": t_train,
+      **dispatch_timing(info["dispatches"], trainer.steps_per_epoch),
       "init_codebook_usage": _usage(init_codes, cfg.codebook_size),
       "init_reconstruction_loss": init_losses["recon"],
       "reconstruction_loss": losses["recon"], "rq_loss": losses["rq"], "loss": losses["loss"],

@@ -44,6 +44,8 @@ VARIANTS = {
     "bf16_onehot_hashdrop": ("bfloat16", True, "unsafe_rbg", 0.1, True, "hash"),
     "bf16_onehot_nodropout": ("bfloat16", True, "threefry2x32", 0.0, True, "rng"),
 }
+# A variant name plus this suffix (e.g. bf16_onehot_hashdrop_scan) runs with T5Config.scan_layers.
+SCAN_SUFFIX = "_scan"
 
 
 def device_kernels(trace_dir: str) -> dict[str, list[float]]:
@@ -87,10 +89,13 @@ def summarise(kernels: dict, steps: int, top: int) -> dict:
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
                     hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
-  dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[name]
+  scan = name.endswith(SCAN_SUFFIX)
+  dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[
+      name[:-len(SCAN_SUFFIX)] if scan else name]
   jax.config.update("jax_default_prng_impl", prng_impl)
   model = train_speed.make_model(model_gin, dtype, dropout, one_hot,
-                                 bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'"])
+                                 bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'",
+                                           f"network.T5Config.scan_layers = {scan}"])
   partitioner = partitioning.PjitPartitioner()
   lr_fn = utils.create_learning_rate_scheduler()
   tx = utils.adafactor(lr_fn, group_same_shapes=grouped)
@@ -133,7 +138,8 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
     jax.block_until_ready(outs)
     ms = 1000 * (time.perf_counter() - start) / (reps * k)
     entry = {"ms_per_step": ms, "examples_per_s": 256 / ms * 1000,
-             "compile_s": runner.compile_seconds.get(length), "loss_last": float(np.asarray(outs["loss"])[-1]),
+             "compile_s": runner.compile_seconds.get(length), "lower_s": runner.lower_seconds.get(length),
+             "loss_last": float(np.asarray(outs["loss"])[-1]),
              "first_dispatch_losses": first_losses.tolist()}
     if trace_lengths is None or length in trace_lengths:
       trace_dir = tempfile.mkdtemp(prefix="profile_step_")

@@ -44,8 +44,6 @@ VARIANTS = {
     "bf16_onehot_hashdrop": ("bfloat16", True, "unsafe_rbg", 0.1, True, "hash"),
     "bf16_onehot_nodropout": ("bfloat16", True, "threefry2x32", 0.0, True, "rng"),
 }
-# A variant name plus this suffix (e.g. bf16_onehot_hashdrop_scan) runs with T5Config.scan_layers.
-SCAN_SUFFIX = "_scan"
 
 
 def device_kernels(trace_dir: str) -> dict[str, list[float]]:
@@ -89,13 +87,10 @@ def summarise(kernels: dict, steps: int, top: int) -> dict:
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
                     hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
-  scan = name.endswith(SCAN_SUFFIX)
-  dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[
-      name[:-len(SCAN_SUFFIX)] if scan else name]
+  dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[name]
   jax.config.update("jax_default_prng_impl", prng_impl)
   model = train_speed.make_model(model_gin, dtype, dropout, one_hot,
-                                 bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'",
-                                           f"network.T5Config.scan_layers = {scan}"])
+                                 bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'"])
   partitioner = partitioning.PjitPartitioner()
   lr_fn = utils.create_learning_rate_scheduler()
   tx = utils.adafactor(lr_fn, group_same_shapes=grouped)

@@ -148,39 +148,6 @@ def test_adafactor_grouped_by_shape_equals_per_tensor():
     grouped.update(grads, state_g[:2], p_g)
 
 
-@pytest.mark.parametrize("grouped", [True, False])
-def test_adafactor_statistics_stay_per_layer_for_scanned_leaves(grouped):
-  # A leaf below `layers` (T5Config.scan_layers) is [num_layers, ...]: each slice must update as the
-  # matching unscanned tensor does. Layers of different scales make whole-stack statistics differ.
-  rng = np.random.default_rng(2)
-  shapes = {"wi": (128, 256), "wo": (256, 128), "scale": (128,), "rel": (32, 2)}
-  draw = lambda s, i: jnp.asarray(rng.normal(size=s) * 10.0 ** i, jnp.float32)
-  flat = {"encoder": {f"layers_{i}": {k: draw(s, i) for k, s in shapes.items()} for i in range(3)},
-          "embedding": draw((300, 128), 0)}
-  stack = lambda t: {"encoder": {"layers": jax.tree_util.tree_map(lambda *x: jnp.stack(x), *t["encoder"].values())},
-                     "embedding": t["embedding"]}
-  unstack = lambda t: {"encoder": {f"layers_{i}": jax.tree_util.tree_map(lambda x: x[i], t["encoder"]["layers"])
-                                   for i in range(3)}, "embedding": t["embedding"]}
-  lr = utils.create_learning_rate_scheduler()
-  tx, naive = utils.adafactor(lr, group_same_shapes=grouped), utils.adafactor(
-      lr, group_same_shapes=grouped, scan_module_name=None)
-  p_f, p_s, p_n = flat, stack(flat), stack(flat)
-  s_f, s_s, s_n = tx.init(p_f), tx.init(p_s), naive.init(p_n)
-  if grouped:  # layer slices join their shape's group: the stacked tree gets no extra kernels
-    assert len(s_s) == len(s_f) == 5
-  update, naive_update = jax.jit(tx.update), jax.jit(naive.update)
-  for _ in range(3):
-    grads = jax.tree_util.tree_map(lambda x: draw(x.shape, 0) * jnp.abs(x), flat)
-    u_f, s_f = update(grads, s_f, p_f)
-    u_s, s_s = update(stack(grads), s_s, p_s)
-    u_n, s_n = naive_update(stack(grads), s_n, p_n)
-    p_f, p_s, p_n = optax.apply_updates(p_f, u_f), optax.apply_updates(p_s, u_s), optax.apply_updates(p_n, u_n)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), unstack(p_s), p_f)
-  naive_error = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(unstack(p_n)),
-                                                                jax.tree_util.tree_leaves(p_f)))
-  assert naive_error > 1e-3  # whole-stack statistics would train differently
-
-
 def test_grouped_global_norm_equals_optax_and_uses_one_reduction_per_shape():
   rng = np.random.default_rng(1)
   shapes = {"a": (64, 32), "b": (64, 32), "c": (7,), "d": (3, 5, 2), "e": (7,), "f": (64, 32)}

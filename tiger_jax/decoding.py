@@ -507,39 +507,25 @@ def prepare_t5_decoding(module, params: PyTree, encoder_input_tokens: Array,
   memory, read again at every step), whereas the network broadcasts them over the rows of each input (N = batch *
   copies, row = b * copies + k, which is how beam search and sampling lay out their rows). So
   `context` is None and `tokens_to_logits` works for any N that is a multiple of the batch.
-
-  With `scan_layers` the network's cache is stacked over layers ([layers, N, ...] leaves and a
-  [layers] `cache_index`); the decoders get it as [N, layers, ...] with one scalar index (all
-  layers' indices are equal), so their row expansion and reordering stay on axis 0.
   """
   encoded = module.apply({'params': params}, encoder_input_tokens, enable_dropout=False,
                          method=module.encode)
   cross_kv = module.apply({'params': params}, encoded, method=module.precompute_cross_kv)
   batch = encoder_input_tokens.shape[0]
   dummy = jnp.ones((batch, cache_length), jnp.int32)
-  config = getattr(module, 'config', None)
-  layers = config.num_decoder_layers if getattr(config, 'scan_layers', False) else None
 
   def decode(cache, tokens):
-    if cache is not None and layers:  # the decoders' layout -> the scan's
-      cache = jax.tree_util.tree_map(
-          lambda x: jnp.broadcast_to(x, (layers,)) if x.ndim == 0 else jnp.swapaxes(x, 0, 1), cache)
     variables = {'params': params} if cache is None else {'params': params, 'cache': cache}
-    logits, variables = module.apply(variables, None, encoder_input_tokens, tokens, None,
-                                     enable_dropout=False, decode=True,
-                                     max_decode_length=cache_length, cross_kv=cross_kv,
-                                     method=module.decode, mutable=['cache'])
-    cache = variables['cache']
-    if layers:  # the scan's layout -> the decoders'
-      cache = jax.tree_util.tree_map(lambda x: x[0] if x.ndim == 1 else jnp.swapaxes(x, 0, 1), cache)
-    return logits, cache
+    return module.apply(variables, None, encoder_input_tokens, tokens, None,
+                        enable_dropout=False, decode=True, max_decode_length=cache_length,
+                        cross_kv=cross_kv, method=module.decode, mutable=['cache'])
 
   # Only the cache's shapes are needed: build zeros from them rather than run the decoder.
   cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                 jax.eval_shape(lambda: decode(None, dummy)[1]))
+                                 jax.eval_shape(lambda: decode(None, dummy)[1]['cache']))
 
   def tokens_to_logits(state: DecodingState):
-    logits, cache = decode(state.cache, state.cur_token)
-    return logits[:, -1, :], cache
+    logits, variables = decode(state.cache, state.cur_token)
+    return logits[:, -1, :], variables['cache']
 
   return cache, None, tokens_to_logits

@@ -15,9 +15,7 @@ Incremental decoding keeps keys and values in the flax 'cache' collection. A fir
 call on full-length dummy inputs (with `mutable=['cache']`) creates the zeroed cache; every later
 `decode=True` call takes exactly one token per row and writes it at the cache index. Cache leaves
 are `cached_key`/`cached_value` [batch, max_decode_length, heads, head_dim] (batch first, so beam
-search can expand them along axis 0) and a scalar int32 `cache_index`. With `T5Config.scan_layers`
-every cache leaf has a leading layer axis (`decoding.prepare_t5_decoding` puts the batch first
-again for the decoders).
+search can expand them along axis 0) and a scalar int32 `cache_index`.
 
 The encoder-decoder attention's keys and values depend only on the encoding, so cached decoding
 should not re-project them at every step for every beam (at TIGER's sizes that projection was
@@ -77,10 +75,6 @@ class T5Config:
   # t5x's `one_hot` lookups: embeddings and relative-position biases as one-hot matmuls, so their
   # gradients are matmuls rather than scatter-adds whose colliding indices GPUs serialise.
   one_hot_lookups: bool = False
-  # t5x's scan_layers: each stack runs its layers as one `nn.scan` over parameters stacked on a
-  # leading layer axis (`encoder/layers/...`), so XLA compiles one layer body per stack, not one
-  # per layer. `stack_layer_params`/`unstack_layer_params` convert parameters between the layouts.
-  scan_layers: bool = False
 
   def __post_init__(self):
     # Gin hands over lists; flax modules need hashable attributes.
@@ -96,31 +90,6 @@ class T5Config:
 def count_params(tree) -> int:
   """Total number of scalars in a parameter tree (for logs and reports)."""
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-
-
-_STACKS = (('encoder', 'num_encoder_layers'), ('decoder', 'num_decoder_layers'))
-
-
-def stack_layer_params(params: Any, config: T5Config) -> dict:
-  """Unscanned parameters (`encoder/layers_0`, `layers_1`, ...) -> the `scan_layers` layout
-  (`encoder/layers`, each leaf stacked on a new leading layer axis); other entries are kept."""
-  out = dict(params)
-  for stack, count in _STACKS:
-    tree = dict(params[stack])
-    layers = [tree.pop(f'layers_{i}') for i in range(getattr(config, count))]
-    out[stack] = {**tree, 'layers': jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)}
-  return out
-
-
-def unstack_layer_params(params: Any, config: T5Config) -> dict:
-  """The inverse of `stack_layer_params`: `scan_layers` parameters -> `layers_0`, `layers_1`, ..."""
-  out = dict(params)
-  for stack, count in _STACKS:
-    tree = dict(params[stack])
-    layers = tree.pop('layers')
-    out[stack] = {**tree, **{f'layers_{i}': jax.tree_util.tree_map(lambda x: x[i], layers)
-                             for i in range(getattr(config, count))}}
-  return out
 
 
 # ----------------------------------------------------------------------------- masks
@@ -466,20 +435,6 @@ class DecoderLayer(nn.Module):
     return x + _dropout(cfg)(y, deterministic=deterministic)
 
 
-def _scan(body: Callable, layer: nn.Module, length: int, in_axes: tuple, x: Array, *args) -> Array:
-  """`body(layer, x, *args) -> x` run as one `nn.scan` over `length` copies of `layer`.
-
-  The layer's parameters, decoding cache and captured intermediates get a leading layer axis;
-  every layer draws its own initial parameters and dropout masks (split rngs). `in_axes` covers
-  `args`: `nn.broadcast` for what all layers share, 0 for per-layer arrays. Python flags reach
-  `body` by closure, so they stay static.
-  """
-  scanned = nn.scan(lambda layer, x, *args: (body(layer, x, *args), None),
-                    variable_axes={'params': 0, 'cache': 0, 'intermediates': 0},
-                    split_rngs={'params': True, 'dropout': True}, in_axes=in_axes, length=length)
-  return scanned(layer, x, *args)[0]
-
-
 class Encoder(nn.Module):
   """Embeds tokens and runs the bidirectional stack; returns [B, L, emb_dim] in config.dtype."""
   config: T5Config
@@ -495,14 +450,8 @@ class Encoder(nn.Module):
                                   name='relpos_bias')(length, length, True)
     x = self.shared_embedding(tokens.astype(jnp.int32))
     x = _dropout(cfg)(x, deterministic=deterministic)
-    if cfg.scan_layers:
-      def body(layer, x, mask, bias):
-        return layer(x, mask, bias, deterministic)
-      x = _scan(body, EncoderLayer(cfg, name='layers'), cfg.num_encoder_layers,
-                (nn.broadcast, nn.broadcast), x, mask, bias)
-    else:
-      for i in range(cfg.num_encoder_layers):
-        x = EncoderLayer(cfg, name=f'layers_{i}')(x, mask, bias, deterministic)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f'layers_{i}')(x, mask, bias, deterministic)
     x = _norm(cfg, 'encoder_norm')(x)
     return _dropout(cfg)(x, deterministic=deterministic)
 
@@ -515,17 +464,12 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, encoded: Optional[Array], tokens: Array, decoder_mask: Optional[Array],
                encoder_decoder_mask: Array, deterministic: bool, decode: bool = False,
-               max_decode_length: Optional[int] = None, cross_kv: Any = None) -> Array:
-    """`cross_kv`: `Transformer.precompute_cross_kv`'s keys and values, one (key, value) per
-    layer, or with scan_layers one (key, value) pair stacked over layers."""
+               max_decode_length: Optional[int] = None,
+               cross_kv: Optional[Sequence[tuple[Array, Array]]] = None) -> Array:
     cfg = self.config
-    if cross_kv is not None:
-      if cfg.scan_layers and not all(hasattr(x, 'shape') for x in cross_kv):
-        raise ValueError('with T5Config.scan_layers, cross_kv is one (key, value) pair stacked '
-                         'over layers, as precompute_cross_kv returns it')
-      layers = cross_kv[0].shape[0] if cfg.scan_layers else len(cross_kv)
-      if layers != cfg.num_decoder_layers:
-        raise ValueError(f'cross_kv has {layers} layers, the decoder {cfg.num_decoder_layers}')
+    if cross_kv is not None and len(cross_kv) != cfg.num_decoder_layers:
+      raise ValueError(f'cross_kv has {len(cross_kv)} layers, the decoder '
+                       f'{cfg.num_decoder_layers}')
     # In cached decoding each call sees one token, but the bias must span the whole cache so the
     # attention layer can pick the row of the current position.
     length = max_decode_length if (decode and max_decode_length) else tokens.shape[-1]
@@ -535,16 +479,10 @@ class Decoder(nn.Module):
                                   name='relpos_bias')(length, length, False)
     y = self.shared_embedding(tokens.astype(jnp.int32))
     y = _dropout(cfg)(y, deterministic=deterministic)
-    if cfg.scan_layers:
-      def body(layer, y, shared, kv):
-        return layer(y, *shared, deterministic, decode, kv)
-      y = _scan(body, DecoderLayer(cfg, name='layers'), cfg.num_decoder_layers, (nn.broadcast, 0),
-                y, (encoded, decoder_mask, encoder_decoder_mask, bias), cross_kv)
-    else:
-      for i in range(cfg.num_decoder_layers):
-        y = DecoderLayer(cfg, name=f'layers_{i}')(
-            y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
-            None if cross_kv is None else cross_kv[i])
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f'layers_{i}')(
+          y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode,
+          None if cross_kv is None else cross_kv[i])
     y = _norm(cfg, 'decoder_norm')(y)
     y = _dropout(cfg)(y, deterministic=deterministic)
     if cfg.logits_via_embedding:
@@ -571,18 +509,14 @@ class Transformer(nn.Module):
     mask = make_attention_mask(valid, valid)
     return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
 
-  def precompute_cross_kv(self, encoded: Array) -> Any:
-    """Per decoder layer, the encoder-decoder attention's keys and values (`project_cross_kv`);
-    with scan_layers, one (key, value) pair with a leading layer axis, as the scan consumes them.
+  def precompute_cross_kv(self, encoded: Array) -> tuple[tuple[Array, Array], ...]:
+    """Per decoder layer, the encoder-decoder attention's keys and values (`project_cross_kv`).
 
     Pass the result to `decode(..., cross_kv=...)` so cached decoding projects the encoding once
     per input rather than once per step and beam. Memory: 2 * num_decoder_layers * Li * heads *
     head_dim values per input (~1 MB in float32 at TIGER's sizes), never repeated per beam.
     """
     decoder_params = self.variables['params']['decoder']
-    if self.config.scan_layers:
-      return jax.vmap(lambda p: project_cross_kv(self.config, p, encoded))(
-          decoder_params['layers']['encoder_decoder_attention'])
     return tuple(
         project_cross_kv(self.config, decoder_params[f'layers_{i}']['encoder_decoder_attention'],
                          encoded)
@@ -591,7 +525,8 @@ class Transformer(nn.Module):
   def decode(self, encoded: Optional[Array], encoder_input_tokens: Array,
              decoder_input_tokens: Array, decoder_target_tokens: Optional[Array] = None,
              enable_dropout: bool = True, decode: bool = False,
-             max_decode_length: Optional[int] = None, cross_kv: Any = None) -> Array:
+             max_decode_length: Optional[int] = None,
+             cross_kv: Optional[Sequence[tuple[Array, Array]]] = None) -> Array:
     """Logits [N, Ld, V] (float32) for decoder inputs; with decode=True, one cached step.
 
     `cross_kv` (from `precompute_cross_kv`) replaces `encoded`, which may then be None. The

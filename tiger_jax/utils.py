@@ -147,25 +147,15 @@ def write_json(path: str, value: Any, indent: Optional[int] = 1) -> str:
   return path
 
 
-# The name of the module `T5Config.scan_layers` scans: every parameter below a dict key of this name has a
-# leading [num_layers] axis (unscanned layers are `layers_0`, `layers_1`, ...).
-SCAN_MODULE = "layers"
-
-
 def adafactor(learning_rate, *, decay_rate: float = 0.8, clipping_threshold: Optional[float] = 1.0,
               momentum: Optional[float] = None, multiply_by_parameter_scale: bool = True,
               factored: bool = True, min_dim_size_to_factor: int = 128, epsilon1: float = 1e-30,
               weight_decay_rate: Optional[float] = None, decay_offset: int = 0,
-              group_same_shapes: bool = True, scan_module_name: Optional[str] = SCAN_MODULE):
+              group_same_shapes: bool = True):
   """Adafactor with t5x's defaults (decay 0.8, no momentum, update clipping 1.0, factored, param scale).
 
   `group_same_shapes` runs it once per group of same-shaped parameters (see `per_shape_group`): the same
   arithmetic in a few kernels per group instead of a few per tensor.
-
-  `scan_module_name`: parameters below a key of this name are stacked over layers (`scan_layers`), and
-  each layer slice is its own tensor for every statistic (factored second moments, update clipping,
-  parameter scale), as t5x's 'layers' axis is; so a scanned network trains as the unscanned one does.
-  None treats every leaf as one tensor.
   """
   import optax  # pylint: disable=g-import-not-at-top
   tx = optax.adafactor(learning_rate=learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
@@ -173,129 +163,71 @@ def adafactor(learning_rate, *, decay_rate: float = 0.8, clipping_threshold: Opt
                        multiply_by_parameter_scale=multiply_by_parameter_scale,
                        clipping_threshold=clipping_threshold, momentum=momentum,
                        weight_decay_rate=weight_decay_rate, eps=epsilon1, factored=factored)
-  if group_same_shapes:
-    return per_shape_group(tx, scan_module_name)
-  return per_layer(tx, scan_module_name) if scan_module_name else tx
+  return per_shape_group(tx) if group_same_shapes else tx
 
 
-def _flatten(tree, scan_module_name: Optional[str]):
-  """(leaves, treedef, per leaf whether it is stacked over layers, i.e. below `scan_module_name`)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  stacked = [scan_module_name is not None and any(getattr(k, "key", None) == scan_module_name for k in path)
-             for path, _ in with_paths]
-  for (path, leaf), s in zip(with_paths, stacked):
-    if s and not np.ndim(leaf):
-      raise ValueError(f"{jax.tree_util.keystr(path)} is below '{scan_module_name}' but has no layer axis")
-  return [leaf for _, leaf in with_paths], treedef, stacked
-
-
-def _shape_groups(leaves, stacked) -> list[list[int]]:
-  """Leaf indices grouped by (shape, dtype) of their tensors (a stacked leaf's: one layer slice's), in
-  order of first appearance."""
+def _shape_groups(leaves) -> list[list[int]]:
+  """Leaf indices grouped by (shape, dtype), in order of first appearance."""
   groups: dict = {}
-  for i, (leaf, s) in enumerate(zip(leaves, stacked)):
-    groups.setdefault((tuple(leaf.shape)[int(s):], np.dtype(leaf.dtype)), []).append(i)
+  for i, leaf in enumerate(leaves):
+    groups.setdefault((tuple(leaf.shape), np.dtype(leaf.dtype)), []).append(i)
   return list(groups.values())
 
 
-def _stack(leaves, group, stacked):
-  """A group's tensors on one leading axis: each leaf, or each layer slice of a stacked leaf."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  return jnp.concatenate([leaves[i] if stacked[i] else leaves[i][None] for i in group])
-
-
-def per_shape_group(inner, scan_module_name: Optional[str] = SCAN_MODULE):
+def per_shape_group(inner):
   """Applies a per-tensor optimizer to stacks of same-shaped leaves, vmapped over each stack.
 
   Why: a T5 has ~90 small parameter tensors and Adafactor launches several kernels for each (factored
   second moments, update clipping, parameter scale); at TIGER's size those launches, not arithmetic, bound
   a GPU step. vmap keeps every statistic per tensor, so updates equal the ungrouped ones; the state is one
-  stacked entry per group (about 7 for the paper's model). A leaf below `scan_module_name` adds its layer
-  slices to its group (no per-layer loop), so a scanned network gets the unscanned one's groups.
+  stacked entry per group (about 7 for the paper's model).
   """
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
 
+  def stacks(leaves, groups):
+    return [jnp.stack([leaves[i] for i in g]) for g in groups]
+
   def init(params):
-    leaves, _, stacked = _flatten(params, scan_module_name)
-    return tuple(jax.vmap(inner.init)(_stack(leaves, g, stacked))
-                 for g in _shape_groups(leaves, stacked))
+    leaves = jax.tree_util.tree_leaves(params)
+    return tuple(jax.vmap(inner.init)(s) for s in stacks(leaves, _shape_groups(leaves)))
 
   def update(updates, state, params=None):
     if params is None:
       raise ValueError("per_shape_group: the wrapped optimizer needs params (Adafactor's parameter scale)")
-    leaves, treedef, stacked = _flatten(updates, scan_module_name)
-    groups = _shape_groups(leaves, stacked)
+    leaves, treedef = jax.tree_util.tree_flatten(updates)
+    groups = _shape_groups(leaves)
     if len(groups) != len(state):
       raise ValueError(f"per_shape_group: optimizer state has {len(state)} groups, the parameters "
                        f"{len(groups)}; was the state made for another model?")
     param_leaves = treedef.flatten_up_to(params)
     out, new_state = [None] * len(leaves), []
-    for g, s in zip(groups, state):
-      u, s = jax.vmap(inner.update)(_stack(leaves, g, stacked), s, _stack(param_leaves, g, stacked))
+    for g, u, p, s in zip(groups, stacks(leaves, groups), stacks(param_leaves, groups), state):
+      u, s = jax.vmap(inner.update)(u, s, p)
       new_state.append(s)
-      start = 0
-      for i in g:
-        if stacked[i]:
-          out[i], start = u[start:start + leaves[i].shape[0]], start + leaves[i].shape[0]
-        else:
-          out[i], start = u[start], start + 1
+      for j, i in enumerate(g):
+        out[i] = u[j]
     return jax.tree_util.tree_unflatten(treedef, out), tuple(new_state)
 
   return optax.GradientTransformation(init, update)
 
 
-def per_layer(inner, scan_module_name: str = SCAN_MODULE):
-  """Runs a per-tensor optimizer on every layer slice of the leaves below `scan_module_name` (vmapped
-  per leaf) and on the other leaves as they are: ungrouped Adafactor for `scan_layers` networks.
-
-  Without such leaves it is `inner` itself (same state), so unscanned training is unchanged; otherwise
-  the state is (inner's state for the other leaves, one vmapped state per stacked leaf).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-
-  def split(leaves, stacked):
-    return ([x for x, s in zip(leaves, stacked) if not s], [x for x, s in zip(leaves, stacked) if s])
-
-  def init(params):
-    leaves, _, stacked = _flatten(params, scan_module_name)
-    if not any(stacked):
-      return inner.init(params)
-    plain, layered = split(leaves, stacked)
-    return inner.init(plain), tuple(jax.vmap(inner.init)(x) for x in layered)
-
-  def update(updates, state, params=None):
-    leaves, treedef, stacked = _flatten(updates, scan_module_name)
-    if not any(stacked):
-      return inner.update(updates, state, params)
-    plain_u, layered_u = split(leaves, stacked)
-    plain_p, layered_p = (split(treedef.flatten_up_to(params), stacked) if params is not None
-                          else (None, [None] * len(layered_u)))
-    plain_u, plain_state = inner.update(plain_u, state[0], plain_p)
-    layered = [jax.vmap(inner.update)(u, s, p) for u, s, p in zip(layered_u, state[1], layered_p)]
-    plain_iter, layered_iter = iter(plain_u), iter(u for u, _ in layered)
-    out = [next(layered_iter) if s else next(plain_iter) for s in stacked]
-    return jax.tree_util.tree_unflatten(treedef, out), (plain_state, tuple(s for _, s in layered))
-
-  return optax.GradientTransformation(init, update)
-
-
-def global_norm(tree, scan_module_name: Optional[str] = SCAN_MODULE):
+def global_norm(tree):
   """optax.global_norm, summed per group of same-shaped leaves (the groups `per_shape_group` stacks).
 
   One reduction per group instead of one (two, for a matrix on a GPU) per tensor: on the paper's network
   most of the 145 single-tensor reductions among the 1,053 kernels of a training step were those of the
   logged gradient norm (H200, encoder length 17). The stacks are the ones the grouped optimizer builds
-  anyway (layer slices of scanned leaves included), so XLA computes them once. The value equals optax's
-  up to the order of summation.
+  anyway, so XLA computes them once. The value equals optax's up to the order of summation.
   """
+  import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  leaves, _, stacked = _flatten(tree, scan_module_name)
+  leaves = jax.tree_util.tree_leaves(tree)
   total = jnp.zeros((), jnp.float32)
-  for group in _shape_groups(leaves, stacked):
-    total = total + jnp.sum(jnp.square(_stack(leaves, group, stacked).astype(jnp.float32)))
+  for group in _shape_groups(leaves):
+    stack = jnp.stack([leaves[i] for i in group])
+    total = total + jnp.sum(jnp.square(stack.astype(jnp.float32)))
   return jnp.sqrt(total)
 
 

@@ -288,6 +288,44 @@ def test_refit_reads_the_step_and_candidate_from_the_record(tmp_path, cache_dir)
   assert report["validation"]["status"] != "copied"
 
 
+def test_seed_summary_is_the_mean_and_standard_error_per_metric():
+  per_seed = {0: {"recall@5": 0.1, "ndcg@5": 0.05, "recall@10": 0.2, "ndcg@10": 0.07, "step": 6},
+              2: {"recall@5": 0.3, "ndcg@5": 0.05, "recall@10": 0.2, "ndcg@10": 0.09, "step": 6}}
+  summary = select_refit.summarize_seeds(per_seed)
+  assert summary["seeds"] == [0, 2] and set(summary["test"]["2"]) == set(select_refit.TEST_METRICS)
+  assert summary["mean"]["recall@5"] == pytest.approx(0.2) and summary["mean"]["ndcg@10"] == pytest.approx(0.08)
+  # Sample standard deviation over sqrt(n): |0.3 - 0.1| / sqrt(2) / sqrt(2) = 0.1.
+  assert summary["stderr"]["recall@5"] == pytest.approx(0.1) and summary["stderr"]["ndcg@5"] == 0.0
+  assert select_refit.summarize_seeds({3: per_seed[0]})["stderr"]["recall@5"] == 0.0
+
+
+def test_seeds_select_once_then_refit_that_choice_per_seed(tmp_path, cache_dir):
+  gin_file = _gin_file(tmp_path, cache_dir)
+  root = str(tmp_path / "run")
+  with pytest.raises(ValueError, match="distinct"):
+    select_refit.run_seeds(_flags(gin_file, root), [1, 1])
+  reports = select_refit.run_seeds(_flags(gin_file, root), [0, 5])
+  first, other = select_refit.seed_dir(root, 0), select_refit.seed_dir(root, 5)
+  assert reports[0]["select"]["status"] == "ran" and reports[5]["select"]["status"] == "copied"
+  assert not os.path.exists(os.path.join(other, "select"))  # no phase 1 of its own
+  chosen = json.load(open(os.path.join(first, "selection.json")))
+  copied = json.load(open(os.path.join(other, "selection.json")))
+  assert copied["selection_from"] == os.path.abspath(os.path.join(first, "selection.json"))
+  assert copied["chosen"] == chosen["chosen"] and copied["refit_steps"] == chosen["refit_steps"]
+  assert reports[5]["validation"]["status"] == "copied"  # the hybrid of every seed is weighed on one choice
+  refits = [json.load(open(os.path.join(d, "refit", "done.json"))) for d in (first, other)]
+  assert [r["seed"] for r in refits] == [0, 5] and refits[0]["steps"] == refits[1]["steps"]
+  summary = json.load(open(os.path.join(root, select_refit.SEEDS_FILE)))
+  tests = [json.load(open(os.path.join(d, "test", "metrics.json"))) for d in (first, other)]
+  assert summary["seeds"] == [0, 5] and summary["selection_from"] == first
+  for key in select_refit.TEST_METRICS:
+    assert summary["mean"][key] == pytest.approx((tests[0][key] + tests[1][key]) / 2)
+  # Rerunning redoes nothing and writes the same summary.
+  again = select_refit.run_seeds(_flags(gin_file, root), [0, 5])
+  assert again[0]["test"]["status"] == again[5]["test"]["status"] == "done before"
+  assert again["summary"]["mean"] == summary["mean"]
+
+
 def test_interrupted_phases_resume_where_they_stopped_and_test_stays_unread(tmp_path, cache_dir, monkeypatch):
   """Phase 1, then the refit, stopped by SIGTERM after a step-8 checkpoint; each rerun resumes that phase."""
   cache = str(tmp_path / "cache")

@@ -22,7 +22,10 @@ command after an interruption resumes the phase it was in from its latest checkp
 (select/<candidate>/done.json, selection.json, refit/done.json, validation/ and test/metrics.json) is never
 redone.
 `SelectRefitConfig.selection_from` takes the choice from another run's MODEL_DIR instead of phase 1, e.g.
-seeds 1 and 2 refitting what seed 0 selected. The candidates of phase 1 can train side by side, one process
+seeds 1 and 2 refitting what seed 0 selected. `--seeds=0,1,2` does exactly that in one command: the whole
+procedure for the first seed in MODEL_DIR/seed0/, then each further seed's refit and test of that choice in
+MODEL_DIR/seed<N>/ (RANDOM_SEED=N, validation predictions copied), and MODEL_DIR/seeds.json with every seed's
+test metrics, their mean and standard error. The candidates of phase 1 can train side by side, one process
 each (`--only_candidates=d128`, `--only_candidates=d256`; on one GPU give each a share of its memory with
 XLA_PYTHON_CLIENT_MEM_FRACTION): each stops after its candidates, and the command without the flag selects.
 """
@@ -151,6 +154,13 @@ def _query(name: str, default: Any = None) -> Any:
 
 def _macro(name: str) -> Any:
   return _query(f"%{name}")
+
+
+def _model_dir() -> str:
+  root = _macro("MODEL_DIR")
+  if not root:
+    raise ValueError("MODEL_DIR is not set: pass --gin.MODEL_DIR=\\\"/path\\\"")
+  return root
 
 
 def _procedure_config() -> SelectRefitConfig:
@@ -468,9 +478,7 @@ def run_test(flags, root: str) -> dict:
 def run_procedure(flags: argparse.Namespace) -> dict:
   """All phases up to flags.until; returns what each one did."""
   _parse(flags)
-  root = _macro("MODEL_DIR")
-  if not root:
-    raise ValueError("MODEL_DIR is not set: pass --gin.MODEL_DIR=\\\"/path\\\"")
+  root = _model_dir()
   config = _procedure_config()
   candidates = config.candidate_bindings()
   until = getattr(flags, "until", "test")
@@ -497,18 +505,78 @@ def run_procedure(flags: argparse.Namespace) -> dict:
   return report
 
 
+TEST_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+SEEDS_FILE = "seeds.json"
+
+
+def seed_dir(root: str, seed: int) -> str:
+  return os.path.join(root, f"seed{seed}")
+
+
+def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> dict:
+  """Mean and standard error (sample standard deviation / sqrt(n); 0 for one seed) of each test metric."""
+  out = {"seeds": sorted(per_seed), "test": {str(seed): {k: per_seed[seed][k] for k in TEST_METRICS}
+                                              for seed in sorted(per_seed)}}
+  n = len(per_seed)
+  for key in TEST_METRICS:
+    values = [float(per_seed[seed][key]) for seed in per_seed]
+    mean = sum(values) / n
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n) if n > 1 else 0.0
+    out.setdefault("mean", {})[key] = mean
+    out.setdefault("stderr", {})[key] = spread
+  return out
+
+
+def run_seeds(flags: argparse.Namespace, seeds: Sequence[int]) -> dict:
+  """The procedure for seeds[0] in MODEL_DIR/seed<first>/, then refit and test of its choice for every further
+  seed; writes MODEL_DIR/seeds.json once every seed has its test metrics."""
+  if len(set(seeds)) != len(seeds) or not seeds:
+    raise ValueError(f"--seeds: give distinct integers, got {list(seeds)}")
+  _parse(flags)
+  root = _model_dir()
+  gin.clear_config()
+  first = seed_dir(root, seeds[0])
+  per_seed, reports = {}, {}
+  for seed in seeds:
+    bindings = [f"MODEL_DIR = {_literal(seed_dir(root, seed))}", f"RANDOM_SEED = {seed}"]
+    if seed != seeds[0]:
+      bindings.append("from __gin__ import dynamic_registration\nfrom tiger_jax import select_refit\n"
+                      f"select_refit.SelectRefitConfig.selection_from = {_literal(first)}")
+    log.info("seed %d of %s -> %s", seed, list(seeds), seed_dir(root, seed))
+    seed_flags = argparse.Namespace(**{**vars(flags), "gin_bindings": list(flags.gin_bindings) + bindings})
+    report = reports[seed] = run_procedure(seed_flags)
+    if report["select"]["status"] == "partial":
+      log.info("--only_candidates: the other seeds wait until seed %d has selected", seeds[0])
+      return reports
+    if "test" in report:
+      per_seed[seed] = report["test"]["metrics"]
+  if len(per_seed) == len(seeds):
+    summary = dict(summarize_seeds(per_seed), model_dir=root, selection_from=first)
+    utils.write_json(os.path.join(root, SEEDS_FILE), summary)
+    log.info("%d seeds -> %s: %s", len(seeds), os.path.join(root, SEEDS_FILE), " ".join(
+        f"{k} {summary['mean'][k]:.4f} +- {summary['stderr'][k]:.4f}" for k in TEST_METRICS))
+    reports["summary"] = summary
+  return reports
+
+
 def _extra_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--until", choices=PHASES, default="test",
                       help="Stop after this phase (a later run with a later phase continues).")
   parser.add_argument("--only_candidates", type=lambda text: [x for x in text.split(",") if x], default=None,
                       help="Phase 1 for these candidates only (comma-separated), then stop: processes side by "
                            "side each train some; a run without the flag then selects and goes on.")
+  parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",") if x.strip()], default=None,
+                      help="Comma-separated seeds: the procedure for the first in MODEL_DIR/seed<N>/, the others "
+                           "refit and test its choice; MODEL_DIR/seeds.json gets mean and standard error.")
 
 
 def main(flags: argparse.Namespace) -> None:
   from tiger_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   try:
-    run_procedure(flags)
+    if getattr(flags, "seeds", None):
+      run_seeds(flags, flags.seeds)
+    else:
+      run_procedure(flags)
   except Interrupted as e:
     log.warning("%s", e)
     sys.exit(128 + e.signum)

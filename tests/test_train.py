@@ -10,6 +10,7 @@ import os
 import queue
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from tiger_jax import model_dir_lock
 from tiger_jax import models
 from tiger_jax import network
 from tiger_jax import partitioning
+from tiger_jax import program_cache
 from tiger_jax import provenance
 from tiger_jax import train
 from tiger_jax import utils
@@ -629,6 +631,50 @@ def test_cli_without_a_task_cache_names_the_missing_file_and_the_command_that_bu
   assert len(errors) == 1, out.stderr[-3000:]
   assert f"{empty}/{TASK}/train.npz: no cached split 'train'" in errors[0]
   assert f"tasks.cache_tasks --tasks={TASK}" in errors[0] and f"--output_cache_dir={empty}" in errors[0]
+
+
+def _compilation_cache_dir(log_text):
+  return re.search(r"persistent compilation cache: (\S+)", log_text).group(1)
+
+
+def _train_losses(model_dir):
+  return [json.loads(line)["train/loss"] for line in open(os.path.join(model_dir, "metrics.jsonl"))
+          if "train/loss" in line]
+
+
+def test_rerun_loads_the_traced_loop_from_disk_and_trains_identically(cli):
+  """The reference run stored its traced loop beside the XLA cache; a rerun elsewhere with another seed's
+  name for MODEL_DIR finds it instead of tracing, and trains exactly as the reference did."""
+  assert "(traced and stored)" in cli["log"], cli["log"][-3000:]
+  traced = os.path.join(_compilation_cache_dir(cli["log"]), program_cache.SUBDIR)
+  entries = sorted(os.listdir(traced))
+  assert any(e.endswith(".bin") for e in entries) and any(e.endswith(".json") for e in entries)
+  model_dir = os.path.join(cli["tmp"], "rerun")
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=cli["env"], capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "(traced program from disk)" in out.stderr and "tracing and lowering" not in out.stderr
+  assert _train_losses(model_dir) == _train_losses(cli["model_dir"])
+  for a, b in zip(jax.tree_util.tree_leaves(_final_params(model_dir)[0]),
+                  jax.tree_util.tree_leaves(_final_params(cli["model_dir"])[0])):
+    np.testing.assert_array_equal(a, b)
+  assert sorted(os.listdir(traced)) == entries  # nothing new stored
+
+
+def test_an_unreadable_traced_loop_is_traced_again_with_a_warning(cli):
+  xla = os.path.join(cli["tmp"], "xla_cache_damaged")
+  shutil.copytree(_compilation_cache_dir(cli["log"]), xla)
+  traced = os.path.join(xla, program_cache.SUBDIR)
+  for name in os.listdir(traced):
+    if name.endswith(".bin"):
+      with open(os.path.join(traced, name), "wb") as f:
+        f.write(b"not a serialized module")
+  model_dir = os.path.join(cli["tmp"], "damaged")
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=dict(cli["env"], TIGER_COMPILATION_CACHE_DIR=xla),
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "traced program cache unusable" in out.stderr and "tracing and lowering" in out.stderr
+  assert _train_losses(model_dir) == _train_losses(cli["model_dir"])
 
 
 def _wait_for(path, proc, timeout):

@@ -213,6 +213,20 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
   return out
 
 
+# The gin configuration a run was called with (train_using_gin): what, with the code, makes a traced loop.
+_gin_config_text: Optional[str] = None
+
+
+def _program_cache():
+  """The traced-program cache beside the XLA compilation cache (tiger_jax/compilation.py), for runs
+  configured by gin only: a direct train(...) call's Python arguments are not part of the cache key."""
+  from tiger_jax import program_cache  # pylint: disable=g-import-not-at-top
+  directory = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
+  if not directory or _gin_config_text is None:
+    return None
+  return program_cache.ProgramCache(directory, _gin_config_text)
+
+
 class StepRunner:
   """Builds and caches one compiled multi-step function per encoder length.
 
@@ -223,7 +237,7 @@ class StepRunner:
 
   def __init__(self, model, tx, learning_rate_fn, partitioner: partitioning.PjitPartitioner,
                steps_per_dispatch: int, resident: bool, ema_decay: Optional[float] = None,
-               fixed_trip_count: bool = False):
+               fixed_trip_count: bool = False, program_cache: Optional[Any] = None):
     self.model = model
     self.ema_decay = ema_decay
     self.tx = tx
@@ -232,6 +246,7 @@ class StepRunner:
     self.k = steps_per_dispatch
     self.resident = resident
     self.fixed_trip_count = fixed_trip_count
+    self.program_cache = program_cache  # program_cache.ProgramCache: traced loops kept on disk
     self._compiled: dict[tuple[int, bool], Any] = {}
     self.compile_seconds: dict[int, float] = {}
     self.lower_seconds: dict[int, float] = {}
@@ -293,15 +308,25 @@ class StepRunner:
     key = (length, full)
     if key not in self._compiled:
       start = time.time()
-      lowered = self._build(length, full).lower(state, data, idx, n, dropout_base)
-      lowered_at = time.time()
-      self._compiled[key] = lowered.compile()
+      loop = self._build(length, full)
+      compiled, from_disk = None, False
+      if self.program_cache is not None:
+        compiled, from_disk = self.program_cache.compile(loop, state, (data, idx, n, dropout_base),
+                                                         (length, full, self.k))
+      if compiled is None:
+        lowered = loop.lower(state, data, idx, n, dropout_base)
+        lowered_at = time.time()
+        compiled = lowered.compile()
+        self.lower_seconds[length] = self.lower_seconds.get(length, 0.0) + lowered_at - start
+        # Tracing and lowering run in Python; the XLA compilation cache serves only what follows them.
+        how = f"{lowered_at - start:.1f}s tracing and lowering"
+      else:
+        how = "traced program from disk" if from_disk else "traced and stored"
+      self._compiled[key] = compiled
       seconds = time.time() - start
       self.compile_seconds[length] = self.compile_seconds.get(length, 0.0) + seconds
-      self.lower_seconds[length] = self.lower_seconds.get(length, 0.0) + lowered_at - start
-      # Tracing and lowering run in Python on every start; only XLA's part is served by the compilation cache.
-      log.info("compiled the %s%d-step loop for encoder length %d in %.1fs (%.1fs tracing and lowering)",
-               "fixed " if full else "", self.k, length, seconds, lowered_at - start)
+      log.info("compiled the %s%d-step loop for encoder length %d in %.1fs (%s)",
+               "fixed " if full else "", self.k, length, seconds, how)
     return self._compiled[key]
 
   def precompile(self, lengths: Sequence[int], args_for: Callable[[int], tuple]) -> None:
@@ -561,7 +586,8 @@ def train(*,
   if stopped_early:
     log.info("%s has not improved since step %d (best %.4g): the run stopped early at step %d and trains "
              "no further", best_metric, best["step"], best["value"], step)
-  runner = StepRunner(model, tx, learning_rate_fn, partitioner, steps_per_dispatch, resident_data, ema_decay)
+  runner = StepRunner(model, tx, learning_rate_fn, partitioner, steps_per_dispatch, resident_data, ema_decay,
+                      program_cache=_program_cache())
   eval_ctx_cache: dict = {}
   losses: list[np.ndarray] = []
   evals: list[dict] = []
@@ -849,7 +875,12 @@ def _restore_initial(restore_cfg: utils.RestoreCheckpointConfig, abstract_state,
 def train_using_gin() -> TrainResult:
   """Calls train() with every argument from the parsed gin config."""
   import gin  # pylint: disable=g-import-not-at-top
-  return gin.get_configurable(train)()
+  global _gin_config_text
+  _gin_config_text = gin.config_str()
+  try:
+    return gin.get_configurable(train)()
+  finally:
+    _gin_config_text = None
 
 
 def main(flags) -> None:

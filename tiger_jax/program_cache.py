@@ -1,0 +1,149 @@
+"""Traced programs kept on disk, so a warm start skips Python tracing and lowering as well as XLA.
+
+The persistent XLA cache (tiger_jax/compilation.py) only serves the compile: every start still traces and
+lowers each training loop in Python, which is most of a warm start (about 5 of 7 s for the three loops of the
+paper network on a 2-core CPU, 8-10 s on an H100). This cache stores each loop as a serialized `jax.export`
+module beside the XLA cache; a later start with the same code, configuration and argument shapes
+deserializes it and compiles it (an XLA cache hit) without tracing anything.
+
+The key covers everything the traced program depends on: the source of every loaded module outside the
+installed packages (the library and any user module a gin file imports), the versions of jax, jaxlib,
+flax and optax, the full gin configuration text, the platform and devices, the arguments' shapes and dtypes,
+and the caller's own key parts (encoder length, steps per dispatch); only MODEL_DIR and RANDOM_SEED are
+left out of the configuration text, so another seed or a rerun elsewhere finds the same program. Anything else than a flat dict of
+per-step outputs beside a state of unchanged structure is not cached, and any failure to export or load
+falls back to tracing, with a warning. Single-device runs only: a sharded program is traced every time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import sysconfig
+from typing import Any, Callable, Optional, Sequence
+
+log = logging.getLogger("tiger_jax.program_cache")
+
+SUBDIR = "tiger_jax_traced"
+# Macros that never reach a traced loop (where a run writes; the seed of the keys passed to it), so a rerun
+# elsewhere or another seed finds the same program.
+_OUTSIDE_THE_PROGRAM = re.compile(r"^(MODEL_DIR|RANDOM_SEED)\s*=")
+_PACKAGES = ("jax", "jaxlib", "flax", "optax")
+
+
+def code_fingerprint() -> str:
+  """sha256 of the loaded modules' sources (this project's wherever installed; others outside the
+  interpreter's library and site-packages), plus the versions of the packages a traced program is built
+  from."""
+  skip = {os.path.realpath(p) for p in (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+                                        sysconfig.get_paths()["platlib"]) if p}
+  h = hashlib.sha256()
+  for name, module in sorted(sys.modules.items()):
+    path = getattr(module, "__file__", None)
+    if not path or not path.endswith(".py") or not os.path.isfile(path):
+      continue
+    real = os.path.realpath(path)
+    own = name.split(".")[0] in ("tiger_jax", "tasks")
+    if not own and (any(real.startswith(root + os.sep) for root in skip) or "site-packages" in real):
+      continue
+    with open(real, "rb") as f:
+      h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+  for package in _PACKAGES:
+    module = sys.modules.get(package)
+    h.update(f"{package}={getattr(module, '__version__', None)}".encode())
+  return h.hexdigest()
+
+
+class ProgramCache:
+  """Loads or exports the compiled program of a jitted `fn(state, *args) -> (state, outputs)`."""
+
+  def __init__(self, directory: str, config_text: str):
+    self.directory = os.path.join(directory, SUBDIR)
+    self.config_text = "\n".join(line for line in config_text.splitlines()
+                                 if not _OUTSIDE_THE_PROGRAM.match(line))
+    self._code = code_fingerprint()
+
+  def key(self, flat_args: Sequence[Any], key_parts: Sequence[Any]) -> str:
+    import jax  # pylint: disable=g-import-not-at-top
+    h = hashlib.sha256()
+    h.update(self._code.encode())
+    h.update(self.config_text.encode())
+    devices = jax.devices()
+    h.update(f"{jax.default_backend()}|{len(devices)}|{devices[0].device_kind}".encode())
+    for x in flat_args:
+      h.update(f"{getattr(x, 'shape', ())}|{getattr(x, 'dtype', type(x).__name__)}".encode())
+    h.update(repr(tuple(key_parts)).encode())
+    return h.hexdigest()[:40]
+
+  def compile(self, fn: Callable, state: Any, args: Sequence[Any], key_parts: Sequence[Any],
+              donate_state: bool = True) -> tuple[Optional[Callable], bool]:
+    """(a callable with `fn`'s signature and results, whether it came from disk): compiled from the stored
+    module when there is one, else exported now (which traces once) and stored; (None, False) when this
+    program cannot be cached."""
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.device_count() != 1 or jax.process_count() != 1:
+      return None, False
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    key = self.key(leaves + jax.tree_util.tree_leaves(list(args)), key_parts)
+    path = os.path.join(self.directory, key)
+    exported, output_keys = None, None
+    loaded = os.path.exists(path + ".json") and os.path.exists(path + ".bin")
+    try:
+      if loaded:
+        with open(path + ".bin", "rb") as f:
+          exported = jax.export.deserialize(bytearray(f.read()))
+        with open(path + ".json") as f:
+          meta = json.load(f)
+        output_keys = meta["output_keys"]
+        if meta["state_leaves"] != len(leaves):
+          raise ValueError(f"{path}.json: {meta['state_leaves']} state leaves, the run has {len(leaves)}")
+      else:
+        exported, output_keys = self._export(fn, treedef, leaves, args)
+        if exported is None:
+          return None, False
+        os.makedirs(self.directory, exist_ok=True)
+        for suffix, data, mode in ((".bin", exported.serialize(), "wb"),
+                                   (".json", json.dumps({"output_keys": output_keys,
+                                                         "state_leaves": len(leaves),
+                                                         "key_parts": [str(p) for p in key_parts]}), "w")):
+          tmp = f"{path}{suffix}.tmp{os.getpid()}"
+          with open(tmp, mode) as f:
+            f.write(data)
+          os.replace(tmp, path + suffix)  # whole files only: a killed writer leaves no half entry
+      compiled = jax.jit(exported.call, donate_argnums=(0,) if donate_state else ()).lower(
+          leaves, *args).compile()
+    except Exception as e:  # pylint: disable=broad-except
+      log.warning("traced program cache unusable for %s (%s: %s); tracing instead", list(key_parts),
+                  type(e).__name__, e)
+      return None, False
+
+    def run(state_now, *args_now):
+      flat = compiled(jax.tree_util.tree_leaves(state_now), *args_now)
+      new_state = jax.tree_util.tree_unflatten(treedef, flat[:len(leaves)])
+      return new_state, dict(zip(output_keys, flat[len(leaves):]))
+
+    return run, loaded
+
+  @staticmethod
+  def _export(fn: Callable, treedef, leaves: list, args: Sequence[Any]):
+    """(jax.export of `fn` over the flat state, its outputs' names), or (None, None) when the outputs are not
+    a state of the input's structure and a flat dict of arrays."""
+    import jax  # pylint: disable=g-import-not-at-top
+    structure = {}
+
+    def flat_fn(flat_state, *rest):
+      new_state, outputs = fn(jax.tree_util.tree_unflatten(treedef, flat_state), *rest)
+      structure["state"] = jax.tree_util.tree_structure(new_state)
+      structure["outputs"] = outputs
+      names = sorted(outputs) if isinstance(outputs, dict) else []
+      return jax.tree_util.tree_leaves(new_state) + [outputs[k] for k in names]
+
+    exported = jax.export.export(jax.jit(flat_fn))(leaves, *args)
+    outputs = structure["outputs"]
+    if structure["state"] != treedef or not isinstance(outputs, dict) or not all(
+        isinstance(k, str) and hasattr(v, "shape") for k, v in outputs.items()):
+      return None, None
+    return exported, sorted(outputs)

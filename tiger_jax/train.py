@@ -542,37 +542,40 @@ def train(*,
                                           jax.eval_shape(init_state, init_rng))
   ckpt = checkpoints_lib.TrainCheckpointer(model_dir, keep=save_cfg.keep, keep_best=save_cfg.keep_best,
                                            async_save=save_cfg.async_save)
-  state, best = None, None
-  eval_pending = False  # the restored step's validation was due but cut short by a stop signal
-  latest = ckpt.latest_step()
-  cache = provenance.cache_fingerprint(train_dataset_cfg.cache_dir, train_dataset_cfg.mixture_or_task_name)
-  if latest is not None:
-    provenance.check_cache(model_dir, cache, "resuming training", strict=True)
-    try:
-      state, meta = ckpt.restore(latest, abstract_state)
-    except ValueError as e:
-      ckpt.close()
-      raise CheckpointMismatchError(
-          f"{checkpoints_lib.checkpoint_dir(model_dir)}/{latest} does not fit the configured model "
-          f"({str(e).splitlines()[0]}): resume with the configuration it was trained with "
-          f"({os.path.join(model_dir, 'config.gin')}, left unchanged), or train into a new MODEL_DIR") from e
-    eval_pending = bool(meta.get("eval_pending", False))
-    state = _cast_state_params(state, "float32")
-    if meta.get("schedule") and meta["schedule"] != schedule.fingerprint():
-      log.warning("the data schedule differs from the checkpoint's (%s vs %s): the resumed run will not "
-                  "see the same batches as an uninterrupted one", schedule.fingerprint(), meta["schedule"])
-    log.info("resumed from %s at step %d", checkpoints_lib.checkpoint_dir(model_dir), latest)
-  elif restore_cfg is not None and restore_cfg.path:
-    state = _restore_initial(restore_cfg, abstract_state, init_fn, init_rng)
-  if state is None:
-    state = init_fn(init_rng)
-  # Written only now that the data, the cache's provenance and the restored state have been checked, so a
-  # refused resume leaves MODEL_DIR's config and records as they were.
-  if jax.process_index() == 0 and (latest is None or provenance.read(model_dir) is None):
-    provenance.write(model_dir, cache)
-  config_path = gin_utils.write_config(model_dir)
-  summaries = _Summaries(model_dir, use_tensorboard)
-  best = ckpt.best_record()
+  try:
+    state, best = None, None
+    eval_pending = False  # the restored step's validation was due but cut short by a stop signal
+    latest = ckpt.latest_step()
+    cache = provenance.cache_fingerprint(train_dataset_cfg.cache_dir, train_dataset_cfg.mixture_or_task_name)
+    if latest is not None:
+      provenance.check_cache(model_dir, cache, "resuming training", strict=True)
+      try:
+        state, meta = ckpt.restore(latest, abstract_state)
+      except ValueError as e:
+        raise CheckpointMismatchError(
+            f"{checkpoints_lib.checkpoint_dir(model_dir)}/{latest} does not fit the configured model "
+            f"({str(e).splitlines()[0]}): resume with the configuration it was trained with "
+            f"({os.path.join(model_dir, 'config.gin')}, left unchanged), or train into a new MODEL_DIR") from e
+      eval_pending = bool(meta.get("eval_pending", False))
+      state = _cast_state_params(state, "float32")
+      if meta.get("schedule") and meta["schedule"] != schedule.fingerprint():
+        log.warning("the data schedule differs from the checkpoint's (%s vs %s): the resumed run will not "
+                    "see the same batches as an uninterrupted one", schedule.fingerprint(), meta["schedule"])
+      log.info("resumed from %s at step %d", checkpoints_lib.checkpoint_dir(model_dir), latest)
+    elif restore_cfg is not None and restore_cfg.path:
+      state = _restore_initial(restore_cfg, abstract_state, init_fn, init_rng)
+    if state is None:
+      state = init_fn(init_rng)
+    # Written only now that the data, the cache's provenance and the restored state have been checked, so a
+    # refused resume leaves MODEL_DIR's config and records as they were.
+    if jax.process_index() == 0 and (latest is None or provenance.read(model_dir) is None):
+      provenance.write(model_dir, cache)
+    config_path = gin_utils.write_config(model_dir)
+    summaries = _Summaries(model_dir, use_tensorboard)
+    best = ckpt.best_record()
+  except BaseException:
+    ckpt.close()  # an error here must not leave orbax's background threads running into interpreter exit
+    raise
   dropout_base = partitioner.replicate(np.asarray(jax.device_get(dropout_base)))
 
   step = int(jax.device_get(state["step"]))

@@ -10,9 +10,9 @@ The key covers everything the traced program depends on: the source of every loa
 installed packages (the library and any user module a gin file imports), the versions of jax, jaxlib,
 flax and optax, the full gin configuration text, the platform and devices, the arguments' shapes and dtypes,
 and the caller's own key parts (encoder length, steps per dispatch); only MODEL_DIR and RANDOM_SEED are
-left out of the configuration text, so another seed or a rerun elsewhere finds the same program. Anything else than a flat dict of
-per-step outputs beside a state of unchanged structure is not cached, and any failure to export or load
-falls back to tracing, with a warning. Single-device runs only: a sharded program is traced every time.
+left out of the configuration text, so another seed or a rerun elsewhere finds the same program. Anything
+else than a flat dict of per-step outputs beside a state of unchanged structure is not cached, and any
+failure to export or load falls back to tracing, with a warning. Single-device runs only: a sharded program is traced every time.
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ import re
 import sys
 import sysconfig
 from typing import Any, Callable, Optional, Sequence
+
+from tiger_jax import utils
 
 log = logging.getLogger("tiger_jax.program_cache")
 
@@ -78,18 +80,17 @@ class ProgramCache:
     h.update(repr(tuple(key_parts)).encode())
     return h.hexdigest()[:40]
 
-  def compile(self, fn: Callable, state: Any, args: Sequence[Any], key_parts: Sequence[Any],
-              donate_state: bool = True) -> tuple[Optional[Callable], bool]:
+  def compile(self, fn: Callable, state: Any, args: Sequence[Any], key_parts: Sequence[Any]
+              ) -> tuple[Optional[Callable], bool]:
     """(a callable with `fn`'s signature and results, whether it came from disk): compiled from the stored
     module when there is one, else exported now (which traces once) and stored; (None, False) when this
-    program cannot be cached."""
+    program cannot be cached. The state is donated, as the trainer's loop donates it."""
     import jax  # pylint: disable=g-import-not-at-top
     if jax.device_count() != 1 or jax.process_count() != 1:
       return None, False
     leaves, treedef = jax.tree_util.tree_flatten(state)
     key = self.key(leaves + jax.tree_util.tree_leaves(list(args)), key_parts)
     path = os.path.join(self.directory, key)
-    exported, output_keys = None, None
     loaded = os.path.exists(path + ".json") and os.path.exists(path + ".bin")
     try:
       if loaded:
@@ -104,17 +105,15 @@ class ProgramCache:
         exported, output_keys = self._export(fn, treedef, leaves, args)
         if exported is None:
           return None, False
+        # Whole files only, the module before its metadata: a killed writer leaves no entry a reader takes.
         os.makedirs(self.directory, exist_ok=True)
-        for suffix, data, mode in ((".bin", exported.serialize(), "wb"),
-                                   (".json", json.dumps({"output_keys": output_keys,
-                                                         "state_leaves": len(leaves),
-                                                         "key_parts": [str(p) for p in key_parts]}), "w")):
-          tmp = f"{path}{suffix}.tmp{os.getpid()}"
-          with open(tmp, mode) as f:
-            f.write(data)
-          os.replace(tmp, path + suffix)  # whole files only: a killed writer leaves no half entry
-      compiled = jax.jit(exported.call, donate_argnums=(0,) if donate_state else ()).lower(
-          leaves, *args).compile()
+        tmp = f"{path}.bin.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+          f.write(exported.serialize())
+        os.replace(tmp, path + ".bin")
+        utils.write_json(path + ".json", {"output_keys": output_keys, "state_leaves": len(leaves),
+                                          "key_parts": [str(p) for p in key_parts]})
+      compiled = jax.jit(exported.call, donate_argnums=(0,)).lower(leaves, *args).compile()
     except Exception as e:  # pylint: disable=broad-except
       log.warning("traced program cache unusable for %s (%s: %s); tracing instead", list(key_parts),
                   type(e).__name__, e)

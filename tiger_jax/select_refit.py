@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -58,6 +59,8 @@ CHOSEN_FILE = "chosen.json"
 DONE_FILE = "done.json"
 PHASES = ("select", "refit", "test")
 DEFAULT_CANDIDATE = "default"
+TEST_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+SEEDS_FILE = "seeds.json"
 # Every phase's own bindings come after the user's, in a block that imports what it binds.
 _PHASE_HEADER = ("from __gin__ import dynamic_registration\n"
                  "import tiger_jax.train as train_script\n"
@@ -501,12 +504,8 @@ def run_procedure(flags: argparse.Namespace) -> dict:
     found = report["test"]["metrics"]
     log.info("select-then-refit %s: %r at step %d (%s %.4f) -> test %s", root, chosen["candidate"],
              chosen["step"], report["select"]["record"]["rule"]["metric"], chosen["value"],
-             " ".join(f"{k} {found[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+             " ".join(f"{k} {found[k]:.4f}" for k in TEST_METRICS))
   return report
-
-
-TEST_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-SEEDS_FILE = "seeds.json"
 
 
 def seed_dir(root: str, seed: int) -> str:
@@ -515,16 +514,12 @@ def seed_dir(root: str, seed: int) -> str:
 
 def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> dict:
   """Mean and standard error (sample standard deviation / sqrt(n); 0 for one seed) of each test metric."""
-  out = {"seeds": sorted(per_seed), "test": {str(seed): {k: per_seed[seed][k] for k in TEST_METRICS}
-                                              for seed in sorted(per_seed)}}
-  n = len(per_seed)
-  for key in TEST_METRICS:
-    values = [float(per_seed[seed][key]) for seed in per_seed]
-    mean = sum(values) / n
-    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n) if n > 1 else 0.0
-    out.setdefault("mean", {})[key] = mean
-    out.setdefault("stderr", {})[key] = spread
-  return out
+  seeds = sorted(per_seed)
+  values = {k: [float(per_seed[seed][k]) for seed in seeds] for k in TEST_METRICS}
+  return {"seeds": seeds, "test": {str(seed): {k: per_seed[seed][k] for k in TEST_METRICS} for seed in seeds},
+          "mean": {k: statistics.fmean(v) for k, v in values.items()},
+          "stderr": {k: statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0
+                     for k, v in values.items()}}
 
 
 def run_seeds(flags: argparse.Namespace, seeds: Sequence[int]) -> dict:

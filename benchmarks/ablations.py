@@ -53,6 +53,7 @@ from typing import Optional, Sequence
 
 
 from benchmarks import _common  # noqa: E402
+from tiger_jax import metrics as metrics_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
 log = logging.getLogger("ablations")
@@ -60,7 +61,7 @@ STAGES = ("ids", "cache", "train", "eval")
 ABLATIONS = ("id_types", "layers", "user_token", "combined_catalogue")
 EXPERIMENT = {"id_types": "ablation_id_types", "layers": "ablation_layers", "user_token": "ablation_user_token",
               "combined_catalogue": "combined_catalogue"}  # experiments/make_report.py's ABLATIONS keys
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+METRICS = metrics_lib.REPORTED_METRICS
 ID_GIN = {"random": "gin/rqvae/random.gin", "lsh": "gin/rqvae/lsh.gin"}  # rqvae, combined: --rqvae_gin
 TRAIN_MARKER = "ablation_train.json"
 

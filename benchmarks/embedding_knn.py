@@ -26,7 +26,7 @@ from benchmarks.cold_start import load_embeddings_for  # noqa: E402
 from tiger_jax import cold_start, metrics, utils  # noqa: E402
 from tiger_jax.data import load_dataset, splits  # noqa: E402
 
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+METRICS = metrics.REPORTED_METRICS
 
 
 def knn_ranked(embeddings: np.ndarray, examples: splits.SplitExamples, num_candidates: int = 20) -> np.ndarray:

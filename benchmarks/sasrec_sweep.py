@@ -31,13 +31,14 @@ import numpy as np  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
 from tiger_jax import gin_utils  # noqa: E402
+from tiger_jax import metrics as metrics_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 from tiger_jax.baselines import sasrec  # noqa: E402
 from tiger_jax.baselines import sequences  # noqa: E402
 
 log = logging.getLogger("sasrec_sweep")
 DEFAULT_GRID = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sasrec_grid.json")
-METRIC_KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+METRIC_KEYS = metrics_lib.REPORTED_METRICS
 POINT_FILE = "point.json"
 EXIT_RERUN = 75
 _HEADER = "from __gin__ import dynamic_registration\nimport tiger_jax.baselines.sasrec as sasrec_lib\n"

@@ -25,11 +25,11 @@ from typing import Any, Optional, Sequence
 
 from benchmarks import _common  # noqa: E402
 from experiments.table1_report import PAPER as TABLE1  # noqa: E402
+from tiger_jax.metrics import REPORTED_METRICS as METRICS  # noqa: E402
 
 log = logging.getLogger("make_report")
 
 CITATION = "Rajput et al., Recommender Systems with Generative Retrieval, NeurIPS 2023"
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 # TIGER's own results (Table 1, table1_report.PAPER); Table 2's RQ-VAE row and the appendix tables' default rows
 # repeat Beauty's.
 _TIGER_TABLE1 = {name: TABLE1[name.lower()] for name in ("Sports", "Beauty", "Toys")}

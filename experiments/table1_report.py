@@ -20,6 +20,7 @@ import re
 
 
 from tiger_jax import utils  # noqa: E402
+from tiger_jax.metrics import REPORTED_METRICS as METRICS  # noqa: E402
 
 # Rajput et al., NeurIPS 2023, Table 1 (TIGER row), test split.
 PAPER = {
@@ -27,7 +28,6 @@ PAPER = {
     "sports": {"recall@5": 0.0264, "ndcg@5": 0.0181, "recall@10": 0.0400, "ndcg@10": 0.0225},
     "toys": {"recall@5": 0.0521, "ndcg@5": 0.0371, "recall@10": 0.0712, "ndcg@10": 0.0432},
 }
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 # The same paper, Table 9: TIGER's mean and standard error over 3 seeds, (mean, standard error) per metric.
 PAPER_SEEDS = {
     "beauty": {"recall@5": (0.0441, 0.00069), "ndcg@5": (0.0309, 0.00062), "recall@10": (0.0642, 0.00092),

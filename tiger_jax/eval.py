@@ -212,7 +212,7 @@ def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpo
                     arrays["target_item"], raw, scores)
   utils.write_json(os.path.join(output_dir, "metrics.json"), result)
   log.info("%s/%s step %d: %s", dataset_cfg.mixture_or_task_name, dataset_cfg.split, step,
-           " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+           metrics_lib.format_metrics(result))
   return result
 
 

@@ -10,11 +10,13 @@ them (`clean_ranked`). The invalid-ID rate is reported separately, on the raw be
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 DEFAULT_KS = (5, 10)
+# The four metrics every evaluation reports, in table order.
+REPORTED_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 
 def clean_ranked(ranked: np.ndarray) -> np.ndarray:
@@ -73,6 +75,11 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[s
     out[f"recall@{k}"] = recall_at_k(ranks, k)
     out[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
   return out
+
+
+def format_metrics(result: Mapping[str, Any]) -> str:
+  """'recall@5 0.0454 ndcg@5 ...': the one-line summary every evaluation logs, so runs compare by eye."""
+  return " ".join(f"{k} {result[k]:.4f}" for k in REPORTED_METRICS)
 
 
 def hit_fraction_at_rank(ranks: np.ndarray, max_rank: int) -> dict[int, float]:

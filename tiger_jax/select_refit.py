@@ -46,6 +46,7 @@ from typing import Any, Mapping, Optional, Sequence
 import gin
 
 from tiger_jax import gin_utils
+from tiger_jax import metrics as metrics_lib
 from tiger_jax import utils
 
 log = logging.getLogger("tiger_jax.select_refit")
@@ -59,7 +60,7 @@ CHOSEN_FILE = "chosen.json"
 DONE_FILE = "done.json"
 PHASES = ("select", "refit", "test")
 DEFAULT_CANDIDATE = "default"
-TEST_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+TEST_METRICS = metrics_lib.REPORTED_METRICS
 SEEDS_FILE = "seeds.json"
 # Every phase's own bindings come after the user's, in a block that imports what it binds.
 _PHASE_HEADER = ("from __gin__ import dynamic_registration\n"
@@ -504,7 +505,7 @@ def run_procedure(flags: argparse.Namespace) -> dict:
     found = report["test"]["metrics"]
     log.info("select-then-refit %s: %r at step %d (%s %.4f) -> test %s", root, chosen["candidate"],
              chosen["step"], report["select"]["record"]["rule"]["metric"], chosen["value"],
-             " ".join(f"{k} {found[k]:.4f}" for k in TEST_METRICS))
+             metrics_lib.format_metrics(found))
   return report
 
 

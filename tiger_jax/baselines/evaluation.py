@@ -78,8 +78,8 @@ def write_predictions(path: str, users: Sequence[str], asins: Sequence[str], use
   os.replace(tmp, path)
 
 
-def format_table(rows: Iterable[tuple[str, dict[str, Any]]], keys: Sequence[str] = (
-    "recall@5", "ndcg@5", "recall@10", "ndcg@10")) -> str:
+def format_table(rows: Iterable[tuple[str, dict[str, Any]]],
+                 keys: Sequence[str] = metrics_lib.REPORTED_METRICS) -> str:
   """A plain-text table of `keys` per named result (e.g. 'sasrec test')."""
   rows = list(rows)
   width = max([len(name) for name, _ in rows] + [10])

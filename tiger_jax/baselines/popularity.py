@@ -58,8 +58,7 @@ def run(data_dir: str, out_dir: Optional[str] = None) -> dict[str, dict[str, Any
   for split, result in results.items():
     if out_dir:
       evaluation.write_metrics(out_dir, split, result)
-    log.info("popularity %s/%s: %s", dataset.name, split,
-             " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+    log.info("popularity %s/%s: %s", dataset.name, split, metrics_lib.format_metrics(result))
   return results
 
 

@@ -405,7 +405,7 @@ def train_and_evaluate(*,
           os.path.join(evaluation.eval_dir(model_dir, split), evaluation.PREDICTIONS_FILE),
           dataset.sessions.users, dataset.catalog.asins, inputs.user_index, inputs.target, top_items, top_scores)
     log.info("sasrec %s/%s (best epoch %s): %s", dataset.name, split, best and best["epoch"],
-             " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+             metrics_lib.format_metrics(result))
     results[split] = result
   results["seconds_this_run"] = round(time.time() - run_start, 2)
   return results

@@ -140,7 +140,7 @@ def run(data_dir: str, out_dir: Optional[str] = None, window: int = 3, decay: fl
   results = refit_study(dataset, window, decay, predictions_dir=out_dir, refit=refit)
   for name, result in results.items():
     log.info("transitions %s/%s (holdout %d): %s", dataset.name, name, result["holdout"],
-             " ".join(f"{k} {result[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10")))
+             metrics_lib.format_metrics(result))
   if out_dir:
     for split in ("validation", "test"):
       evaluation.write_metrics(out_dir, split, results[split])

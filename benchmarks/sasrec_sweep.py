@@ -27,7 +27,6 @@ import time
 from typing import Any, Mapping, Optional, Sequence
 
 import gin  # noqa: E402
-import numpy as np  # noqa: E402
 
 from benchmarks import _common  # noqa: E402
 from tiger_jax import gin_utils  # noqa: E402
@@ -204,10 +203,10 @@ def sweep(flags) -> dict:
       report["test"][str(seed)] = {"model_dir": model_dir, **{k: result["test"][k] for k in METRIC_KEYS},
                                    "validation": {k: result["validation"][k] for k in METRIC_KEYS},
                                    **_summary(result["test"])}
-    values = {k: np.array([report["test"][str(s)][k] for s in flags.test_seeds]) for k in METRIC_KEYS}
-    report["test_mean"] = {k: float(v.mean()) for k, v in values.items()}
-    report["test_standard_error"] = {k: float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
-                                     for k, v in values.items()}
+    spread = {k: metrics_lib.mean_and_standard_error([report["test"][str(s)][k] for s in flags.test_seeds])
+              for k in METRIC_KEYS}
+    report["test_mean"] = {k: mean for k, (mean, _) in spread.items()}
+    report["test_standard_error"] = {k: stderr for k, (_, stderr) in spread.items()}
   finally:
     report["points"] = points
     report["seconds_this_run"] = round(time.time() - started, 1)

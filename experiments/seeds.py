@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Optional, Sequence
@@ -24,16 +23,7 @@ from typing import Optional, Sequence
 from benchmarks import _common  # noqa: E402
 from experiments.table1_report import METRICS, PAPER, PAPER_SEEDS  # noqa: E402
 from tiger_jax import utils  # noqa: E402
-
-
-def mean_and_standard_error(values: Sequence[float]) -> tuple[float, Optional[float]]:
-  """The standard error is None for one value: one run says nothing about the spread."""
-  n = len(values)
-  mean = sum(values) / n
-  if n < 2:
-    return mean, None
-  variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-  return mean, math.sqrt(variance / n)
+from tiger_jax.metrics import mean_and_standard_error  # noqa: E402
 
 
 def summarize(runs: dict[str, dict], dataset: str) -> dict:

@@ -10,7 +10,9 @@ them (`clean_ranked`). The invalid-ID rate is reported separately, on the raw be
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+import math
+
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -80,6 +82,19 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[s
 def format_metrics(result: Mapping[str, Any]) -> str:
   """'recall@5 0.0454 ndcg@5 ...': the one-line summary every evaluation logs, so runs compare by eye."""
   return " ".join(f"{k} {result[k]:.4f}" for k in REPORTED_METRICS)
+
+
+def mean_and_standard_error(values: Sequence[float]) -> tuple[float, Optional[float]]:
+  """Mean over runs (seeds) and its standard error, sample standard deviation / sqrt(n); None for one run,
+  which says nothing about the spread."""
+  n = len(values)
+  if n == 0:
+    raise ValueError("mean_and_standard_error: no values")
+  mean = sum(values) / n
+  if n < 2:
+    return mean, None
+  variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+  return mean, math.sqrt(variance / n)
 
 
 def hit_fraction_at_rank(ranks: np.ndarray, max_rank: int) -> dict[int, float]:

@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import shutil
-import statistics
 import sys
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -514,13 +513,13 @@ def seed_dir(root: str, seed: int) -> str:
 
 
 def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> dict:
-  """Mean and standard error (sample standard deviation / sqrt(n); 0 for one seed) of each test metric."""
+  """Mean and standard error (sample standard deviation / sqrt(n); None for one seed) of each test metric."""
   seeds = sorted(per_seed)
-  values = {k: [float(per_seed[seed][k]) for seed in seeds] for k in TEST_METRICS}
+  spread = {k: metrics_lib.mean_and_standard_error([float(per_seed[seed][k]) for seed in seeds])
+            for k in TEST_METRICS}
   return {"seeds": seeds, "test": {str(seed): {k: per_seed[seed][k] for k in TEST_METRICS} for seed in seeds},
-          "mean": {k: statistics.fmean(v) for k, v in values.items()},
-          "stderr": {k: statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else 0.0
-                     for k, v in values.items()}}
+          "mean": {k: mean for k, (mean, _) in spread.items()},
+          "stderr": {k: stderr for k, (_, stderr) in spread.items()}}
 
 
 def run_seeds(flags: argparse.Namespace, seeds: Sequence[int]) -> dict:
@@ -550,7 +549,7 @@ def run_seeds(flags: argparse.Namespace, seeds: Sequence[int]) -> dict:
     summary = dict(summarize_seeds(per_seed), model_dir=root, selection_from=first)
     utils.write_json(os.path.join(root, SEEDS_FILE), summary)
     log.info("%d seeds -> %s: %s", len(seeds), os.path.join(root, SEEDS_FILE), " ".join(
-        f"{k} {summary['mean'][k]:.4f} +- {summary['stderr'][k]:.4f}" for k in TEST_METRICS))
+        f"{k} {summary['mean'][k]:.4f} +- {summary['stderr'][k] or 0:.4f}" for k in TEST_METRICS))
     reports["summary"] = summary
   return reports
 

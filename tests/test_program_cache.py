@@ -73,3 +73,82 @@ def test_code_fingerprint_follows_the_source_of_loaded_user_modules(tmp_path, mo
     assert program_cache.code_fingerprint() != before
   finally:
     sys.modules.pop("my_model_for_key", None)
+
+
+# Run in a subprocess with N fake CPU devices: a data-parallel loop jitted over a ('data', 'model') mesh as the
+# trainer's is, then asked of ProgramCache.compile. Prints {"loaded": ...}; asserts the loop computes what the
+# jitted loop computes, bit for bit, with the same output shardings and the state donated.
+_SHARDED_SCRIPT = """
+import json, os, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[2])))
+from test_program_cache import _loop, _state
+from tiger_jax import partitioning, program_cache
+assert jax.device_count() == int(sys.argv[3])
+mesh = partitioning.PjitPartitioner().mesh
+rep, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+def sharded_loop(state, x, n):
+  return _loop(state, jax.lax.with_sharding_constraint(x * x, data), n)
+
+in_shardings, out_shardings = (rep, data, rep), (rep, rep)
+loop = jax.jit(sharded_loop, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=(0,))
+x, n = jax.device_put(jnp.linspace(0.1, 1.7, 8), data), jax.device_put(jnp.asarray(2.0), rep)
+expected = loop(jax.device_put(_state(), rep), x, n)
+cache = program_cache.ProgramCache(sys.argv[1], "A = 1")
+run, loaded = cache.compile(loop, _state(), (x, n), (17,), in_shardings, out_shardings)
+state = jax.device_put(_state(), rep)
+got = run(state, x, n)
+assert all(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state)), "the state was not donated"
+assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+  np.testing.assert_array_equal(a, b)
+  assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+print(json.dumps({"loaded": loaded}))
+"""
+
+
+def _sharded_run(cache_dir, devices):
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=repo)
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(cache_dir), os.path.abspath(__file__),
+                        str(devices)], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])["loaded"]
+
+
+def _stored(cache_dir):
+  directory = cache_dir / program_cache.SUBDIR
+  return sorted(name for name in os.listdir(directory) if name.endswith(".bin")) if directory.exists() else []
+
+
+def test_a_loop_over_two_devices_is_stored_loaded_and_not_taken_by_one_device(tmp_path):
+  assert not _sharded_run(tmp_path, 2)
+  two_devices = _stored(tmp_path)
+  assert len(two_devices) == 1
+  with open(tmp_path / program_cache.SUBDIR / two_devices[0].replace(".bin", ".json")) as f:
+    assert '"devices": 2' in f.read()
+  assert _sharded_run(tmp_path, 2)  # from disk: same results, shardings and donation as the jitted loop
+  assert _stored(tmp_path) == two_devices
+  assert not _sharded_run(tmp_path, 1)  # another key: traced and stored beside the 2-device module
+  assert len(_stored(tmp_path)) == 2 and set(two_devices) < set(_stored(tmp_path))
+  assert _sharded_run(tmp_path, 1)
+
+
+def test_key_covers_the_mesh_and_the_partition_specs():
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  cache = program_cache.ProgramCache("/unused", "")
+  args = [np.zeros((2, 3), np.float32)]
+  devices = np.asarray(jax.devices()[:1], dtype=object)
+  mesh = Mesh(devices.reshape(1, 1), ("data", "model"))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  key = cache.key(args, (), [replicated])
+  assert key == cache.key(args, (), [NamedSharding(Mesh(devices.reshape(1, 1), ("data", "model")), PartitionSpec())])
+  assert key != cache.key(args, (), [NamedSharding(Mesh(devices.reshape(1, 1), ("batch", "model")), PartitionSpec())])
+  assert key != cache.key(args, (), [NamedSharding(Mesh(devices.reshape(1), ("data",)), PartitionSpec())])
+  assert key != cache.key(args, (), [NamedSharding(mesh, PartitionSpec("data"))])
+  assert key != cache.key(args, ())

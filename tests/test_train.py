@@ -677,6 +677,42 @@ def test_an_unreadable_traced_loop_is_traced_again_with_a_warning(cli):
   assert _train_losses(model_dir) == _train_losses(cli["model_dir"])
 
 
+def test_two_devices_load_their_traced_loop_from_disk_and_train_as_a_traced_run(cli):
+  """The data-parallel loop of a 2-device run is stored, then loaded by a rerun, which trains bit-identically
+  to a run without the cache; a 1-device run of the same configuration does not take the 2-device module."""
+  two_devices = dict(cli["env"], XLA_FLAGS=cli["env"]["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2")
+  xla = os.path.join(cli["tmp"], "xla_cache_two_devices")
+  traced = os.path.join(xla, program_cache.SUBDIR)
+
+  def run(name, env):
+    model_dir = os.path.join(cli["tmp"], name)
+    out = subprocess.run(_cmd(cli["gin_file"], model_dir, "--gin.TRAIN_STEPS=16"), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "traced program cache unusable" not in out.stderr, out.stderr[-3000:]
+    return model_dir, out.stderr
+
+  uncached, log = run("two_devices_uncached", dict(two_devices, TIGER_COMPILATION_CACHE_DIR="off"))
+  assert "tracing and lowering" in log and "(traced " not in log
+  first, log = run("two_devices_first", dict(two_devices, TIGER_COMPILATION_CACHE_DIR=xla))
+  assert "(traced and stored)" in log and "tracing and lowering" not in log, log[-3000:]
+  stored = sorted(os.listdir(traced))
+  devices = lambda names: {json.load(open(os.path.join(traced, n)))["devices"] for n in names if n.endswith(".json")}
+  assert devices(stored) == {2}
+  rerun, log = run("two_devices_rerun", dict(two_devices, TIGER_COMPILATION_CACHE_DIR=xla))
+  assert "(traced program from disk)" in log and "(traced and stored)" not in log, log[-3000:]
+  assert "tracing and lowering" not in log
+  assert sorted(os.listdir(traced)) == stored
+  for model_dir in (first, rerun):
+    assert _train_losses(model_dir) == _train_losses(uncached)
+    for a, b in zip(jax.tree_util.tree_leaves(_final_params(model_dir)[0]),
+                    jax.tree_util.tree_leaves(_final_params(uncached)[0])):
+      np.testing.assert_array_equal(a, b)
+  _, log = run("one_device", dict(cli["env"], TIGER_COMPILATION_CACHE_DIR=xla))
+  assert "(traced and stored)" in log and "(traced program from disk)" not in log, log[-3000:]
+  assert set(stored) < set(os.listdir(traced)) and devices(set(os.listdir(traced)) - set(stored)) == {1}
+
+
 def _wait_for(path, proc, timeout):
   deadline = time.time() + timeout
   while time.time() < deadline:

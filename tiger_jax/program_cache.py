@@ -12,7 +12,12 @@ flax and optax, the full gin configuration text, the platform and devices, the a
 and the caller's own key parts (encoder length, steps per dispatch); only MODEL_DIR and RANDOM_SEED are
 left out of the configuration text, so another seed or a rerun elsewhere finds the same program. Anything
 else than a flat dict of per-step outputs beside a state of unchanged structure is not cached, and any
-failure to export or load falls back to tracing, with a warning. Single-device runs only: a sharded program is traced every time.
+failure to export or load falls back to tracing, with a warning.
+
+A data-parallel loop over several devices of one process is cached too: the module records its device count
+and the shardings of its inputs and outputs, it is exported and compiled again with the jitted loop's own
+shardings (and the state donated, as the loop donates it), and the key covers the mesh's axis names and
+sizes and each input's and output's partition spec. Multi-process runs are traced every time.
 """
 from __future__ import annotations
 
@@ -68,7 +73,8 @@ class ProgramCache:
                                  if not _OUTSIDE_THE_PROGRAM.match(line))
     self._code = code_fingerprint()
 
-  def key(self, flat_args: Sequence[Any], key_parts: Sequence[Any]) -> str:
+  def key(self, flat_args: Sequence[Any], key_parts: Sequence[Any], shardings: Sequence[Any] = ()) -> str:
+    """`shardings`: one per input and output leaf (None where unspecified)."""
     import jax  # pylint: disable=g-import-not-at-top
     h = hashlib.sha256()
     h.update(self._code.encode())
@@ -78,18 +84,34 @@ class ProgramCache:
     for x in flat_args:
       h.update(f"{getattr(x, 'shape', ())}|{getattr(x, 'dtype', type(x).__name__)}".encode())
     h.update(repr(tuple(key_parts)).encode())
+    h.update(repr([_describe(s) for s in shardings]).encode())
     return h.hexdigest()[:40]
 
-  def compile(self, fn: Callable, state: Any, args: Sequence[Any], key_parts: Sequence[Any]
+  def compile(self, fn: Callable, state: Any, args: Sequence[Any], key_parts: Sequence[Any],
+              in_shardings: Optional[Sequence[Any]] = None, out_shardings: Optional[Sequence[Any]] = None
               ) -> tuple[Optional[Callable], bool]:
     """(a callable with `fn`'s signature and results, whether it came from disk): compiled from the stored
     module when there is one, else exported now (which traces once) and stored; (None, False) when this
-    program cannot be cached. The state is donated, as the trainer's loop donates it."""
+    program cannot be cached. The state is donated, as the trainer's loop donates it.
+
+    `in_shardings` and `out_shardings` are those `fn` was jitted with, as prefixes of (state, *args) and of
+    (state, outputs) with one sharding for all outputs; a program over several devices needs them.
+    """
     import jax  # pylint: disable=g-import-not-at-top
-    if jax.device_count() != 1 or jax.process_count() != 1:
+    if jax.process_count() != 1 or (in_shardings is None and jax.device_count() != 1):
       return None, False
     leaves, treedef = jax.tree_util.tree_flatten(state)
-    key = self.key(leaves + jax.tree_util.tree_leaves(list(args)), key_parts)
+    jit_shardings, flat_shardings = {}, []
+    if in_shardings is not None:
+      if (out_shardings is None or len(in_shardings) != 1 + len(args) or len(out_shardings) != 2
+          or not _is_sharding(out_shardings[1])):
+        return None, False
+      # The exported function takes and returns the state as a flat list of leaves.
+      state_in, state_out = _per_leaf(in_shardings[0], state), _per_leaf(out_shardings[0], state)
+      jit_shardings = {"in_shardings": (state_in, *in_shardings[1:]),
+                       "out_shardings": (state_out, out_shardings[1])}
+      flat_shardings = _per_leaf(jit_shardings["in_shardings"], (leaves, *args)) + state_out + [out_shardings[1]]
+    key = self.key(leaves + jax.tree_util.tree_leaves(list(args)), key_parts, flat_shardings)
     path = os.path.join(self.directory, key)
     loaded = os.path.exists(path + ".json") and os.path.exists(path + ".bin")
     try:
@@ -102,7 +124,7 @@ class ProgramCache:
         if meta["state_leaves"] != len(leaves):
           raise ValueError(f"{path}.json: {meta['state_leaves']} state leaves, the run has {len(leaves)}")
       else:
-        exported, output_keys = self._export(fn, treedef, leaves, args)
+        exported, output_keys = self._export(fn, treedef, leaves, args, jit_shardings)
         if exported is None:
           return None, False
         # Whole files only, the module before its metadata: a killed writer leaves no entry a reader takes.
@@ -112,24 +134,24 @@ class ProgramCache:
           f.write(exported.serialize())
         os.replace(tmp, path + ".bin")
         utils.write_json(path + ".json", {"output_keys": output_keys, "state_leaves": len(leaves),
+                                          "devices": exported.nr_devices,
                                           "key_parts": [str(p) for p in key_parts]})
-      compiled = jax.jit(exported.call, donate_argnums=(0,)).lower(leaves, *args).compile()
+      compiled = jax.jit(exported.call, donate_argnums=(0,), **jit_shardings).lower(leaves, *args).compile()
     except Exception as e:  # pylint: disable=broad-except
       log.warning("traced program cache unusable for %s (%s: %s); tracing instead", list(key_parts),
                   type(e).__name__, e)
       return None, False
 
     def run(state_now, *args_now):
-      flat = compiled(jax.tree_util.tree_leaves(state_now), *args_now)
-      new_state = jax.tree_util.tree_unflatten(treedef, flat[:len(leaves)])
-      return new_state, dict(zip(output_keys, flat[len(leaves):]))
+      state_leaves, outputs = compiled(jax.tree_util.tree_leaves(state_now), *args_now)
+      return jax.tree_util.tree_unflatten(treedef, state_leaves), dict(zip(output_keys, outputs))
 
     return run, loaded
 
   @staticmethod
-  def _export(fn: Callable, treedef, leaves: list, args: Sequence[Any]):
-    """(jax.export of `fn` over the flat state, its outputs' names), or (None, None) when the outputs are not
-    a state of the input's structure and a flat dict of arrays."""
+  def _export(fn: Callable, treedef, leaves: list, args: Sequence[Any], shardings: dict):
+    """(jax.export of `fn` over the flat state, jitted with `shardings`, its outputs' names), or (None, None)
+    when the outputs are not a state of the input's structure and a flat dict of arrays."""
     import jax  # pylint: disable=g-import-not-at-top
     structure = {}
 
@@ -138,11 +160,35 @@ class ProgramCache:
       structure["state"] = jax.tree_util.tree_structure(new_state)
       structure["outputs"] = outputs
       names = sorted(outputs) if isinstance(outputs, dict) else []
-      return jax.tree_util.tree_leaves(new_state) + [outputs[k] for k in names]
+      return jax.tree_util.tree_leaves(new_state), [outputs[k] for k in names]
 
-    exported = jax.export.export(jax.jit(flat_fn))(leaves, *args)
+    exported = jax.export.export(jax.jit(flat_fn, **shardings))(leaves, *args)
     outputs = structure["outputs"]
     if structure["state"] != treedef or not isinstance(outputs, dict) or not all(
         isinstance(k, str) and hasattr(v, "shape") for k, v in outputs.items()):
       return None, None
     return exported, sorted(outputs)
+
+
+def _is_sharding(s: Any) -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  return s is None or isinstance(s, jax.sharding.Sharding)
+
+
+def _per_leaf(prefix: Any, tree: Any) -> list:
+  """One sharding per leaf of `tree`, from jit's kind of prefix (a sharding or None covers a subtree)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  subtrees = jax.tree_util.tree_structure(prefix, is_leaf=_is_sharding).flatten_up_to(tree)
+  out = []
+  for s, subtree in zip(jax.tree_util.tree_leaves(prefix, is_leaf=_is_sharding), subtrees):
+    out += [s] * len(jax.tree_util.tree_leaves(subtree))
+  return out
+
+
+def _describe(sharding: Any) -> str:
+  """What of a sharding the traced program depends on: the mesh's axes and the spec, not which devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    mesh = sharding.mesh
+    return f"{tuple(mesh.shape.items())}|{getattr(mesh, 'axis_types', None)}|{sharding.spec}|{sharding.memory_kind}"
+  return repr(sharding)

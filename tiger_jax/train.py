@@ -296,10 +296,15 @@ class StepRunner:
       # trip count); otherwise, and for a partial dispatch, the loop runs the run-time n.
       return jax.lax.fori_loop(0, k if full else n, body, (state, outs))
 
+    in_shardings, out_shardings = self._shardings()
+    return self.partitioner.partition(multi_step, in_axis_resources=in_shardings,
+                                      out_axis_resources=out_shardings, donate_argnums=(0,))
+
+  def _shardings(self):
+    """The loop's (in, out) shardings over (state, data, idx, n, dropout_base) and (state, outputs)."""
     rep = self.partitioner.replicated
     data_spec = rep if self.resident else self.partitioner.data_sharding(batch_axis=1)
-    return self.partitioner.partition(multi_step, in_axis_resources=(rep, data_spec, rep, rep, rep),
-                                      out_axis_resources=(rep, rep), donate_argnums=(0,))
+    return (rep, data_spec, rep, rep, rep), (rep, rep)
 
   def get(self, length: int, state, data, idx, n, dropout_base, full: bool = True):
     """The compiled loop for `length`; with fixed_trip_count, `full` picks the loop of exactly
@@ -312,7 +317,7 @@ class StepRunner:
       compiled, from_disk = None, False
       if self.program_cache is not None:
         compiled, from_disk = self.program_cache.compile(loop, state, (data, idx, n, dropout_base),
-                                                         (length, full, self.k))
+                                                         (length, full, self.k), *self._shardings())
       if compiled is None:
         lowered = loop.lower(state, data, idx, n, dropout_base)
         lowered_at = time.time()

@@ -11,7 +11,6 @@ them (`clean_ranked`). The invalid-ID rate is reported separately, on the raw be
 from __future__ import annotations
 
 import math
-
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np

@@ -5,6 +5,7 @@ trained for 12 steps per phase.
 """
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import textwrap
@@ -16,6 +17,7 @@ import pytest
 from conftest import write_task_cache
 from tiger_jax import checkpoints
 from tiger_jax import gin_utils
+from tiger_jax import metrics as metrics_lib
 from tiger_jax import select_refit
 from tiger_jax import train as train_lib
 from tiger_jax import utils
@@ -296,10 +298,14 @@ def test_seed_summary_is_the_mean_and_standard_error_per_metric():
   assert summary["mean"]["recall@5"] == pytest.approx(0.2) and summary["mean"]["ndcg@10"] == pytest.approx(0.08)
   # Sample standard deviation over sqrt(n): |0.3 - 0.1| / sqrt(2) / sqrt(2) = 0.1.
   assert summary["stderr"]["recall@5"] == pytest.approx(0.1) and summary["stderr"]["ndcg@5"] == 0.0
-  assert select_refit.summarize_seeds({3: per_seed[0]})["stderr"]["recall@5"] is None
+  one_seed = select_refit.summarize_seeds({3: per_seed[0]})
+  assert one_seed["stderr"]["recall@5"] is None
+  assert select_refit.format_seed_summary(summary).startswith("recall@5 0.2000 +- 0.1000 ndcg@5 0.0500 +- 0.0000")
+  assert select_refit.format_seed_summary(one_seed) == "recall@5 0.1000 ndcg@5 0.0500 recall@10 0.2000 ndcg@10 0.0700"
 
 
-def test_seeds_select_once_then_refit_that_choice_per_seed(tmp_path, cache_dir):
+def test_seeds_select_once_then_refit_that_choice_per_seed(tmp_path, cache_dir, caplog):
+  caplog.set_level(logging.INFO, logger="tiger_jax.select_refit")
   gin_file = _gin_file(tmp_path, cache_dir)
   root = str(tmp_path / "run")
   with pytest.raises(ValueError, match="distinct"):
@@ -320,6 +326,9 @@ def test_seeds_select_once_then_refit_that_choice_per_seed(tmp_path, cache_dir):
   assert summary["seeds"] == [0, 5] and summary["selection_from"] == first
   for key in select_refit.TEST_METRICS:
     assert summary["mean"][key] == pytest.approx((tests[0][key] + tests[1][key]) / 2)
+  # The log alone holds every seed's test metrics beside the summary.
+  for seed, test in zip((0, 5), tests):
+    assert f"seed {seed} test: {metrics_lib.format_metrics(test)}" in caplog.text
   # Rerunning redoes nothing and writes the same summary.
   again = select_refit.run_seeds(_flags(gin_file, root), [0, 5])
   assert again[0]["test"]["status"] == again[5]["test"]["status"] == "done before"

@@ -522,6 +522,12 @@ def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> dict:
           "stderr": {k: stderr for k, (_, stderr) in spread.items()}}
 
 
+def format_seed_summary(summary: Mapping[str, Any]) -> str:
+  """'recall@5 0.0318 +- 0.0002 ...'; one seed has no spread, so it prints the mean alone."""
+  return " ".join(f"{k} {summary['mean'][k]:.4f}" + ("" if summary["stderr"][k] is None else
+                                                      f" +- {summary['stderr'][k]:.4f}") for k in TEST_METRICS)
+
+
 def run_seeds(flags: argparse.Namespace, seeds: Sequence[int]) -> dict:
   """The procedure for seeds[0] in MODEL_DIR/seed<first>/, then refit and test of its choice for every further
   seed; writes MODEL_DIR/seeds.json once every seed has its test metrics."""
@@ -548,8 +554,9 @@ def run_seeds(flags: argparse.Namespace, seeds: Sequence[int]) -> dict:
   if len(per_seed) == len(seeds):
     summary = dict(summarize_seeds(per_seed), model_dir=root, selection_from=first)
     utils.write_json(os.path.join(root, SEEDS_FILE), summary)
-    log.info("%d seeds -> %s: %s", len(seeds), os.path.join(root, SEEDS_FILE), " ".join(
-        f"{k} {summary['mean'][k]:.4f} +- {summary['stderr'][k] or 0:.4f}" for k in TEST_METRICS))
+    for seed in seeds:
+      log.info("seed %d test: %s", seed, metrics_lib.format_metrics(per_seed[seed]))
+    log.info("%d seeds -> %s: %s", len(seeds), os.path.join(root, SEEDS_FILE), format_seed_summary(summary))
     reports["summary"] = summary
   return reports
 

@@ -112,9 +112,8 @@ def numpy_converted_split(examples: Mapping[str, object], feature_lengths: Mappi
 
 
 def _atomic_savez(path: str, **arrays):
-  tmp = path + ".tmp.npz"
-  np.savez_compressed(tmp, **arrays)  # token arrays are mostly padding: 50 MB -> 3 MB for Beauty
-  os.replace(tmp, path)
+  with utils.atomic_write(path, "wb") as f:
+    np.savez_compressed(f, **arrays)  # token arrays are mostly padding: 50 MB -> 3 MB for Beauty
 
 
 def cache_task(task_name: str, output_cache_dir: str, data_dir: Optional[str] = None,

@@ -140,10 +140,8 @@ def embed_items(catalog: ItemCatalog, work_dir: str, model_name: str = OFFLINE_M
 
 def save_embeddings(work_dir: str, vectors: np.ndarray, info: dict) -> None:
   """`work_dir`/embeddings.npy (replaced whole, never left half-written) and the info beside it."""
-  os.makedirs(work_dir, exist_ok=True)
-  emb_path = os.path.join(work_dir, EMBEDDINGS_FILE)
-  np.save(emb_path + ".tmp.npy", vectors)
-  os.replace(emb_path + ".tmp.npy", emb_path)
+  with utils.atomic_write(os.path.join(work_dir, EMBEDDINGS_FILE), "wb") as f:
+    np.save(f, vectors)
   utils.write_json(os.path.join(work_dir, INFO_FILE), info, indent=None)
 
 

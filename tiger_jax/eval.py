@@ -142,8 +142,7 @@ def write_predictions(path: str, tables: CatalogTables, user_index: np.ndarray, 
                       raw_items: np.ndarray, scores: np.ndarray) -> None:
   """predictions.jsonl in the format of docs/CONTRACTS.md: the cleaned ranked list, best first, with scores."""
   clean = metrics_lib.clean_ranked(raw_items)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with utils.atomic_write(path) as f:
     for u, t, ranked, raw, sc in zip(user_index, target, clean, raw_items, scores):
       kept = ranked[ranked >= 0]
       first_score = {}
@@ -152,7 +151,6 @@ def write_predictions(path: str, tables: CatalogTables, user_index: np.ndarray, 
       f.write(json.dumps({"user": str(tables.users[u]), "target": str(tables.asins[t]),
                           "topk": [str(tables.asins[i]) for i in kept],
                           "scores": [round(float(first_score[i]), 5) for i in kept.tolist()]}) + "\n")
-  os.replace(tmp, path)
 
 
 def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch_size: int = 512

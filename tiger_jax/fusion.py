@@ -204,14 +204,12 @@ def write_split(systems: Mapping[str, str], out_dir: str, split: str, weights, c
   directory = os.path.join(out_dir, f"eval_{split}")
   os.makedirs(directory, exist_ok=True)
   ranks = np.full(len(users), -1, np.int64)
-  tmp = os.path.join(directory, PREDICTIONS_FILE + ".tmp")
-  with open(tmp, "w") as f:
+  with utils.atomic_write(os.path.join(directory, PREDICTIONS_FILE)) as f:
     for u, (user, target, user_lists) in enumerate(zip(users, targets, lists)):
       fused = fuse(user_lists, weights, c, k)
       ranks[u] = _target_rank(fused, target)
       f.write(json.dumps({"user": user, "target": target, "topk": [a for a, _ in fused],
                           "scores": [round(s, 6) for _, s in fused]}) + "\n")
-  os.replace(tmp, os.path.join(directory, PREDICTIONS_FILE))
   result: dict[str, Any] = metrics_lib.ranking_metrics(ranks)
   result.update({"split": split, "num_users": len(users), "model": "fusion", "systems": list(systems),
                  "weights": list(weights), "c": c, "k": k})

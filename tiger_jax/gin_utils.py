@@ -272,11 +272,9 @@ def write_config(model_dir: str, filename: str = "config.gin") -> Optional[str]:
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return None
-  os.makedirs(model_dir, exist_ok=True)
   path = os.path.join(model_dir, filename)
-  with open(path + ".tmp", "w") as f:
+  with utils.atomic_write(path) as f:
     f.write(text)
-  os.replace(path + ".tmp", path)
   return path
 
 

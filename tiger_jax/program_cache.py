@@ -128,11 +128,8 @@ class ProgramCache:
         if exported is None:
           return None, False
         # Whole files only, the module before its metadata: a killed writer leaves no entry a reader takes.
-        os.makedirs(self.directory, exist_ok=True)
-        tmp = f"{path}.bin.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
+        with utils.atomic_write(path + ".bin", "wb") as f:
           f.write(exported.serialize())
-        os.replace(tmp, path + ".bin")
         utils.write_json(path + ".json", {"output_keys": output_keys, "state_leaves": len(leaves),
                                           "devices": exported.nr_devices,
                                           "key_parts": [str(p) for p in key_parts]})

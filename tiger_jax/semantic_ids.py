@@ -30,6 +30,7 @@ import gin
 import numpy as np
 
 from tiger_jax import rqvae
+from tiger_jax import utils
 from tiger_jax.embed import check_embeddings
 
 NUM_LEVELS = 4
@@ -136,10 +137,8 @@ class SemanticIds:
              sorted_order=order,
              stats=np.array(json.dumps(_jsonable(self.stats), sort_keys=True)),
              content_hash=np.array(self.content_hash()))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with utils.atomic_write(path, "wb") as f:
       f.write(buf.getvalue())
-    os.replace(tmp, path)
     return path
 
   @classmethod

@@ -6,13 +6,14 @@ is numpy (+ jax.numpy for the schedules): training must never import TensorFlow 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import math
 import os
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import IO, Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -138,12 +139,27 @@ def create_learning_rate_scheduler(factors: str = "constant * rsqrt_decay",
   return schedule
 
 
-def write_json(path: str, value: Any, indent: Optional[int] = 1) -> str:
-  """Writes JSON through a temporary file (a reader never sees half a file), creating the directory."""
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
+  """A file that replaces `path` whole when the block ends without error, so neither a reader nor a rerun
+  after a crash sees half a file; the directory is created. A failed block leaves `path` as it was."""
+  if mode not in ("w", "wb"):
+    raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, mode) as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_json(path: str, value: Any, indent: Optional[int] = 1) -> str:
+  """Writes JSON whole (atomic_write), creating the directory."""
+  with atomic_write(path) as f:
     json.dump(value, f, indent=indent)
-  os.replace(path + ".tmp", path)
   return path
 
 

@@ -69,13 +69,11 @@ def write_metrics(root: str, split: str, result: dict[str, Any]) -> str:
 def write_predictions(path: str, users: Sequence[str], asins: Sequence[str], user_index: np.ndarray,
                       target: np.ndarray, topk_items: np.ndarray, topk_scores: np.ndarray) -> None:
   """predictions.jsonl as TIGER's eval writes it (docs/CONTRACTS.md): reviewerID, target asin, ranked asins."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
+  with utils.atomic_write(path) as f:
     for u, t, items, scores in zip(user_index, target, topk_items, topk_scores):
       f.write(json.dumps({"user": str(users[u]), "target": str(asins[t]),
                           "topk": [str(asins[i]) for i in items.tolist()],
                           "scores": [round(float(s), 5) for s in scores.tolist()]}) + "\n")
-  os.replace(tmp, path)
 
 
 def format_table(rows: Iterable[tuple[str, dict[str, Any]]],

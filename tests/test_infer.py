@@ -47,7 +47,8 @@ def test_infer_from_another_folder_finds_the_cache_beside_the_model(relative_pat
   shutil.copytree(os.path.join(run["root"], "work"), copy / "work")
   (copy / "work" / "cache" / run["task"] / "items.npz").unlink()
   out = _infer_cli(run, str(tmp_path), f"--model_dir={copy / 'work' / 'model'}", "--history=P01")
-  assert out.returncode != 0 and str(copy / "work" / "cache" / run["task"] / "items.npz") in out.stderr
+  assert out.returncode == 2 and str(copy / "work" / "cache" / run["task"] / "items.npz") in out.stderr
+  assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize("k", [0, -1, 21])
@@ -71,7 +72,7 @@ def test_infer_cli_rejects_k_before_loading_the_model(relative_path_run, tmp_pat
 
 def test_infer_cli_on_a_folder_that_holds_no_model_is_one_line(relative_path_run, tmp_path):
   out = _infer_cli(relative_path_run, str(tmp_path), f"--model_dir={tmp_path / 'nomodel'}", "--k=5")
-  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
   assert f"error: {tmp_path / 'nomodel' / 'config.gin'} not found" in out.stderr
 
 

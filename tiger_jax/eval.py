@@ -48,7 +48,7 @@ class CatalogTables:
   def load(cls, cache_dir: Optional[str], task_name: str) -> "CatalogTables":
     path = os.path.join(utils.resolve_cache_dir(cache_dir), task_name, ITEMS_FILE)
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: re-run the task cache (python -m tasks.cache_tasks)")
+      raise utils.MissingArtifactError(f"{path} not found: re-run the task cache (python -m tasks.cache_tasks)")
     with np.load(path, allow_pickle=False) as z:
       return cls(asins=z["asins"], item_tokens=z["item_tokens"], users=z["users"], titles=z["titles"])
 

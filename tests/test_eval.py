@@ -151,7 +151,7 @@ def test_eval_and_infer_refuse_a_cache_rebuilt_with_other_ids(trained):
   proc = subprocess.run([sys.executable, "-m", "tiger_jax.infer", f"--model_dir={trained['model_dir']}",
                          f"--cache_dir={other}", "--history=P01"], cwd=REPO, env=trained["env"],
                         capture_output=True, text=True)
-  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: infer: the task cache")
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: infer: the task cache")
   assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
@@ -165,6 +165,9 @@ def test_metrics_from_predictions_by_hand(tmp_path):
   assert m["recall@5"] == pytest.approx(1 / 3) and m["recall@10"] == pytest.approx(2 / 3)
   assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(7)) / 3)
   assert metrics.recall_at_k(np.array([0, 5, -1]), 10) == pytest.approx(2 / 3)
+  path.write_text('{"user": "a", "target": "x", "topk": ["x"]}\n{"user": "b", "topk": ["x"]}\n')
+  with pytest.raises(ValueError, match=r"p\.jsonl, line 2, field 'target': missing"):
+    eval_lib.metrics_from_predictions(str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------

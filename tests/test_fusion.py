@@ -86,14 +86,14 @@ def test_the_pick_is_validations_and_test_is_scored_once_with_it(tmp_path, two_s
 def test_selection_is_written_before_any_test_file_is_read(tmp_path, two_systems):
   _write(two_systems["b"], "test", ['{"user": "u0", "target": "t0", "topk": []}', "{not json"], folder="test")
   out = str(tmp_path / "out")
-  with pytest.raises(fusion.FusionInputError, match=r"b/test/predictions\.jsonl line 2: not valid JSON"):
+  with pytest.raises(fusion.FusionInputError, match=r"b/test/predictions\.jsonl, line 2: not valid JSON"):
     fusion.run(two_systems, out, weight_step=0.5, cs=[1.0])
   assert os.path.exists(os.path.join(out, "selection.json"))
 
 
 @pytest.mark.parametrize("rows, message", [
-    (['{"user": "u0", "topk": []}'], r"line 1: field 'target' is missing"),
-    (['{"user": "u0", "target": "v0", "topk": "v0"}'], r"line 1: field 'topk' must be a list"),
+    (['{"user": "u0", "topk": []}'], r"line 1, field 'target': missing"),
+    (['{"user": "u0", "target": "v0", "topk": "v0"}'], r"line 1, field 'topk': must be a list"),
     (['{"user": "u0", "target": "v0", "topk": []}', '{"user": "u0", "target": "v0", "topk": []}'],
      r"line 2: user 'u0' appears a second time"),
     (['[1, 2]'], r"line 1: expected a JSON object"),
@@ -132,4 +132,4 @@ def test_cli_prints_both_splits_and_a_bad_input_is_one_line(tmp_path, two_system
   done = subprocess.run(argv + [f"--out_dir={tmp_path / 'out2'}"], cwd=REPO, capture_output=True, text=True,
                         timeout=120)
   assert done.returncode == 2 and "Traceback" not in done.stderr
-  assert "b/eval_validation/predictions.jsonl line 1: field 'target' is missing" in done.stderr
+  assert "b/eval_validation/predictions.jsonl, line 1, field 'target': missing" in done.stderr

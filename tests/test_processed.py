@@ -6,6 +6,7 @@ import os
 import pytest
 
 from tiger_jax.data import bundled_dataset_dir, load_dataset
+from tiger_jax.data import lines
 from tiger_jax.data import processed
 from tiger_jax.data.errors import DataFormatError
 from conftest import write_processed
@@ -44,7 +45,7 @@ def test_sequence_items_without_metadata_are_removed_and_counted(tmp_path, caplo
 
 
 @pytest.mark.parametrize("line, message", [
-    ('{"asin": "A", "title": "a"', "bad JSON"),
+    ('{"asin": "A", "title": "a"', "not valid JSON"),
     ('{"title": "no asin"}', "asin"),
     ('{"asin": "A", "categories": "Beauty"}', "categories"),
     ('{"asin": "A", "price": "cheap"}', "price"),
@@ -150,3 +151,17 @@ def test_load_dataset_dispatches_raw_amazon_files(tmp_path):
   assert ds.stats()["users"] == 5 and ds.stats()["items"] == 5 and ds.stats()["interactions"] == 25
   assert ds.catalog.items[0].price == 2.5
   assert json.loads(json.dumps(ds.report))["interactions"] == 25
+
+
+def test_json_lines_reader_names_file_line_and_field_and_reads_gzip(tmp_path):
+  path = tmp_path / "rows.jsonl.gz"
+  with gzip.open(path, "wt") as f:
+    f.write('{"step": 2, "loss": 1.0}\n\n{"step": 4}\n')
+  assert list(lines.read_json_objects(path, "metrics log")) == [(1, {"step": 2, "loss": 1.0}), (3, {"step": 4})]
+  with pytest.raises(DataFormatError, match=r"rows\.jsonl\.gz, line 3, field 'loss': missing"):
+    list(lines.read_json_objects(path, "metrics log", required=("step", "loss")))
+  for text, message in [('{"step": 2}\n{"step": \n', r"line 2: not valid JSON"),
+                        ('[1, 2]\n', r"line 1: expected a JSON object, got list")]:
+    path.write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(DataFormatError, match=message):
+      list(lines.read_json_objects(path))

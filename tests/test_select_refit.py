@@ -78,7 +78,7 @@ def test_validation_curve_keeps_the_last_row_per_step(tmp_path):
   curve = select_refit.validation_curve(str(tmp_path), "validation/ndcg@10", last_step=8)
   assert curve == [{"step": 4, "validation/ndcg@10": 0.15}, {"step": 8, "validation/ndcg@10": 0.2}]
   (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n{oops\n")
-  with pytest.raises(ValueError, match=r"metrics\.jsonl line 2"):
+  with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2: not valid JSON"):
     select_refit.validation_curve(str(tmp_path), "validation/ndcg@10")
 
 

@@ -31,6 +31,8 @@ from tiger_jax import metrics as metrics_lib
 from tiger_jax import provenance
 from tiger_jax import utils
 from tiger_jax import vocab as vocab_lib
+from tiger_jax.data import lines as lines_lib
+from tiger_jax.data.errors import DataFormatError
 
 log = logging.getLogger("tiger_jax.eval")
 ITEMS_FILE = "items.npz"
@@ -228,10 +230,10 @@ def check_writable_dir(directory: str) -> None:
 def metrics_from_predictions(path: str, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
   """Recomputes Recall/NDCG@K from predictions.jsonl alone (an independent check of metrics.json)."""
   ranks = []
-  with open(path) as f:
-    for line in f:
-      row = json.loads(line)
-      ranks.append(row["topk"].index(row["target"]) if row["target"] in row["topk"] else -1)
+  for number, row in lines_lib.read_json_objects(path, "predictions", ("target", "topk")):
+    if not isinstance(row["topk"], list):
+      raise DataFormatError("must be a list of asins", path, number, "topk")
+    ranks.append(row["topk"].index(row["target"]) if row["target"] in row["topk"] else -1)
   return metrics_lib.ranking_metrics(np.array(ranks), ks)
 
 

@@ -32,6 +32,8 @@ import numpy as np
 
 from tiger_jax import metrics as metrics_lib
 from tiger_jax import utils
+from tiger_jax.data import lines as lines_lib
+from tiger_jax.data.errors import DataFormatError
 
 log = logging.getLogger("tiger_jax.fusion")
 
@@ -61,25 +63,16 @@ def predictions_path(run_dir: str, split: str) -> str:
 def read_predictions(path: str) -> dict[str, tuple[str, list[str]]]:
   """user -> (target, ranked asins) of one predictions.jsonl, checked line by line."""
   out: dict[str, tuple[str, list[str]]] = {}
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise FusionInputError(f"{path} line {number}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise FusionInputError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
-      for field in ("user", "target", "topk"):
-        if field not in row:
-          raise FusionInputError(f"{path} line {number}: field {field!r} is missing")
+  try:
+    for number, row in lines_lib.read_json_objects(path, "predictions", ("user", "target", "topk")):
       if not isinstance(row["topk"], list) or not all(isinstance(a, str) for a in row["topk"]):
-        raise FusionInputError(f"{path} line {number}: field 'topk' must be a list of asins")
+        raise FusionInputError(f"{path}, line {number}, field 'topk': must be a list of asins")
       user = str(row["user"])
       if user in out:
-        raise FusionInputError(f"{path} line {number}: user {user!r} appears a second time")
+        raise FusionInputError(f"{path}, line {number}: user {user!r} appears a second time")
       out[user] = (str(row["target"]), row["topk"])
+  except DataFormatError as e:
+    raise FusionInputError(str(e)) from None
   if not out:
     raise FusionInputError(f"{path}: holds no predictions")
   return out

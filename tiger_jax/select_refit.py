@@ -47,6 +47,7 @@ import gin
 from tiger_jax import gin_utils
 from tiger_jax import metrics as metrics_lib
 from tiger_jax import utils
+from tiger_jax.data import lines as lines_lib
 
 log = logging.getLogger("tiger_jax.select_refit")
 
@@ -202,16 +203,9 @@ def validation_curve(model_dir: str, metric: str, last_step: Optional[int] = Non
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: phase 1 wrote no metrics")
   rows = {}
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {number}: not valid JSON ({e})") from None
-      if metric in row and (last_step is None or row["step"] <= last_step):
-        rows[int(row["step"])] = {k: v for k, v in row.items() if k == "step" or k.startswith("validation/")}
+  for _, row in lines_lib.read_json_objects(path, "metrics log"):
+    if metric in row and (last_step is None or row["step"] <= last_step):
+      rows[int(row["step"])] = {k: v for k, v in row.items() if k == "step" or k.startswith("validation/")}
   return [rows[s] for s in sorted(rows)]
 
 

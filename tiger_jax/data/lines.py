@@ -8,9 +8,10 @@ BadGzipFile or UnicodeDecodeError that would name neither.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import zlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from tiger_jax.data.errors import DataFormatError, PathLike, missing_file_error
 
@@ -51,3 +52,25 @@ def read_lines(path: PathLike, what: str = "data file", missing_hint: str = "") 
         raise DataFormatError(f"not valid UTF-8 (byte 0x{raw_line[e.start]:02x} at byte {e.start + 1} of "
                               "the line); save the file as UTF-8", path, lineno) from e
       yield lineno, text
+
+
+def read_json_objects(path: PathLike, what: str = "JSON-lines file", required: Sequence[str] = (),
+                      missing_hint: str = "") -> Iterator[tuple[int, dict]]:
+  """Yields (1-based line number, object) of a JSON-lines file, skipping blank lines.
+
+  A line that is not JSON, not a JSON object, or lacks a `required` field is a DataFormatError naming the
+  file, the line and the field, so predictions, metrics logs and catalogues all fail the same way.
+  """
+  for lineno, line in read_lines(path, what, missing_hint):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataFormatError(f"not valid JSON ({e.msg} at column {e.colno})", path, lineno) from None
+    if not isinstance(row, dict):
+      raise DataFormatError(f"expected a JSON object, got {type(row).__name__}", path, lineno)
+    for field in required:
+      if field not in row:
+        raise DataFormatError("missing", path, lineno, field)
+    yield lineno, row

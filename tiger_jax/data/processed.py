@@ -16,14 +16,13 @@ Both files may be gzip-compressed or plain (detected from the content, tiger_jax
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Iterator, Optional
 
 from tiger_jax.data import splits
 from tiger_jax.data.errors import DataFormatError
-from tiger_jax.data.lines import read_lines
+from tiger_jax.data.lines import read_json_objects, read_lines
 from tiger_jax.data.types import Dataset, Item, ItemCatalog, Sessions
 
 logger = logging.getLogger("tiger_jax.data")
@@ -62,11 +61,11 @@ def parse_item(record: dict, path: str, number: int) -> Item:
   """Builds an Item from an Amazon-2014-style metadata dict, validating field types."""
   asin = record.get("asin")
   if not isinstance(asin, str) or not asin.strip():
-    raise DataFormatError(f"missing or empty 'asin'", path, number)
+    raise DataFormatError("missing or empty 'asin'", path, number)
   categories = record.get("categories") or []
   if not isinstance(categories, list) or not all(
       isinstance(p, (list, tuple)) and all(isinstance(c, str) for c in p) for p in categories):
-    raise DataFormatError(f"'categories' must be a list of lists of strings", path, number)
+    raise DataFormatError("'categories' must be a list of lists of strings", path, number)
   price = record.get("price")
   if price is not None:
     try:
@@ -85,13 +84,7 @@ def parse_item(record: dict, path: str, number: int) -> Item:
 def read_items(path: str, fields_seen: Optional[set] = None) -> list[Item]:
   """Items in file order; `fields_seen`, when given, collects every field name met (for error messages)."""
   items, seen = [], set()
-  for number, line in _lines(path):
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataFormatError(f"bad JSON ({e.msg})", path, number) from None
-    if not isinstance(record, dict):
-      raise DataFormatError(f"expected a JSON object", path, number)
+  for number, record in read_json_objects(path, "data file"):
     if fields_seen is not None:
       fields_seen.update(record)
     item = parse_item(record, path, number)
@@ -99,6 +92,8 @@ def read_items(path: str, fields_seen: Optional[set] = None) -> list[Item]:
       raise DataFormatError(f"duplicate asin {item.asin!r}", path, number)
     seen.add(item.asin)
     items.append(item)
+  if not items:
+    raise DataFormatError("file is empty", path)
   return items
 
 

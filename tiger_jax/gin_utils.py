@@ -300,8 +300,7 @@ def run(main: Callable[[argparse.Namespace], Any], argv: Optional[Sequence[str]]
     return main(flags)
   except utils.MissingArtifactError as e:
     # gin appends "In call to configurable ..." on a second line; the first names the file and the fix.
-    sys.stderr.write(f"error: {str(e).splitlines()[0]}\n")
-    raise SystemExit(2) from None
+    utils.exit_with_error(str(e).splitlines()[0])
 
 
 # Small helpers gin files can call (t5x ships the same ones).
@@ -340,5 +339,4 @@ def parse_gin_or_exit(flags: argparse.Namespace, finalize_config: bool = True) -
   try:
     parse_gin_flags(flags.gin_search_paths, flags.gin_file, flags.gin_bindings, finalize_config=finalize_config)
   except (GinConfigError, FileNotFoundError) as e:
-    sys.stderr.write(f"error: {e}\n")
-    raise SystemExit(2) from e
+    utils.exit_with_error(str(e))

@@ -22,7 +22,6 @@ import importlib.util  # noqa: F401  (gin-config 0.5.0 needs it imported on Pyth
 import json
 import logging
 import os
-import sys
 from typing import Optional, Sequence
 
 import gin
@@ -178,12 +177,6 @@ def _macro(name: str, required: bool = True):
     raise ValueError(f"config.gin does not set {name}; pass it explicitly") from e
 
 
-def _exit_with_error(message: str) -> None:
-  """One line on stderr and exit status 2, as the gin entry points end on a missing or mismatched artifact."""
-  sys.stderr.write(f"error: {message}\n")
-  raise SystemExit(2)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description="Top-K recommendations for a history of ASINs.")
   parser.add_argument("--model_dir", required=True)
@@ -205,12 +198,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rec = Recommender.from_model_dir(args.model_dir, args.checkpoint, args.cache_dir, args.task,
                                      num_beams=args.num_beams)
   except (provenance.ProvenanceError, utils.MissingArtifactError) as e:
-    _exit_with_error(str(e))
+    utils.exit_with_error(str(e))
   history = [a for a in args.history.split(",") if a]
   try:
     top = rec.recommend(history, args.user, args.k)
   except UnknownItemError as e:
-    _exit_with_error(e.args[0])
+    utils.exit_with_error(e.args[0])
   for rank, row in enumerate(top, start=1):
     print(json.dumps({"rank": rank, **row}))
 

@@ -200,10 +200,8 @@ def _read_json(path: str) -> dict:
 def validation_curve(model_dir: str, metric: str, last_step: Optional[int] = None) -> list[dict]:
   """The evaluations in model_dir/metrics.jsonl that hold `metric`, one per step (a rerun's row wins)."""
   path = os.path.join(model_dir, "metrics.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: phase 1 wrote no metrics")
   rows = {}
-  for _, row in lines_lib.read_json_objects(path, "metrics log"):
+  for _, row in lines_lib.read_json_objects(path, "metrics log", missing_hint="phase 1 wrote no metrics"):
     if metric in row and (last_step is None or row["step"] <= last_step):
       rows[int(row["step"])] = {k: v for k, v in row.items() if k == "step" or k.startswith("validation/")}
   return [rows[s] for s in sorted(rows)]

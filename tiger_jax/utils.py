@@ -13,7 +13,8 @@ import json
 import logging
 import math
 import os
-from typing import IO, Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+import sys
+from typing import IO, Any, Callable, Iterator, Mapping, NoReturn, Optional, Sequence, Union
 
 import numpy as np
 
@@ -262,6 +263,13 @@ class MissingArtifactError(FileNotFoundError):
 
   Entry points run through `gin_utils.run` report it in one line naming the path (exit 2).
   """
+
+
+def exit_with_error(message: str) -> NoReturn:
+  """How an entry point ends on bad configuration or a missing or mismatched artifact: one line on stderr,
+  exit status 2, no traceback."""
+  sys.stderr.write(f"error: {message}\n")
+  raise SystemExit(2)
 
 
 def resolve_cache_dir(cache_dir: Optional[str]) -> str:

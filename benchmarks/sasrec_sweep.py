@@ -3,13 +3,15 @@ with the best validation NDCG@10 then scored once on test (at one or more seeds)
 
   PYTHONPATH=. python -m benchmarks.sasrec_sweep --data_dir=data/beauty --out_dir=OUT \
       [--grid=benchmarks/sasrec_grid.json] [--test_seeds=0,1,2] [--stop_after_seconds=540] \
-      [--gin_file=gin/baselines/sasrec.gin] [--gin.NUM_EPOCHS=...]
+      [--gin_file=gin/baselines/sasrec.gin] [--gin.NUM_EPOCHS=...] [--refit]
 
 The grid file (JSON): `fixed` bindings for every point, then `stages`, each a `grid` (gin name -> list of
 values; the points are their product) that either stands alone or, with `"around_best": true`, varies the best
 point found so far. `metric` names the validation metric that ranks points (ties: the earlier point). Every
 point trains in OUT/points/<name>/ (scored on validation only) and leaves point.json when finished; the
-selected point's test run and its extra seeds (OUT/seeds/) come last. Rerunning the command skips finished
+selected point's test run and its extra seeds (OUT/seeds/) come last. With --refit, each test seed is also
+trained on train + validation for the pick's best validation epoch count (OUT/refit/, no validation) and scored
+on test, as a select-then-refit TIGER is: the rows to compare with refit recipes. Rerunning the command skips finished
 points and resumes an unfinished one from its checkpoint; with --stop_after_seconds it starts no new run past
 that time and exits 75 (rerun to continue). Prints the validation table and writes
 OUT/sasrec_sweep_<dataset>.json. Needs jax, flax, optax, orbax, numpy and gin-config only.
@@ -114,13 +116,16 @@ def choose_best(points: Sequence[Mapping[str, Any]], metric: str) -> Mapping[str
 
 
 def run_sasrec(flags, bindings: Mapping[str, Any], model_dir: str, eval_splits: Sequence[str],
-               seed: Optional[int] = None) -> dict:
-  """One SASRec run through its gin entry point: fixed + point bindings, then the user's, then the run's."""
+               seed: Optional[int] = None, refit_epochs: Optional[int] = None) -> dict:
+  """One SASRec run through its gin entry point: fixed + point bindings, then the user's, then the run's
+  (with refit_epochs: a refit on train + validation for that many epochs, no early stopping)."""
   lines = [f"{k} = {_literal(v)}" for k, v in bindings.items()] + list(flags.gin_bindings)
   own = [f"DATA_DIR = {flags.data_dir!r}", f"MODEL_DIR = {model_dir!r}",
          f"sasrec_lib.train_and_evaluate.eval_splits = {list(eval_splits)!r}"]
   if seed is not None:
     own.append(f"RANDOM_SEED = {int(seed)}")
+  if refit_epochs is not None:
+    own += ["REFIT = True", f"NUM_EPOCHS = {int(refit_epochs)}", "EARLY_STOPPING_EPOCHS = None"]
   gin.clear_config()
   gin_utils.parse_gin_flags(flags.gin_search_paths, flags.gin_file or ["gin/baselines/sasrec.gin"],
                             lines + [_HEADER + "\n".join(own)])
@@ -207,6 +212,8 @@ def sweep(flags) -> dict:
               for k in METRIC_KEYS}
     report["test_mean"] = {k: mean for k, (mean, _) in spread.items()}
     report["test_standard_error"] = {k: stderr for k, (_, stderr) in spread.items()}
+    if flags.refit:
+      report["refit"] = refit_chosen(flags, grid, chosen, check_time)
   finally:
     report["points"] = points
     report["seconds_this_run"] = round(time.time() - started, 1)
@@ -216,10 +223,33 @@ def sweep(flags) -> dict:
   return report
 
 
-def _finished(model_dir: str) -> Optional[dict]:
-  """A run already scored on validation and test: its two metrics files (nothing is trained or decoded)."""
+def refit_chosen(flags, grid: Mapping[str, Any], chosen: Mapping[str, Any], check_time) -> dict:
+  """The pick refit on train + validation per test seed, for the epochs its validation run chose."""
+  epochs = int((chosen.get("best") or {}).get("epoch") or 0)
+  if epochs < 1:
+    raise ValueError(f"point {chosen['name']}: no best validation epoch recorded, nothing to refit for")
+  refit = {"epochs": epochs, "epochs_from": chosen["name"], "test": {}}
+  for seed in flags.test_seeds:
+    model_dir = os.path.join(flags.out_dir, "refit", f"{chosen['name']}_seed{seed}")
+    result = _finished(model_dir, ("test",))
+    if result is None:
+      check_time(f"refit seed {seed}")
+      log.info("refit of %s, seed %d: %d epochs on train + validation", chosen["name"], seed, epochs)
+      result = run_sasrec(flags, {**grid["fixed"], **chosen["bindings"]}, model_dir, ("test",), seed=seed,
+                          refit_epochs=epochs)
+    refit["test"][str(seed)] = {"model_dir": model_dir, **{k: result["test"][k] for k in METRIC_KEYS},
+                                **_summary(result["test"])}
+  spread = {k: metrics_lib.mean_and_standard_error([refit["test"][str(s)][k] for s in flags.test_seeds])
+            for k in METRIC_KEYS}
+  refit["test_mean"] = {k: mean for k, (mean, _) in spread.items()}
+  refit["test_standard_error"] = {k: stderr for k, (_, stderr) in spread.items()}
+  return refit
+
+
+def _finished(model_dir: str, splits: Sequence[str] = ("validation", "test")) -> Optional[dict]:
+  """A run already scored on `splits`: their metrics files (nothing is trained or decoded)."""
   found = {}
-  for split in ("validation", "test"):
+  for split in splits:
     path = os.path.join(model_dir, f"eval_{split}", "metrics.json")
     if not os.path.exists(path):
       return None
@@ -252,12 +282,14 @@ def print_report(report: Mapping[str, Any], metric: str) -> None:
   print(f"\n== SASRec sweep on {report['dataset']['dataset']}: validation (ranked by {metric}), "
         f"{report.get('device_kind', '')}, git {report.get('git_revision', '')}")
   print("\n".join(_common.markdown_table(header, rows)))
-  if report.get("test_mean"):
-    seeds = list(report["test"])
-    se = report["test_standard_error"]
-    cells = [f"{report['test_mean'][k]:.4f}" + (f" ± {se[k]:.4f}" if se[k] is not None else "")
+  for what, entry in (("test", report), ("test after a refit on train + validation", report.get("refit"))):
+    if not entry or not entry.get("test_mean"):
+      continue
+    se = entry["test_standard_error"]
+    cells = [f"{entry['test_mean'][k]:.4f}" + (f" ± {se[k]:.4f}" if se[k] is not None else "")
              for k in METRIC_KEYS]
-    print(f"\ntest, point {report['best']}, seeds {','.join(seeds)}: " + " | ".join(
+    epochs = f" ({entry['epochs']} epochs)" if "epochs" in entry else ""
+    print(f"\n{what}{epochs}, point {report['best']}, seeds {','.join(entry['test'])}: " + " | ".join(
         f"{k} {c}" for k, c in zip(METRIC_KEYS, cells)))
 
 
@@ -268,6 +300,8 @@ def _extra_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--test_seeds", default=None,
                       help="Comma-separated seeds the chosen point is scored on test with (default: the "
                            "sweep's RANDOM_SEED).")
+  parser.add_argument("--refit", action="store_true",
+                      help="Also refit the pick on train + validation per test seed and score test (OUT/refit/).")
   parser.add_argument("--stop_after_seconds", type=float, default=None,
                       help="Start no new run after this many seconds; exit 75 so a rerun continues.")
 

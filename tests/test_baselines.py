@@ -332,6 +332,18 @@ def test_training_rows_cover_tigers_training_pairs(tiny_dataset_dir):
       assert rows.inputs.shape[1] == max_len and (rows.inputs[:, -1] > 0).all()  # left-padded
 
 
+def test_refit_rows_add_each_users_validation_pair_and_nothing_of_test(tiny_dataset_dir):
+  sessions = sequences.load_dataset(tiny_dataset_dir).sessions
+  validation = splits.leave_one_out(sessions, "validation", max_history=50)
+  expected = sorted(_tiger_pairs(sessions, 50) + [(int(u), tuple(h.tolist()), int(t)) for u, h, t in
+                                                   zip(validation.user_index, validation.history, validation.target)])
+  refit = sequences.training_rows(sessions, 50, holdout=1)
+  assert sorted(sequences.row_pairs(refit)) == expected
+  assert refit.num_targets == sequences.training_rows(sessions, 50).num_targets + len(sessions)
+  with pytest.raises(ValueError, match="holdout must be one of"):
+    sequences.training_rows(sessions, 50, holdout=0)
+
+
 def test_eval_inputs_are_leave_one_out_histories(tiny_dataset_dir):
   sessions = sequences.load_dataset(tiny_dataset_dir).sessions
   for split in ("validation", "test"):
@@ -389,6 +401,33 @@ def test_sasrec_early_stopping_and_validation_only_scoring(tmp_path):
     sasrec.train_and_evaluate(**kwargs, loss="bce")
   with pytest.raises(ValueError, match="eval_splits"):
     sasrec.train_and_evaluate(**kwargs, eval_splits=("train",))
+
+
+def test_sasrec_refit_trains_fixed_epochs_on_validation_targets_and_scores_test_only(tmp_path):
+  data_dir = _successor_dataset(tmp_path / "succ", users=40)
+  config = SASRecConfig(max_len=10, emb_dim=16, num_layers=1, num_heads=1, mlp_dim=16, dropout_rate=0.1)
+  common = dict(data_dir=data_dir, model_config=config, num_epochs=3, batch_size=16, eval_every_epochs=1,
+                checkpoint_every_epochs=2, write_predictions=False)
+  plain = sasrec.train_and_evaluate(model_dir=str(tmp_path / "plain"), **common)
+  model_dir = str(tmp_path / "refit")
+  result = sasrec.train_and_evaluate(model_dir=model_dir, refit=True, **common)
+  run = result["test"]
+  assert set(result) == {"test", "seconds_this_run"} and run["refit"] and run["best"] is None
+  assert run["epochs_trained"] == 3 and run["train_targets"] == plain["test"]["train_targets"] + 40
+  assert not os.path.exists(os.path.join(model_dir, "eval_validation"))
+  assert not os.path.exists(os.path.join(model_dir, "best"))
+  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f]
+  assert [e["epoch"] for e in logged] == [1, 2, 3] and not any("validation/ndcg@10" in e for e in logged)
+  # Finished: a rerun scores the last epoch's checkpoint again and trains nothing.
+  again = sasrec.train_and_evaluate(model_dir=model_dir, refit=True, **common)
+  assert again["test"]["epochs_this_run"] == 0 and again["test"]["ndcg@10"] == run["ndcg@10"]
+  # A training-split checkpoint is not resumed as a refit, nor the other way round.
+  with pytest.raises(ValueError, match="another data set or model"):
+    sasrec.train_and_evaluate(model_dir=str(tmp_path / "plain"), refit=True, **common)
+  for bad in (dict(eval_splits=("validation", "test")), dict(early_stopping_epochs=3)):
+    with pytest.raises(ValueError, match="refit=True trains on the validation targets"):
+      sasrec.train_and_evaluate(model_dir=str(tmp_path / "bad"), refit=True, **common, **bad)
 
 
 # ----------------------------------------------------------------------------------------------------------

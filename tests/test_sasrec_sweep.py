@@ -1,6 +1,7 @@
 """benchmarks/sasrec_sweep.py: points from a grid file, selection on validation only, test scored for the pick.
 
-The end-to-end case trains four tiny SASRec runs (three points, one extra seed): about a minute on a busy CPU.
+The end-to-end case trains six tiny SASRec runs (three points, one extra seed, two refits): about a minute on a
+busy CPU.
 """
 import json
 import os
@@ -65,7 +66,7 @@ def test_sweep_selects_on_validation_and_scores_only_the_pick_on_test(tmp_path, 
                 "MAX_LEN": 10, "BATCH_SIZE": 32, "LEARNING_RATE": 0.01},
       "stages": [{"grid": {"DROPOUT_RATE": [0.1, 0.4]}}, {"around_best": True, "grid": {"LOSS": ["bce"]}}]}))
   out = tmp_path / "out"
-  args = [f"--data_dir={data_dir}", f"--out_dir={out}", f"--grid={grid}", "--test_seeds=0,1",
+  args = [f"--data_dir={data_dir}", f"--out_dir={out}", f"--grid={grid}", "--test_seeds=0,1", "--refit",
           "--gin.sasrec_model.SASRecConfig.num_layers=1"]
   report = sweep_lib.main(args)
 
@@ -86,6 +87,16 @@ def test_sweep_selects_on_validation_and_scores_only_the_pick_on_test(tmp_path, 
   assert os.path.exists(out / "seeds" / f"{best['name']}_seed1" / "eval_test" / "metrics.json")
   for k in KEYS:
     assert report["test_mean"][k] == pytest.approx((report["test"]["0"][k] + report["test"]["1"][k]) / 2)
+  # --refit: per seed, the pick trained on train + validation for its best validation epoch count, test only.
+  refit = report["refit"]
+  assert refit["epochs"] == best["best"]["epoch"] and refit["epochs_from"] == best["name"]
+  for seed in ("0", "1"):
+    run_dir = out / "refit" / f"{best['name']}_seed{seed}"
+    assert refit["test"][seed]["model_dir"] == str(run_dir)
+    scored = json.load(open(run_dir / "eval_test" / "metrics.json"))
+    assert scored["refit"] and scored["epochs_trained"] == refit["epochs"]
+    assert scored["train_targets"] == written[best["name"]]["train_targets"] + 120  # one validation target a user
+    assert not os.path.exists(run_dir / "eval_validation")
   saved = json.load(open(out / f"sasrec_sweep_{report['dataset']['dataset']}.json"))
   assert saved["best"] == best["name"] and len(saved["points"]) == 3 and saved["git_revision"]
 
@@ -93,6 +104,7 @@ def test_sweep_selects_on_validation_and_scores_only_the_pick_on_test(tmp_path, 
   monkeypatch.setattr(sweep_lib, "run_sasrec", lambda *a, **k: pytest.fail("a finished sweep ran SASRec"))
   again = sweep_lib.main(args)
   assert again["best"] == report["best"] and again["test_mean"] == report["test_mean"]
+  assert again["refit"]["test_mean"] == refit["test_mean"]
 
 
 def test_out_of_time_exits_for_a_rerun(tmp_path):

@@ -16,7 +16,7 @@ checkpoint; a finished run only re-evaluates.
 MODEL_DIR afterwards: config.gin, metrics.jsonl (loss per epoch, validation metrics), checkpoints/ and best/
 (orbax, tiger_jax/checkpoints.py), eval_validation/ and eval_test/ with metrics.json (TIGER's keys plus
 training time, parameter count and device) and predictions.jsonl (top 20 per user), both from the best
-validation checkpoint.
+validation checkpoint (with `refit`, eval_test/ alone, from the last epoch).
 """
 from __future__ import annotations
 
@@ -204,13 +204,18 @@ def train_and_evaluate(*,
                        loss: str = "softmax",
                        num_negatives: int = 256,
                        early_stopping_epochs: Optional[int] = None,
-                       eval_splits: Sequence[str] = ("validation", "test")) -> dict[str, Any]:
+                       eval_splits: Optional[Sequence[str]] = None,
+                       refit: bool = False) -> dict[str, Any]:
   """Trains SASRec on `data_dir`'s training split (resuming from MODEL_DIR), then evaluates the best params.
 
   loss / num_negatives: see sasrec_model.next_item_loss. early_stopping_epochs: stop (after a checkpoint)
   once validation `best_metric` has not improved for this many epochs. eval_splits: what the best params
-  are scored on at the end (a sweep scores 'validation' alone, and 'test' once for the point it picks; a
-  finished run only re-evaluates). Returns {split: metrics, ...}, each also written as eval_<split>/metrics.json.
+  are scored on at the end (default validation and test, test alone for a refit; a sweep scores 'validation'
+  alone, and 'test' once for the point it picks; a finished run only re-evaluates). refit: train on the
+  training and validation targets (holdout 1) for exactly num_epochs epochs, with no validation (the epoch
+  count comes from a run selected on validation), and score test with the last parameters, as a
+  select-then-refit TIGER is tested. Returns {split: metrics, ...}, each also written as
+  eval_<split>/metrics.json.
   """
   config = model_config.validate()
   _check_positive(num_epochs=num_epochs, batch_size=batch_size, eval_batch_size=eval_batch_size,
@@ -222,8 +227,13 @@ def train_and_evaluate(*,
   negatives = num_negatives if loss == "sampled_softmax" else None
   if early_stopping_epochs is not None:
     _check_positive(early_stopping_epochs=early_stopping_epochs)
+  if eval_splits is None:
+    eval_splits = ("test",) if refit else ("validation", "test")
   if isinstance(eval_splits, str) or not set(eval_splits) <= {"validation", "test"} or not eval_splits:
     raise ValueError(f"eval_splits must name 'validation' and/or 'test', got {eval_splits!r}")
+  if refit and ("validation" in eval_splits or early_stopping_epochs is not None):
+    raise ValueError("refit=True trains on the validation targets: eval_splits must be ('test',) and "
+                     f"early_stopping_epochs None, got {tuple(eval_splits)!r} and {early_stopping_epochs!r}")
   if not model_dir:
     raise ValueError("model_dir (MODEL_DIR) is empty")
   best_key = f"validation/{best_metric}"
@@ -234,14 +244,16 @@ def train_and_evaluate(*,
   # Data: training rows on the device, validation and test histories on the host.
   dataset = sequences.load_dataset(data_dir)
   num_items = len(dataset.catalog)
-  rows = sequences.training_rows(dataset.sessions, config.max_len, window_stride)
+  rows = sequences.training_rows(dataset.sessions, config.max_len, window_stride, holdout=1 if refit else 2)
   if not len(rows):
     raise ValueError(f"data_dir={data_dir!r}: no user has a training target (every sequence has 3 items)")
   eval_sets = {split: sequences.eval_inputs(dataset.sessions, split, config.max_len)
-               for split in ("validation", "test") if split == "validation" or split in eval_splits}
+               for split in ("validation", "test") if (split == "validation" and not refit) or split in eval_splits}
   fingerprint = {"dataset": dataset.name, "num_items": num_items, "num_users": len(dataset.sessions),
                  "train_rows": len(rows), "train_targets": rows.num_targets, "max_len": config.max_len,
                  "window_stride": window_stride}
+  if refit:
+    fingerprint["holdout"] = 1  # absent for the training split, so older checkpoints still match
   tiger_examples = sum(max(len(s) - 3, 0) for s in dataset.sessions.sequences)
   steps_per_epoch = len(epoch_batches(len(rows), batch_size, random_seed, 0))
   log.info("%s: %d users, %d items; %d training rows with %d targets (TIGER trains on %d examples); "
@@ -267,7 +279,7 @@ def train_and_evaluate(*,
   abstract_state = jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=jax.sharding.SingleDeviceSharding(device)),
       jax.eval_shape(init_state, init_key))
-  ckpt = checkpoints_lib.TrainCheckpointer(model_dir, keep=checkpoints_to_keep, keep_best=True)
+  ckpt = checkpoints_lib.TrainCheckpointer(model_dir, keep=checkpoints_to_keep, keep_best=not refit)
   clocks, epoch, resumed_from = Clocks(), 0, None
   latest = ckpt.latest_step()
   if latest is not None:
@@ -361,12 +373,12 @@ def train_and_evaluate(*,
       summaries.flush()
       log.info("epoch %d/%d loss %.4f (%.2fs, %.0f rows/s)", epoch, num_epochs, epoch_loss, seconds,
                len(rows) / max(seconds, 1e-9))
-      evaluated = epoch % eval_every_epochs == 0 or epoch == num_epochs
+      evaluated = not refit and (epoch % eval_every_epochs == 0 or epoch == num_epochs)
       if evaluated:
         validate(state, epoch)
         stopped_early = epoch < num_epochs and patience_exhausted(epoch)
       clocks.wall_seconds = wall_before + time.time() - loop_start
-      if evaluated or epoch % checkpoint_every_epochs == 0 or stop["signal"] is not None:
+      if evaluated or epoch % checkpoint_every_epochs == 0 or epoch == num_epochs or stop["signal"] is not None:
         save(state, epoch)
       if stopped_early:
         log.info("early stop at epoch %d: validation %s has not improved since epoch %d", epoch, best_metric,
@@ -382,12 +394,15 @@ def train_and_evaluate(*,
   if stop["signal"] is not None:
     return {"stopped_by_signal": stop["signal"], "epoch": epoch}
 
-  # The best validation params, scored on eval_splits.
-  params, best_step = checkpoints_lib.restore_params(model_dir, "best")
+  # The best validation params (a refit: the last ones), scored on eval_splits.
+  if refit:
+    params, best_step = state["params"], int(state["step"])
+  else:
+    params, best_step = checkpoints_lib.restore_params(model_dir, "best")
   common = {"model": "sasrec", "dataset": dataset.name, "data_dir": data_dir, "num_items": num_items,
             "num_params": num_params, "config": dataclasses.asdict(config), "num_epochs": num_epochs,
             "epochs_trained": epoch, "epochs_this_run": epochs_this_run, "resumed_from_epoch": resumed_from,
-            "stopped_early": stopped_early, "loss": loss, "num_negatives": negatives,
+            "stopped_early": stopped_early, "refit": refit, "loss": loss, "num_negatives": negatives,
             "best": best, "best_step": best_step, "batch_size": batch_size, "steps_per_epoch": steps_per_epoch,
             "window_stride": window_stride, "train_rows": len(rows), "train_targets": rows.num_targets,
             "tiger_train_examples": tiger_examples, **clocks.as_dict(), "device": device.device_kind,
@@ -404,7 +419,8 @@ def train_and_evaluate(*,
       evaluation.write_predictions(
           os.path.join(evaluation.eval_dir(model_dir, split), evaluation.PREDICTIONS_FILE),
           dataset.sessions.users, dataset.catalog.asins, inputs.user_index, inputs.target, top_items, top_scores)
-    log.info("sasrec %s/%s (best epoch %s): %s", dataset.name, split, best and best["epoch"],
+    log.info("sasrec %s/%s (%s): %s", dataset.name, split,
+             f"refit, epoch {epoch}" if refit else f"best epoch {best and best['epoch']}",
              metrics_lib.format_metrics(result))
     results[split] = result
   results["seconds_this_run"] = round(time.time() - run_start, 2)

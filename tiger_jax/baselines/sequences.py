@@ -3,8 +3,9 @@
 Item ids: catalogue index + 1, with 0 as padding. Rows are left-padded, so a user's most recent item sits
 at the last position (SASRec's convention: the learned position then says how recent an item is).
 
-Training uses each user's training prefix s[0..n-3] only (splits.py): position j of a row reads the items up
-to j and predicts the next one, so one row yields every next-item pair of a short prefix at once, the same
+Training uses each user's training prefix s[0..n-3] only (splits.py), or with `holdout=1` s[0..n-2], which adds
+each user's validation target as a refit does (TIGER's train + validation examples): position j of a row reads
+the items up to j and predicts the next one, so one row yields every next-item pair of a short prefix at once, the same
 (history, target) pairs as `splits.leave_one_out(..., "train", max_history=max_len)`. A prefix longer than
 max_len + 1 items does not fit one row:
   window_stride=None   standard SASRec: keep the most recent max_len + 1 items (older targets are dropped);
@@ -43,11 +44,17 @@ def load_dataset(data_dir: str) -> Dataset:
   return data_lib.load_dataset(data_dir)
 
 
-def training_prefix(sequence) -> np.ndarray:
-  """The items training may see: all but the validation and test targets (s[0..n-3])."""
+HOLDOUTS = (1, 2)  # items held out at the end: 2 = the training split, 1 = training + validation (a refit)
+
+
+def training_prefix(sequence, holdout: int = 2) -> np.ndarray:
+  """The items training may see: all but the validation and test targets (s[0..n-3]), or with holdout=1 all
+  but the test target (s[0..n-2])."""
+  if holdout not in HOLDOUTS:
+    raise ValueError(f"holdout must be one of {HOLDOUTS}, got {holdout!r}")
   if len(sequence) < 3:
     raise ValueError(f"a sequence of {len(sequence)} items: leave-one-out needs at least 3")
-  return np.asarray(sequence[:-2], np.int32)
+  return np.asarray(sequence[:-holdout], np.int32)
 
 
 def training_counts(sessions: Sessions, num_items: int) -> np.ndarray:
@@ -81,15 +88,17 @@ def _window_starts(num_targets: int, max_len: int, window_stride: Optional[int])
   return list(range(0, last, window_stride)) + [last]
 
 
-def training_rows(sessions: Sessions, max_len: int, window_stride: Optional[int] = None) -> TrainRows:
-  """One row per user (more for long prefixes with a window_stride); users with no training target get none."""
+def training_rows(sessions: Sessions, max_len: int, window_stride: Optional[int] = None,
+                  holdout: int = 2) -> TrainRows:
+  """One row per user (more for long prefixes with a window_stride); users with no training target get none.
+  holdout: see training_prefix (1 trains on the validation targets too)."""
   if max_len < 1:
     raise ValueError(f"max_len must be >= 1, got {max_len}")
   if window_stride is not None and not 1 <= window_stride <= max_len:
     raise ValueError(f"window_stride must be None or in [1, max_len={max_len}], got {window_stride}")
   inputs, targets, users = [], [], []
   for u, sequence in enumerate(sessions.sequences):
-    ids = training_prefix(sequence) + 1
+    ids = training_prefix(sequence, holdout) + 1
     num_targets = len(ids) - 1  # targets are ids[1..num_targets]
     covered = 0  # targets up to this index already have a row
     for start in _window_starts(num_targets, max_len, window_stride):

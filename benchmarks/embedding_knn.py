@@ -24,6 +24,7 @@ import numpy as np
 from benchmarks import _common  # noqa: E402
 from benchmarks.cold_start import load_embeddings_for  # noqa: E402
 from tiger_jax import cold_start, metrics, utils  # noqa: E402
+from tiger_jax import predictions as predictions_lib  # noqa: E402
 from tiger_jax.data import load_dataset, splits  # noqa: E402
 
 METRICS = metrics.REPORTED_METRICS
@@ -46,10 +47,8 @@ def knn_metrics(embeddings: np.ndarray, examples: splits.SplitExamples, num_cand
 
 def write_predictions(path: str, ranked: np.ndarray, examples: splits.SplitExamples, users, asins) -> None:
   """eval's predictions.jsonl layout (user, target, topk), so other scripts read KNN like any model."""
-  with open(path, "w") as f:
-    for u, t, row in zip(examples.user_index, examples.target, ranked):
-      f.write(json.dumps({"user": users[u], "target": asins[t], "topk": [asins[i] for i in row if i >= 0]})
-              + "\n")
+  predictions_lib.write(path, (predictions_lib.Ranked(users[u], asins[t], [asins[i] for i in row if i >= 0])
+                               for u, t, row in zip(examples.user_index, examples.target, ranked)))
 
 
 def main() -> None:

@@ -95,7 +95,7 @@ def test_selection_is_written_before_any_test_file_is_read(tmp_path, two_systems
     (['{"user": "u0", "topk": []}'], r"line 1, field 'target': missing"),
     (['{"user": "u0", "target": "v0", "topk": "v0"}'], r"line 1, field 'topk': must be a list"),
     (['{"user": "u0", "target": "v0", "topk": []}', '{"user": "u0", "target": "v0", "topk": []}'],
-     r"line 2: user 'u0' appears a second time"),
+     r"line 2, field 'user': user 'u0' appears a second time \(first on line 1\)"),
     (['[1, 2]'], r"line 1: expected a JSON object"),
 ])
 def test_a_malformed_line_is_named(tmp_path, rows, message):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -28,11 +27,10 @@ import numpy as np
 from tiger_jax import checkpoints
 from tiger_jax import decoding
 from tiger_jax import metrics as metrics_lib
+from tiger_jax import predictions as predictions_lib
 from tiger_jax import provenance
 from tiger_jax import utils
 from tiger_jax import vocab as vocab_lib
-from tiger_jax.data import lines as lines_lib
-from tiger_jax.data.errors import DataFormatError
 
 log = logging.getLogger("tiger_jax.eval")
 ITEMS_FILE = "items.npz"
@@ -144,15 +142,16 @@ def write_predictions(path: str, tables: CatalogTables, user_index: np.ndarray, 
                       raw_items: np.ndarray, scores: np.ndarray) -> None:
   """predictions.jsonl in the format of docs/CONTRACTS.md: the cleaned ranked list, best first, with scores."""
   clean = metrics_lib.clean_ranked(raw_items)
-  with utils.atomic_write(path) as f:
+
+  def rows():
     for u, t, ranked, raw, sc in zip(user_index, target, clean, raw_items, scores):
       kept = ranked[ranked >= 0]
       first_score = {}
       for item, s in zip(raw.tolist(), sc.tolist()):
         first_score.setdefault(item, s)
-      f.write(json.dumps({"user": str(tables.users[u]), "target": str(tables.asins[t]),
-                          "topk": [str(tables.asins[i]) for i in kept],
-                          "scores": [round(float(first_score[i]), 5) for i in kept.tolist()]}) + "\n")
+      yield predictions_lib.Ranked(tables.users[u], tables.asins[t], [tables.asins[i] for i in kept],
+                                   [first_score[i] for i in kept.tolist()])
+  predictions_lib.write(path, rows())
 
 
 def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch_size: int = 512
@@ -208,7 +207,7 @@ def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpo
                  "checkpoint": checkpoint, "num_beams": num_beams, "constrained": constrain,
                  "decode_seconds": round(decode_seconds, 2), "users_per_second": round(len(raw) / decode_seconds, 1),
                  "seconds": round(time.time() - start, 2), "device": jax.devices()[0].device_kind})
-  write_predictions(os.path.join(output_dir, "predictions.jsonl"), tables, arrays["user_index"],
+  write_predictions(os.path.join(output_dir, predictions_lib.FILE_NAME), tables, arrays["user_index"],
                     arrays["target_item"], raw, scores)
   utils.write_json(os.path.join(output_dir, "metrics.json"), result)
   log.info("%s/%s step %d: %s", dataset_cfg.mixture_or_task_name, dataset_cfg.split, step,
@@ -229,11 +228,7 @@ def check_writable_dir(directory: str) -> None:
 
 def metrics_from_predictions(path: str, ks: Sequence[int] = (5, 10)) -> dict[str, float]:
   """Recomputes Recall/NDCG@K from predictions.jsonl alone (an independent check of metrics.json)."""
-  ranks = []
-  for number, row in lines_lib.read_json_objects(path, "predictions", ("target", "topk")):
-    if not isinstance(row["topk"], list):
-      raise DataFormatError("must be a list of asins", path, number, "topk")
-    ranks.append(row["topk"].index(row["target"]) if row["target"] in row["topk"] else -1)
+  ranks = predictions_lib.target_ranks(predictions_lib.read(path))
   return metrics_lib.ranking_metrics(np.array(ranks), ks)
 
 

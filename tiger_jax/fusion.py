@@ -31,14 +31,14 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from tiger_jax import metrics as metrics_lib
+from tiger_jax import predictions as predictions_lib
 from tiger_jax import utils
-from tiger_jax.data import lines as lines_lib
 from tiger_jax.data.errors import DataFormatError
 
 log = logging.getLogger("tiger_jax.fusion")
 
 SELECTION_FILE = "selection.json"
-PREDICTIONS_FILE = "predictions.jsonl"
+PREDICTIONS_FILE = predictions_lib.FILE_NAME
 SPLITS = ("validation", "test")
 DEFAULT_C = (1.0, 5.0, 20.0, 60.0)
 
@@ -60,22 +60,12 @@ def predictions_path(run_dir: str, split: str) -> str:
   raise FusionInputError(f"no {split} predictions in {run_dir}: neither {candidates[0]} nor {candidates[1]} exists")
 
 
-def read_predictions(path: str) -> dict[str, tuple[str, list[str]]]:
-  """user -> (target, ranked asins) of one predictions.jsonl, checked line by line."""
-  out: dict[str, tuple[str, list[str]]] = {}
+def read_predictions(path: str) -> dict[str, predictions_lib.Ranked]:
+  """user -> that user's line of one predictions.jsonl, checked line by line."""
   try:
-    for number, row in lines_lib.read_json_objects(path, "predictions", ("user", "target", "topk")):
-      if not isinstance(row["topk"], list) or not all(isinstance(a, str) for a in row["topk"]):
-        raise FusionInputError(f"{path}, line {number}, field 'topk': must be a list of asins")
-      user = str(row["user"])
-      if user in out:
-        raise FusionInputError(f"{path}, line {number}: user {user!r} appears a second time")
-      out[user] = (str(row["target"]), row["topk"])
+    return {row.user: row for row in predictions_lib.read(path)}
   except DataFormatError as e:
     raise FusionInputError(str(e)) from None
-  if not out:
-    raise FusionInputError(f"{path}: holds no predictions")
-  return out
 
 
 def load_split(systems: Mapping[str, str], split: str) -> tuple[list[str], list[str], list[list[list[str]]]]:
@@ -92,21 +82,13 @@ def load_split(systems: Mapping[str, str], split: str) -> tuple[list[str], list[
       user, where = (missing[0], path) if missing else (extra[0], first_path)
       raise FusionInputError(f"{split}: {len(missing)} users only in {first_path}, {len(extra)} only in {path} "
                              f"(e.g. {user!r}, missing from {where}): the files are not of one split")
-    for user, (target, _) in first.items():
-      if other[user][0] != target:
-        raise FusionInputError(f"{split}: user {user!r} has target {other[user][0]!r} in {path} line "
-                               f"{_line_of(path, user)} but {target!r} in {first_path} line "
-                               f"{_line_of(first_path, user)}: the files are not of one split of one dataset")
+    for user, row in first.items():
+      if other[user].target != row.target:
+        raise FusionInputError(f"{split}: user {user!r} has target {other[user].target!r} in {path} line "
+                               f"{other[user].line} but {row.target!r} in {first_path} line {row.line}: the "
+                               "files are not of one split of one dataset")
   users = list(first)
-  return users, [first[u][0] for u in users], [[read[n][u][1] for n in names] for u in users]
-
-
-def _line_of(path: str, user: str) -> int:
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if line.strip() and str(json.loads(line).get("user")) == user:
-        return number
-  return 0
+  return users, [first[u].target for u in users], [[read[n][u].topk for n in names] for u in users]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -197,12 +179,12 @@ def write_split(systems: Mapping[str, str], out_dir: str, split: str, weights, c
   directory = os.path.join(out_dir, f"eval_{split}")
   os.makedirs(directory, exist_ok=True)
   ranks = np.full(len(users), -1, np.int64)
-  with utils.atomic_write(os.path.join(directory, PREDICTIONS_FILE)) as f:
-    for u, (user, target, user_lists) in enumerate(zip(users, targets, lists)):
-      fused = fuse(user_lists, weights, c, k)
-      ranks[u] = _target_rank(fused, target)
-      f.write(json.dumps({"user": user, "target": target, "topk": [a for a, _ in fused],
-                          "scores": [round(s, 6) for _, s in fused]}) + "\n")
+  rows = []
+  for u, (user, target, user_lists) in enumerate(zip(users, targets, lists)):
+    fused = fuse(user_lists, weights, c, k)
+    ranks[u] = _target_rank(fused, target)
+    rows.append(predictions_lib.Ranked(user, target, [a for a, _ in fused], [s for _, s in fused]))
+  predictions_lib.write(os.path.join(directory, PREDICTIONS_FILE), rows, score_digits=6)
   result: dict[str, Any] = metrics_lib.ranking_metrics(ranks)
   result.update({"split": split, "num_users": len(users), "model": "fusion", "systems": list(systems),
                  "weights": list(weights), "c": c, "k": k})

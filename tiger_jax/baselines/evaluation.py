@@ -6,17 +6,17 @@ go to `<dir>/eval_<split>/metrics.json` with TIGER's keys (`recall@5`, `ndcg@5`,
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from tiger_jax import metrics as metrics_lib
+from tiger_jax import predictions as predictions_lib
 from tiger_jax import utils
 
 METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.jsonl"
+PREDICTIONS_FILE = predictions_lib.FILE_NAME
 
 
 def ranks_in_chunks(score_chunk: Callable[[int, int], np.ndarray], target: np.ndarray,
@@ -69,11 +69,9 @@ def write_metrics(root: str, split: str, result: dict[str, Any]) -> str:
 def write_predictions(path: str, users: Sequence[str], asins: Sequence[str], user_index: np.ndarray,
                       target: np.ndarray, topk_items: np.ndarray, topk_scores: np.ndarray) -> None:
   """predictions.jsonl as TIGER's eval writes it (docs/CONTRACTS.md): reviewerID, target asin, ranked asins."""
-  with utils.atomic_write(path) as f:
-    for u, t, items, scores in zip(user_index, target, topk_items, topk_scores):
-      f.write(json.dumps({"user": str(users[u]), "target": str(asins[t]),
-                          "topk": [str(asins[i]) for i in items.tolist()],
-                          "scores": [round(float(s), 5) for s in scores.tolist()]}) + "\n")
+  predictions_lib.write(path, (predictions_lib.Ranked(users[u], asins[t], [asins[i] for i in items.tolist()],
+                                                      scores.tolist())
+                               for u, t, items, scores in zip(user_index, target, topk_items, topk_scores)))
 
 
 def format_table(rows: Iterable[tuple[str, dict[str, Any]]],

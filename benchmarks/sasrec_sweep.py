@@ -3,7 +3,7 @@ with the best validation NDCG@10 then scored once on test (at one or more seeds)
 
   PYTHONPATH=. python -m benchmarks.sasrec_sweep --data_dir=data/beauty --out_dir=OUT \
       [--grid=benchmarks/sasrec_grid.json] [--test_seeds=0,1,2] [--stop_after_seconds=540] \
-      [--gin_file=gin/baselines/sasrec.gin] [--gin.NUM_EPOCHS=...] [--refit]
+      [--gin_file=gin/baselines/sasrec.gin] [--gin.NUM_EPOCHS=...] [--refit] [--workers=4]
 
 The grid file (JSON): `fixed` bindings for every point, then `stages`, each a `grid` (gin name -> list of
 values; the points are their product) that either stands alone or, with `"around_best": true`, varies the best
@@ -11,7 +11,9 @@ point found so far. `metric` names the validation metric that ranks points (ties
 point trains in OUT/points/<name>/ (scored on validation only) and leaves point.json when finished; the
 selected point's test run and its extra seeds (OUT/seeds/) come last. With --refit, each test seed is also
 trained on train + validation for the pick's best validation epoch count (OUT/refit/, no validation) and scored
-on test, as a select-then-refit TIGER is: the rows to compare with refit recipes. Rerunning the command skips finished
+on test, as a select-then-refit TIGER is: the rows to compare with refit recipes. With --workers N, the runs of
+a stage, and then the test seeds and refits, run side by side in N processes on the one device (a small model
+leaves most of a GPU idle; results are those of one after another). Rerunning the command skips finished
 points and resumes an unfinished one from its checkpoint; with --stop_after_seconds it starts no new run past
 that time and exits 75 (rerun to continue). Prints the validation table and writes
 OUT/sasrec_sweep_<dataset>.json. Needs jax, flax, optax, orbax, numpy and gin-config only.
@@ -19,14 +21,19 @@ OUT/sasrec_sweep_<dataset>.json. Needs jax, flax, optax, orbax, numpy and gin-co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
+import queue
+import signal
 import sys
+import threading
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin  # noqa: E402
 
@@ -139,6 +146,107 @@ def run_sasrec(flags, bindings: Mapping[str, Any], model_dir: str, eval_splits: 
   return result
 
 
+@dataclasses.dataclass
+class Job:
+  """One SASRec run of the sweep: a point on validation, a test seed, or a refit."""
+  label: str
+  bindings: dict
+  model_dir: str
+  eval_splits: tuple
+  seed: Optional[int] = None
+  refit_epochs: Optional[int] = None
+  info: dict = dataclasses.field(default_factory=dict)
+
+  def run(self, flags) -> dict:
+    return run_sasrec(flags, self.bindings, self.model_dir, self.eval_splits, seed=self.seed,
+                      refit_epochs=self.refit_epochs)
+
+
+def run_jobs(flags, jobs: Sequence[Job], before_each: Callable[[str], None],
+             on_done: Callable[[Job, dict], None]) -> None:
+  """Runs independent jobs, one after another or with --workers N in N processes sharing the device.
+  `before_each(label)` may raise StopForNow: no further job starts, the running ones finish, then it is
+  raised. `on_done` sees each result as it arrives (so an interrupted sweep keeps every finished run)."""
+  if flags.workers <= 1 or len(jobs) <= 1:
+    for job in jobs:
+      before_each(job.label)
+      log.info("%s", job.label)
+      on_done(job, job.run(flags))
+    return
+  _run_in_processes(flags, jobs, before_each, on_done)
+
+
+def _job_process(flags, job: Job, index: int, results) -> None:
+  """A worker process: one job, its outcome sent back as (index, kind, payload)."""
+  gin_utils.setup_logging(flags.log_level)
+  logging.getLogger().handlers[0].setFormatter(logging.Formatter(
+      f"%(asctime)s %(levelname)s [{job.label}] %(name)s] %(message)s"))
+  try:
+    results.put((index, "done", job.run(flags)))
+  except StopForNow as e:
+    results.put((index, "stopped", (str(e), e.code)))
+  except BaseException as e:  # noqa: BLE001  (reported to the parent, which raises it)
+    results.put((index, "failed", f"{type(e).__name__}: {e}"))
+
+
+def _run_in_processes(flags, jobs: Sequence[Job], before_each, on_done) -> None:
+  context = multiprocessing.get_context("spawn")  # a fresh JAX runtime per run; fork would copy the parent's
+  results = context.Queue()
+  pending, running = list(enumerate(jobs)), {}
+  stopped: Optional[StopForNow] = None
+  failures: list[str] = []
+  # Every process would otherwise reserve most of the device's memory for itself.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / flags.workers:.3f}")
+
+  def forward(signum, frame):  # SIGTERM: each worker checkpoints its epoch and stops; then this one exits.
+    nonlocal stopped
+    stopped = stopped or StopForNow(f"signal {signum}: workers checkpointed; rerun to continue", 128 + signum)
+    for process in running.values():
+      process.terminate()
+
+  old_handler = signal.signal(signal.SIGTERM, forward) if threading.current_thread() is threading.main_thread() \
+      else None
+  try:
+    while pending or running:
+      while pending and len(running) < flags.workers and stopped is None and not failures:
+        index, job = pending[0]
+        try:
+          before_each(job.label)
+        except StopForNow as e:
+          stopped = e
+          break
+        pending.pop(0)
+        log.info("%s (worker %d of %d)", job.label, len(running) + 1, flags.workers)
+        process = context.Process(target=_job_process, args=(flags, job, index, results), daemon=False)
+        process.start()
+        running[index] = process
+      if not running:
+        break
+      try:
+        index, kind, payload = results.get(timeout=5.0)
+      except queue.Empty:
+        for index, process in list(running.items()):
+          # A worker that reported exits 0 after its message is in the queue; any other exit is a crash.
+          if not process.is_alive() and process.exitcode != 0:
+            running.pop(index)
+            failures.append(f"{jobs[index].label}: worker exited with code {process.exitcode}")
+        continue
+      running.pop(index).join()
+      if kind == "done":
+        on_done(jobs[index], payload)
+      elif kind == "stopped":
+        stopped = stopped or StopForNow(*payload)
+      else:
+        failures.append(f"{jobs[index].label}: {payload}")
+  finally:
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
+  if failures:
+    raise RuntimeError("; ".join(failures))
+  if stopped is not None:
+    raise stopped
+
+
 def _summary(result: Mapping[str, Any]) -> dict:
   keys = ("best", "epochs_trained", "stopped_early", "loss", "num_negatives", "num_params", "train_seconds",
           "compile_seconds", "eval_seconds", "wall_seconds", "config")
@@ -166,6 +274,7 @@ def sweep(flags) -> dict:
   try:
     for index, stage in enumerate(grid["stages"]):
       best = choose_best(points, metric)["bindings"] if points else None
+      stage_records, jobs = [], []
       for bindings in stage_points(stage, best):
         name = point_name(bindings)
         if name in seen:
@@ -173,6 +282,7 @@ def sweep(flags) -> dict:
         seen.add(name)
         model_dir = os.path.join(flags.out_dir, "points", name)
         record_path = os.path.join(model_dir, POINT_FILE)
+        stage_records.append(record_path)
         if os.path.exists(record_path):
           with open(record_path) as f:
             point = json.load(f)
@@ -180,40 +290,69 @@ def sweep(flags) -> dict:
             raise ValueError(f"{record_path}: made with other settings ({point['bindings']}, fixed "
                              f"{point['fixed']}); use a fresh --out_dir")
         else:
-          check_time(f"point {name}")
-          log.info("stage %d, point %s", index, name)
-          result = run_sasrec(flags, {**grid["fixed"], **bindings}, model_dir, ("validation",))
-          point = {"name": name, "stage": index, "bindings": bindings, "fixed": grid["fixed"],
-                   "validation": {k: result["validation"][k] for k in METRIC_KEYS},
-                   **_summary(result["validation"])}
-          utils.write_json(record_path, point)
-        points.append(point)
+          jobs.append(Job(f"stage {index}, point {name}", {**grid["fixed"], **bindings}, model_dir,
+                          ("validation",), info={"name": name, "stage": index, "bindings": bindings}))
+
+      def record_point(job: Job, result: dict) -> None:
+        point = {**job.info, "fixed": grid["fixed"],
+                 "validation": {k: result["validation"][k] for k in METRIC_KEYS}, **_summary(result["validation"])}
+        utils.write_json(os.path.join(job.model_dir, POINT_FILE), point)
+
+      run_jobs(flags, jobs, check_time, record_point)
+      for record_path in stage_records:
+        with open(record_path) as f:
+          points.append(json.load(f))
     report["points"] = points
     chosen = choose_best(points, metric)
     report["best"] = chosen["name"]
     utils.write_json(json_path, report)
 
-    # The chosen point on test, once per seed; the sweep's own seed reuses its run (scoring only).
+    # The chosen point on test, once per seed (the sweep's own seed reuses its run, scoring only), and with
+    # --refit its refits: all independent, so they run side by side with --workers.
     base_seed = _base_seed(flags)
-    report["test"] = {}
-    for seed in flags.test_seeds:
-      if seed == base_seed:
-        model_dir = os.path.join(flags.out_dir, "points", chosen["name"])
+    chosen_bindings = {**grid["fixed"], **chosen["bindings"]}
+    test_dirs = {seed: os.path.join(flags.out_dir, "points", chosen["name"]) if seed == base_seed else
+                 os.path.join(flags.out_dir, "seeds", f"{chosen['name']}_seed{seed}") for seed in flags.test_seeds}
+    refit_epochs = refit_epoch_count(chosen) if flags.refit else None
+    refit_dirs = ({seed: os.path.join(flags.out_dir, "refit", f"{chosen['name']}_seed{seed}")
+                   for seed in flags.test_seeds} if flags.refit else {})
+    results: dict[tuple[str, int], dict] = {}
+    jobs = []
+    for seed, model_dir in test_dirs.items():
+      found = _finished(model_dir)
+      if found:
+        results[("test", seed)] = found
       else:
-        model_dir = os.path.join(flags.out_dir, "seeds", f"{chosen['name']}_seed{seed}")
-        if not os.path.exists(os.path.join(model_dir, "eval_test", "metrics.json")):
-          check_time(f"seed {seed}")
-      result = _finished(model_dir) or run_sasrec(flags, {**grid["fixed"], **chosen["bindings"]}, model_dir,
-                                                  ("validation", "test"), seed=seed)
+        jobs.append(Job(f"seed {seed}", chosen_bindings, model_dir, ("validation", "test"), seed=seed,
+                        info={"key": ("test", seed)}))
+    for seed, model_dir in refit_dirs.items():
+      found = _finished(model_dir, ("test",))
+      if found:
+        results[("refit", seed)] = found
+      else:
+        jobs.append(Job(f"refit seed {seed} ({refit_epochs} epochs on train + validation)", chosen_bindings,
+                        model_dir, ("test",), seed=seed, refit_epochs=refit_epochs, info={"key": ("refit", seed)}))
+
+    def keep_result(job: Job, result: dict) -> None:
+      results[job.info["key"]] = result
+
+    run_jobs(flags, jobs, check_time, keep_result)
+
+    report["test"] = {}
+    for seed, model_dir in test_dirs.items():
+      result = results[("test", seed)]
       report["test"][str(seed)] = {"model_dir": model_dir, **{k: result["test"][k] for k in METRIC_KEYS},
                                    "validation": {k: result["validation"][k] for k in METRIC_KEYS},
                                    **_summary(result["test"])}
-    spread = {k: metrics_lib.mean_and_standard_error([report["test"][str(s)][k] for s in flags.test_seeds])
-              for k in METRIC_KEYS}
-    report["test_mean"] = {k: mean for k, (mean, _) in spread.items()}
-    report["test_standard_error"] = {k: stderr for k, (_, stderr) in spread.items()}
+    report.update(_spread(report["test"], flags.test_seeds))
     if flags.refit:
-      report["refit"] = refit_chosen(flags, grid, chosen, check_time)
+      refit = {"epochs": refit_epochs, "epochs_from": chosen["name"], "test": {}}
+      for seed, model_dir in refit_dirs.items():
+        result = results[("refit", seed)]
+        refit["test"][str(seed)] = {"model_dir": model_dir, **{k: result["test"][k] for k in METRIC_KEYS},
+                                    **_summary(result["test"])}
+      refit.update(_spread(refit["test"], flags.test_seeds))
+      report["refit"] = refit
   finally:
     report["points"] = points
     report["seconds_this_run"] = round(time.time() - started, 1)
@@ -223,27 +362,18 @@ def sweep(flags) -> dict:
   return report
 
 
-def refit_chosen(flags, grid: Mapping[str, Any], chosen: Mapping[str, Any], check_time) -> dict:
-  """The pick refit on train + validation per test seed, for the epochs its validation run chose."""
+def refit_epoch_count(chosen: Mapping[str, Any]) -> int:
+  """The epochs a refit of the pick trains: the best validation epoch of the pick's own run."""
   epochs = int((chosen.get("best") or {}).get("epoch") or 0)
   if epochs < 1:
     raise ValueError(f"point {chosen['name']}: no best validation epoch recorded, nothing to refit for")
-  refit = {"epochs": epochs, "epochs_from": chosen["name"], "test": {}}
-  for seed in flags.test_seeds:
-    model_dir = os.path.join(flags.out_dir, "refit", f"{chosen['name']}_seed{seed}")
-    result = _finished(model_dir, ("test",))
-    if result is None:
-      check_time(f"refit seed {seed}")
-      log.info("refit of %s, seed %d: %d epochs on train + validation", chosen["name"], seed, epochs)
-      result = run_sasrec(flags, {**grid["fixed"], **chosen["bindings"]}, model_dir, ("test",), seed=seed,
-                          refit_epochs=epochs)
-    refit["test"][str(seed)] = {"model_dir": model_dir, **{k: result["test"][k] for k in METRIC_KEYS},
-                                **_summary(result["test"])}
-  spread = {k: metrics_lib.mean_and_standard_error([refit["test"][str(s)][k] for s in flags.test_seeds])
-            for k in METRIC_KEYS}
-  refit["test_mean"] = {k: mean for k, (mean, _) in spread.items()}
-  refit["test_standard_error"] = {k: stderr for k, (_, stderr) in spread.items()}
-  return refit
+  return epochs
+
+
+def _spread(per_seed: Mapping[str, Mapping[str, float]], seeds: Sequence[int]) -> dict:
+  spread = {k: metrics_lib.mean_and_standard_error([per_seed[str(s)][k] for s in seeds]) for k in METRIC_KEYS}
+  return {"test_mean": {k: mean for k, (mean, _) in spread.items()},
+          "test_standard_error": {k: stderr for k, (_, stderr) in spread.items()}}
 
 
 def _finished(model_dir: str, splits: Sequence[str] = ("validation", "test")) -> Optional[dict]:
@@ -300,6 +430,9 @@ def _extra_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--test_seeds", default=None,
                       help="Comma-separated seeds the chosen point is scored on test with (default: the "
                            "sweep's RANDOM_SEED).")
+  parser.add_argument("--workers", type=int, default=1,
+                      help="Runs of one stage (and the test seeds and refits) side by side in this many processes "
+                           "on the one device; each gets 0.9/N of its memory.")
   parser.add_argument("--refit", action="store_true",
                       help="Also refit the pick on train + validation per test seed and score test (OUT/refit/).")
   parser.add_argument("--stop_after_seconds", type=float, default=None,

@@ -113,3 +113,33 @@ def test_out_of_time_exits_for_a_rerun(tmp_path):
     sweep_lib.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", "--stop_after_seconds=1e-9"])
   assert stopped.value.code == sweep_lib.EXIT_RERUN
   assert not os.path.exists(tmp_path / "out" / "points")
+
+
+@pytest.mark.slow
+def test_workers_run_a_stage_side_by_side_with_the_same_results(tmp_path):
+  data_dir = _successor_dataset(tmp_path / "data", users=40)
+  grid = tmp_path / "grid.json"
+  grid.write_text(json.dumps({
+      "fixed": {"NUM_EPOCHS": 2, "EVAL_EVERY_EPOCHS": 1, "CHECKPOINT_EVERY_EPOCHS": 2, "EMB_DIM": 8,
+                "MAX_LEN": 10, "BATCH_SIZE": 16},
+      "stages": [{"grid": {"DROPOUT_RATE": [0.1, 0.3, 0.5]}}]}))
+  reports = {}
+  for workers in (1, 3):
+    out = tmp_path / f"out{workers}"
+    reports[workers] = sweep_lib.main([f"--data_dir={data_dir}", f"--out_dir={out}", f"--grid={grid}",
+                                       "--test_seeds=0,1", "--refit", f"--workers={workers}",
+                                       "--gin.sasrec_model.SASRecConfig.num_layers=1"])
+  serial, parallel = reports[1], reports[3]
+  assert [p["validation"] for p in parallel["points"]] == [p["validation"] for p in serial["points"]]
+  assert parallel["best"] == serial["best"] and parallel["test"]["1"]["ndcg@10"] == serial["test"]["1"]["ndcg@10"]
+  assert parallel["refit"]["test_mean"] == serial["refit"]["test_mean"]
+
+
+def test_a_failing_worker_names_its_run_and_stops_the_sweep(tmp_path):
+  data_dir = _successor_dataset(tmp_path / "data", users=20)
+  grid = tmp_path / "grid.json"
+  grid.write_text(json.dumps({"fixed": {"NUM_EPOCHS": 1, "EMB_DIM": 8, "MAX_LEN": 10},
+                              "stages": [{"grid": {"LOSS": ["softmax", "no_such_loss"]}}]}))
+  with pytest.raises(RuntimeError, match=r"stage 0, point loss-no_such_loss: ValueError: loss must be one of"):
+    sweep_lib.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", f"--grid={grid}", "--workers=2"])
+  assert os.path.exists(tmp_path / "out" / "points" / "loss-softmax" / "point.json")  # the other run is kept

@@ -14,12 +14,12 @@ Writes OUT.json and OUT.md.
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
 
 from benchmarks import _common  # noqa: E402
+from tiger_jax import predictions as predictions_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 from tiger_jax.data import load_dataset, splits  # noqa: E402
 
@@ -37,13 +37,11 @@ def in_bucket(counts: np.ndarray, lo: int, hi) -> np.ndarray:
 def recall_by_bucket(predictions_path: str, asin_index: dict, train_counts: np.ndarray, k: int) -> list[dict]:
   """Recall@k of a predictions.jsonl per bucket of the target's count as a training target."""
   hits, counts = [], []
-  with open(predictions_path) as f:
-    for line_no, line in enumerate(f, 1):
-      row = json.loads(line)
-      if row["target"] not in asin_index:
-        raise ValueError(f"{predictions_path}:{line_no}: target {row['target']!r} is not in the catalogue")
-      hits.append(row["target"] in row["topk"][:k])
-      counts.append(train_counts[asin_index[row["target"]]])
+  for row in predictions_lib.read(predictions_path):
+    if row.target not in asin_index:
+      raise ValueError(f"{predictions_path}, line {row.line}: target {row.target!r} is not in the catalogue")
+    hits.append(row.target in row.topk[:k])
+    counts.append(train_counts[asin_index[row.target]])
   hits, counts = np.array(hits), np.array(counts)
   rows = []
   for lo, hi in BUCKETS:

@@ -113,7 +113,9 @@ def test_systems_that_disagree_are_refused_naming_both_files(tmp_path, two_syste
                                                      r"predictions\.jsonl line 4 but 'v3' in .*a/eval_validation"):
     fusion.load_split({"a": two_systems["a"], "c": other}, "validation")
   _write(other, "validation", rows[:3])
-  with pytest.raises(fusion.FusionInputError, match=r"1 users only in .*a/eval_validation/predictions\.jsonl, 0 only in .*'u3', missing from .*c/eval"):
+  with pytest.raises(fusion.FusionInputError,
+                     match=r"1 users only in .*a/eval_validation/predictions\.jsonl, 0 only in .*'u3', "
+                           r"missing from .*c/eval"):
     fusion.load_split({"a": two_systems["a"], "c": other}, "validation")
   with pytest.raises(fusion.FusionInputError, match=r"no test predictions in .*nowhere"):
     fusion.load_split({"a": two_systems["a"], "n": str(tmp_path / "nowhere")}, "test")

@@ -53,7 +53,8 @@ class FusionInputError(ValueError):
 
 def predictions_path(run_dir: str, split: str) -> str:
   """`run_dir/eval_<split>/predictions.jsonl`, else `run_dir/<split>/predictions.jsonl` (select_refit)."""
-  candidates = [os.path.join(run_dir, f"eval_{split}", PREDICTIONS_FILE), os.path.join(run_dir, split, PREDICTIONS_FILE)]
+  candidates = [os.path.join(run_dir, f"eval_{split}", PREDICTIONS_FILE),
+                os.path.join(run_dir, split, PREDICTIONS_FILE)]
   for path in candidates:
     if os.path.isfile(path):
       return path

@@ -110,7 +110,7 @@ def test_target_frequency_recall_per_bucket_of_training_target_count(tmp_path):
   assert [(r["bucket"], r["users"], r["recall@10"]) for r in got] == [
       ("0", 1, 1.0), ("1-4", 2, 0.5), ("5-19", 0, None), ("20+", 1, 0.0)]  # c is 11th: not in the top 10
   path.write_text(json.dumps({"user": "u", "target": "zzz", "topk": []}) + "\n")
-  with pytest.raises(ValueError, match="predictions.jsonl:1: target 'zzz'"):
+  with pytest.raises(ValueError, match="predictions.jsonl, line 1: target 'zzz'"):
     target_frequency.recall_by_bucket(str(path), asin_index, train_counts, k=10)
 
 

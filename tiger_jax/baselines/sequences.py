@@ -3,11 +3,11 @@
 Item ids: catalogue index + 1, with 0 as padding. Rows are left-padded, so a user's most recent item sits
 at the last position (SASRec's convention: the learned position then says how recent an item is).
 
-Training uses each user's training prefix s[0..n-3] only (splits.py), or with `holdout=1` s[0..n-2], which adds
-each user's validation target as a refit does (TIGER's train + validation examples): position j of a row reads
-the items up to j and predicts the next one, so one row yields every next-item pair of a short prefix at once, the same
-(history, target) pairs as `splits.leave_one_out(..., "train", max_history=max_len)`. A prefix longer than
-max_len + 1 items does not fit one row:
+Training uses each user's training prefix s[0..n-3] only (splits.py), or with `holdout=1` s[0..n-2], which
+adds each user's validation target as a refit does (TIGER's train + validation examples): position j of a row
+reads the items up to j and predicts the next one, so one row yields every next-item pair of a short prefix at
+once, the same (history, target) pairs as `splits.leave_one_out(..., "train", max_history=max_len)`. A prefix
+longer than max_len + 1 items does not fit one row:
   window_stride=None   standard SASRec: keep the most recent max_len + 1 items (older targets are dropped);
   window_stride=S      further rows every S items from the start, each target trained once, in the earliest
                        row that holds it: every TIGER training target is covered, with the full history

@@ -270,6 +270,7 @@ def sweep(flags) -> dict:
                        "are kept, rerun the same command to continue", EXIT_RERUN)
 
   points: list[dict] = []
+  finished_in_stage: list[dict] = []  # points of the stage under way that have finished (for an interrupted report)
   seen = set()
   try:
     for index, stage in enumerate(grid["stages"]):
@@ -297,8 +298,10 @@ def sweep(flags) -> dict:
         point = {**job.info, "fixed": grid["fixed"],
                  "validation": {k: result["validation"][k] for k in METRIC_KEYS}, **_summary(result["validation"])}
         utils.write_json(os.path.join(job.model_dir, POINT_FILE), point)
+        finished_in_stage.append(point)
 
       run_jobs(flags, jobs, check_time, record_point)
+      finished_in_stage.clear()
       for record_path in stage_records:
         with open(record_path) as f:
           points.append(json.load(f))
@@ -354,7 +357,7 @@ def sweep(flags) -> dict:
       refit.update(_spread(refit["test"], flags.test_seeds))
       report["refit"] = refit
   finally:
-    report["points"] = points
+    report["points"] = points + finished_in_stage
     report["seconds_this_run"] = round(time.time() - started, 1)
     utils.write_json(json_path, report)
   print_report(report, metric)

@@ -143,3 +143,5 @@ def test_a_failing_worker_names_its_run_and_stops_the_sweep(tmp_path):
   with pytest.raises(RuntimeError, match=r"stage 0, point loss-no_such_loss: ValueError: loss must be one of"):
     sweep_lib.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", f"--grid={grid}", "--workers=2"])
   assert os.path.exists(tmp_path / "out" / "points" / "loss-softmax" / "point.json")  # the other run is kept
+  saved = json.load(open(tmp_path / "out" / "sasrec_sweep_data.json"))  # and so is its line in the report
+  assert [p["name"] for p in saved["points"]] == ["loss-softmax"]

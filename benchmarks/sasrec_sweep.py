@@ -195,8 +195,11 @@ def _run_in_processes(flags, jobs: Sequence[Job], before_each, on_done) -> None:
   pending, running = list(enumerate(jobs)), {}
   stopped: Optional[StopForNow] = None
   failures: list[str] = []
-  # Every process would otherwise reserve most of the device's memory for itself.
-  os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{0.9 / flags.workers:.3f}")
+  # Every worker would otherwise reserve most of the device's memory for itself (workers inherit os.environ as it
+  # is when they start; a fraction the user set is kept).
+  memory_key = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+  user_fraction = os.environ.get(memory_key)
+  os.environ[memory_key] = user_fraction or f"{0.9 / flags.workers:.3f}"
 
   def forward(signum, frame):  # SIGTERM: each worker checkpoints its epoch and stops; then this one exits.
     nonlocal stopped
@@ -239,8 +242,13 @@ def _run_in_processes(flags, jobs: Sequence[Job], before_each, on_done) -> None:
       else:
         failures.append(f"{jobs[index].label}: {payload}")
   finally:
+    for process in running.values():  # only after an error here: let them checkpoint, then wait
+      process.terminate()
+      process.join()
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
+    if user_fraction is None:
+      os.environ.pop(memory_key, None)
   if failures:
     raise RuntimeError("; ".join(failures))
   if stopped is not None:

@@ -349,21 +349,10 @@ def sweep(flags) -> dict:
 
     run_jobs(flags, jobs, check_time, keep_result)
 
-    report["test"] = {}
-    for seed, model_dir in test_dirs.items():
-      result = results[("test", seed)]
-      report["test"][str(seed)] = {"model_dir": model_dir, **{k: result["test"][k] for k in METRIC_KEYS},
-                                   "validation": {k: result["validation"][k] for k in METRIC_KEYS},
-                                   **_summary(result["test"])}
-    report.update(_spread(report["test"], flags.test_seeds))
+    report.update(_seed_table(test_dirs, {seed: results[("test", seed)] for seed in test_dirs}))
     if flags.refit:
-      refit = {"epochs": refit_epochs, "epochs_from": chosen["name"], "test": {}}
-      for seed, model_dir in refit_dirs.items():
-        result = results[("refit", seed)]
-        refit["test"][str(seed)] = {"model_dir": model_dir, **{k: result["test"][k] for k in METRIC_KEYS},
-                                    **_summary(result["test"])}
-      refit.update(_spread(refit["test"], flags.test_seeds))
-      report["refit"] = refit
+      report["refit"] = {"epochs": refit_epochs, "epochs_from": chosen["name"],
+                         **_seed_table(refit_dirs, {seed: results[("refit", seed)] for seed in refit_dirs})}
   finally:
     report["points"] = points + finished_in_stage
     report["seconds_this_run"] = round(time.time() - started, 1)
@@ -381,10 +370,16 @@ def refit_epoch_count(chosen: Mapping[str, Any]) -> int:
   return epochs
 
 
-def _spread(per_seed: Mapping[str, Mapping[str, float]], seeds: Sequence[int]) -> dict:
-  spread = {k: metrics_lib.mean_and_standard_error([per_seed[str(s)][k] for s in seeds]) for k in METRIC_KEYS}
-  return {"test_mean": {k: mean for k, (mean, _) in spread.items()},
-          "test_standard_error": {k: stderr for k, (_, stderr) in spread.items()}}
+def _seed_table(model_dirs: Mapping[int, str], results: Mapping[int, dict]) -> dict:
+  """Per seed its run, test metrics (and validation metrics where the run scored them), then their spread."""
+  per_seed = {}
+  for seed, result in results.items():
+    entry = {"model_dir": model_dirs[seed], **{k: result["test"][k] for k in METRIC_KEYS}}
+    if "validation" in result:
+      entry["validation"] = {k: result["validation"][k] for k in METRIC_KEYS}
+    per_seed[str(seed)] = {**entry, **_summary(result["test"])}
+  mean, stderr = metrics_lib.mean_and_standard_error_per_metric(list(per_seed.values()), METRIC_KEYS)
+  return {"test": per_seed, "test_mean": mean, "test_standard_error": stderr}
 
 
 def _finished(model_dir: str, splits: Sequence[str] = ("validation", "test")) -> Optional[dict]:

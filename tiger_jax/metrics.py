@@ -96,6 +96,13 @@ def mean_and_standard_error(values: Sequence[float]) -> tuple[float, Optional[fl
   return mean, math.sqrt(variance / n)
 
 
+def mean_and_standard_error_per_metric(runs: Sequence[Mapping[str, float]], keys: Sequence[str]
+                                        ) -> tuple[dict[str, float], dict[str, Optional[float]]]:
+  """(means, standard errors) of each metric in `keys` over runs (seeds), as mean_and_standard_error gives them."""
+  spread = {k: mean_and_standard_error([float(run[k]) for run in runs]) for k in keys}
+  return {k: mean for k, (mean, _) in spread.items()}, {k: stderr for k, (_, stderr) in spread.items()}
+
+
 def hit_fraction_at_rank(ranks: np.ndarray, max_rank: int) -> dict[int, float]:
   """Share of users whose target is at each 1-based rank 1..max_rank.
 

@@ -507,11 +507,9 @@ def seed_dir(root: str, seed: int) -> str:
 def summarize_seeds(per_seed: Mapping[int, Mapping[str, float]]) -> dict:
   """Mean and standard error (sample standard deviation / sqrt(n); None for one seed) of each test metric."""
   seeds = sorted(per_seed)
-  spread = {k: metrics_lib.mean_and_standard_error([float(per_seed[seed][k]) for seed in seeds])
-            for k in TEST_METRICS}
+  mean, stderr = metrics_lib.mean_and_standard_error_per_metric([per_seed[seed] for seed in seeds], TEST_METRICS)
   return {"seeds": seeds, "test": {str(seed): {k: per_seed[seed][k] for k in TEST_METRICS} for seed in seeds},
-          "mean": {k: mean for k, (mean, _) in spread.items()},
-          "stderr": {k: stderr for k, (_, stderr) in spread.items()}}
+          "mean": mean, "stderr": stderr}
 
 
 def format_seed_summary(summary: Mapping[str, Any]) -> str:

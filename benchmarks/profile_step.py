@@ -43,6 +43,11 @@ VARIANTS = {
     "bf16_onehot_rbg_pertensor": ("bfloat16", True, "unsafe_rbg", 0.1, False, "rng"),
     "bf16_onehot_hashdrop": ("bfloat16", True, "unsafe_rbg", 0.1, True, "hash"),
     "bf16_onehot_nodropout": ("bfloat16", True, "threefry2x32", 0.0, True, "rng"),
+    "bf16_onehot_rbg_castonce": ("bfloat16", True, "unsafe_rbg", 0.1, True, "rng"),
+}
+# Further gin bindings of a variant's network.
+VARIANT_BINDINGS = {
+    "bf16_onehot_rbg_castonce": ["network.T5Config.cast_weights_once = True"],
 }
 
 
@@ -90,7 +95,8 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
   dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[name]
   jax.config.update("jax_default_prng_impl", prng_impl)
   model = train_speed.make_model(model_gin, dtype, dropout, one_hot,
-                                 bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'"])
+                                 bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'",
+                                           *VARIANT_BINDINGS.get(name, [])])
   partitioner = partitioning.PjitPartitioner()
   lr_fn = utils.create_learning_rate_scheduler()
   tx = utils.adafactor(lr_fn, group_same_shapes=grouped)

@@ -1,4 +1,5 @@
 """EncoderDecoderModel: loss by hand, scoring, Semantic-ID decoding, overfitting."""
+import dataclasses
 import functools
 import importlib.util  # noqa: F401  (gin 0.5 needs it imported first)
 import itertools
@@ -474,3 +475,30 @@ def test_gin_model_file_builds_paper_model():
       decoder_params={'trie': t, 'constrain': True}, return_all_decodes=True),
       variables['params'], trie.to_device())
   assert tokens.shape == (2, 20, 4) and aux['items'].shape == aux['scores'].shape == (2, 20)
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_casting_weights_once_gives_the_same_loss_and_float32_gradients(tied):
+  """cast_weights_once moves each layer's bfloat16 cast of its weights to one place: the numbers must not move."""
+  cfg = dataclasses.replace(TINY, dtype='bfloat16', dropout_rate=0.1, logits_via_embedding=tied)
+  batch = make_batch(seed=4)
+  results = []
+  for once in (False, True):
+    model, params = make_model(dataclasses.replace(cfg, cast_weights_once=once), seed=1)
+    grad_fn = jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(2))[0]))
+    results.append(grad_fn(params))
+  (loss, grads), (loss_once, grads_once) = results
+  assert float(loss) == float(loss_once)
+  for (path, g), g_once in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree_util.tree_leaves(grads_once)):
+    assert g_once.dtype == jnp.float32, path
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(g_once), err_msg=str(path))
+
+  cast = network.cast_weights_to_compute_dtype(params, model.module.config)
+  dtypes = {'/'.join(k.key for k in path): leaf.dtype for path, leaf in jax.tree_util.tree_flatten_with_path(cast)[0]}
+  assert dtypes['encoder/layers_0/mlp/wi/kernel'] == jnp.bfloat16
+  assert dtypes['decoder/relpos_bias/rel_embedding'] == jnp.bfloat16
+  # The tied embedding also feeds the float32 logits; norms compute in float32; so does logits_dense.
+  assert dtypes['token_embedder/embedding'] == jnp.float32
+  assert dtypes['encoder/encoder_norm/scale'] == jnp.float32
+  if not tied:
+    assert dtypes['decoder/logits_dense/kernel'] == jnp.float32

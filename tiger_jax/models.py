@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tiger_jax import decoding
+from tiger_jax import network
 from tiger_jax import vocab as vocab_lib
 
 Array = jax.Array
@@ -283,6 +284,9 @@ class EncoderDecoderModel:
   def _compute_logits(self, params: PyTree, batch: Batch,
                       dropout_rng: Optional[Array] = None) -> Array:
     rngs = {'dropout': dropout_rng} if dropout_rng is not None else None
+    config = getattr(self.module, 'config', None)
+    if getattr(config, 'cast_weights_once', False):
+      params = network.cast_weights_to_compute_dtype(params, config)
     return self.module.apply({'params': params}, batch['encoder_input_tokens'],
                              batch['decoder_input_tokens'], batch['decoder_target_tokens'],
                              enable_dropout=dropout_rng is not None, rngs=rngs)

@@ -75,6 +75,9 @@ class T5Config:
   # t5x's `one_hot` lookups: embeddings and relative-position biases as one-hot matmuls, so their
   # gradients are matmuls rather than scatter-adds whose colliding indices GPUs serialise.
   one_hot_lookups: bool = False
+  # Cast every matmul weight to `dtype` at the start of the step, all behind one barrier, so XLA emits a few
+  # fused cast kernels instead of one per weight; the same values as casting inside each layer.
+  cast_weights_once: bool = False
 
   def __post_init__(self):
     # Gin hands over lists; flax modules need hashable attributes.
@@ -85,6 +88,26 @@ class T5Config:
       raise ValueError('T5Config.mlp_activations: need at least one activation')
     if self.dropout_impl not in dropout_lib.IMPLS:
       raise ValueError(f'T5Config.dropout_impl: {self.dropout_impl!r} is not one of {dropout_lib.IMPLS}')
+
+
+def cast_weights_to_compute_dtype(params: Any, config: T5Config) -> Any:
+  """`params` with the weights each layer would cast to `config.dtype` already cast, behind one barrier.
+
+  The matmul kernels and relative-position tables are cast inside their layers anyway; the token embedding
+  (also used for float32 logits), the layer-norm scales and a float32 `logits_dense` keep float32. Gradients
+  flow back through the casts to the float32 parameters unchanged.
+  """
+  if config.dtype == jnp.float32:
+    return params
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  names = ['/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in leaves]
+  chosen = [i for i, name in enumerate(names)
+            if (name.endswith('/kernel') and 'logits_dense' not in name) or name.endswith('/rel_embedding')]
+  values = [leaf for _, leaf in leaves]
+  cast = jax.lax.optimization_barrier([values[i].astype(config.dtype) for i in chosen])
+  for i, value in zip(chosen, cast):
+    values[i] = value
+  return jax.tree_util.tree_unflatten(treedef, values)
 
 
 def count_params(tree) -> int:

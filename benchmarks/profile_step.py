@@ -14,12 +14,9 @@ Set XLA_FLAGS before starting (and --tag) to compare compiler options.
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
 import gzip
 import json
 import os
-import tempfile
 import time
 
 
@@ -27,6 +24,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import _common  # noqa: E402  (benchmarks/_common.py: command, date, revision, card)
+from benchmarks import kernel_trace  # noqa: E402
 from benchmarks import train_speed  # noqa: E402  (benchmarks/train_speed.py: data and model builders)
 from tiger_jax import partitioning  # noqa: E402
 from tiger_jax import train as train_lib  # noqa: E402
@@ -49,45 +47,6 @@ VARIANTS = {
 VARIANT_BINDINGS = {
     "bf16_onehot_rbg_castonce": ["network.T5Config.cast_weights_once = True"],
 }
-
-
-def device_kernels(trace_dir: str) -> dict[str, list[float]]:
-  """Kernel name -> durations (us) of the device-stream events in a perfetto trace written by jax."""
-  paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
-  if not paths:
-    raise FileNotFoundError(f"no perfetto_trace.json.gz under {trace_dir}")
-  with gzip.open(paths[0], "rt") as f:
-    trace = json.load(f)
-  events = trace["traceEvents"] if isinstance(trace, dict) else trace
-  processes, threads = {}, {}
-  for e in events:
-    if e.get("ph") == "M" and e.get("name") == "process_name":
-      processes[e["pid"]] = e["args"]["name"]
-    elif e.get("ph") == "M" and e.get("name") == "thread_name":
-      threads[(e["pid"], e["tid"])] = e["args"]["name"]
-  device_pids = {pid for pid, name in processes.items() if "GPU" in name or "TPU" in name}
-  kernels = collections.defaultdict(list)
-  for e in events:
-    if e.get("ph") != "X" or e.get("pid") not in device_pids:
-      continue
-    if "Stream" not in threads.get((e["pid"], e.get("tid")), ""):
-      continue  # module/op summary rows repeat the kernels' time
-    kernels[e["name"]].append(float(e.get("dur", 0.0)))
-  return kernels
-
-
-def summarise(kernels: dict, steps: int, top: int) -> dict:
-  total = {name: sum(d) for name, d in kernels.items()}
-  busy_us = sum(total.values())
-  rows = sorted(total.items(), key=lambda kv: -kv[1])[:top]
-  return {
-      "device_busy_ms_per_step": busy_us / 1000 / steps,
-      "kernels_per_step": sum(len(d) for d in kernels.values()) / steps,
-      "distinct_kernels": len(kernels),
-      "top": [{"name": name[:160], "ms_per_step": us / 1000 / steps,
-               "calls_per_step": len(kernels[name]) / steps, "share": us / busy_us if busy_us else 0.0}
-              for name, us in rows],
-  }
 
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
@@ -143,14 +102,9 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
              "loss_last": float(np.asarray(outs["loss"])[-1]),
              "first_dispatch_losses": first_losses.tolist()}
     if trace_lengths is None or length in trace_lengths:
-      trace_dir = tempfile.mkdtemp(prefix="profile_step_")
-      with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        state, outs = fn(state, data, idx, n, rng)
-        jax.block_until_ready(outs)
-      try:
-        entry.update(summarise(device_kernels(trace_dir), k, top))
-      except (FileNotFoundError, KeyError, ValueError) as e:
-        entry["trace_error"] = repr(e)
+      def traced():
+        jax.block_until_ready(fn(state, data, idx, n, rng))
+      entry.update(kernel_trace.trace_per_step(traced, k, top))
     out[int(length)] = entry
     print(f"\n== {name} L={length}: {ms:.3f} ms/step, device busy "
           f"{entry.get('device_busy_ms_per_step', float('nan')):.3f} ms/step, "

@@ -10,7 +10,8 @@ Each `--variant NAME[:key=value,...]` trains once with RQVAEConfig overrides (on
 `--set` overrides shared by all variants) and writes NAME.json (timings, stats, usage during
 training) and NAME_semantic_ids.npz to --out_dir, plus summary.json. `ms_per_step` is the whole training wall
 over its steps, compile included; `steady_ms_per_step` leaves out the first dispatch (`first_dispatch_seconds`,
-which compiles the epoch loop), so short schedules can be compared with the paper's.
+which compiles the epoch loop), so short schedules can be compared with the paper's. `--trace_epochs N` then
+profiles N more epochs of the compiled loop: kernel launches and device-busy ms per step, and the top kernels.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import time
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import kernel_trace  # noqa: E402
 from tiger_jax import rqvae  # noqa: E402
 from tiger_jax import semantic_ids  # noqa: E402
 
@@ -53,6 +55,32 @@ def _git_rev() -> str:
     return "unknown"
 
 
+def epoch_loop_kernels(x: np.ndarray, cfg: rqvae.RQVAEConfig, epochs: int, top: int) -> dict:
+  """The trainer's compiled loop of `epochs` epochs, run once to compile, then once under the profiler:
+  kernel launches and device-busy ms per training step (from fresh parameters; the kernels do not depend on them)."""
+  trainer = rqvae.Trainer(x.shape[1], x.shape[0], cfg)
+  x_device = jax.device_put(x)
+  state = trainer.init(x_device, jax.random.PRNGKey(0))
+  params, opt_state, _ = trainer.run_epochs(state.params, state.opt_state, x_device, jax.random.PRNGKey(1), epochs)
+  jax.block_until_ready(params)
+
+  def traced():
+    jax.block_until_ready(trainer.run_epochs(params, opt_state, x_device, jax.random.PRNGKey(2), epochs))
+  steps = epochs * trainer.steps_per_epoch
+  return {"epochs": epochs, "steps": steps, **kernel_trace.trace_per_step(traced, steps, top)}
+
+
+def _print_kernels(name: str, kernels: dict) -> None:
+  if "trace_error" in kernels:
+    print(f"[{name}] no kernel profile: {kernels['trace_error']}", flush=True)
+    return
+  print(f"[{name}] {kernels['kernels_per_step']:.1f} kernels and {kernels['device_busy_ms_per_step']:.4f} device "
+        f"ms per step ({kernels['steps']} steps traced)", flush=True)
+  for row in kernels["top"]:
+    print(f"  {row['ms_per_step']:8.4f} ms {row['calls_per_step']:6.1f}x {100 * row['share']:5.1f}%  "
+          f"{row['name'][:110]}", flush=True)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--embeddings", required=True)
@@ -62,6 +90,9 @@ def main() -> None:
   p.add_argument("--variant", action="append", default=[],
                  help="NAME[:key=value,...] RQVAEConfig overrides; repeatable (default: paper)")
   p.add_argument("--set", default="", help="key=value,... overrides for every variant")
+  p.add_argument("--trace_epochs", type=int, default=0,
+                 help="after each variant, profile this many further epochs: kernels and device ms per step")
+  p.add_argument("--top", type=int, default=15, help="kernels listed per trace")
   args = p.parse_args()
 
   x = np.load(args.embeddings).astype(np.float32)
@@ -108,6 +139,9 @@ def main() -> None:
         "loss_history_every_100_epochs": result["history"][::100].tolist(),
         "semantic_ids_hash": ids.content_hash(),
     }
+    if args.trace_epochs:
+      report["kernels"] = epoch_loop_kernels(x, cfg, args.trace_epochs, args.top)
+      _print_kernels(name, report["kernels"])
     ids.save(os.path.join(args.out_dir, f"{name}_semantic_ids.npz"))
     with open(os.path.join(args.out_dir, f"{name}.json"), "w") as f:
       json.dump({"meta": meta, **report}, f, indent=1)

@@ -267,7 +267,9 @@ class Trainer:
                        f"got {cfg.loss_reduction!r}")
     self.steps_per_epoch = -(-num_items // self.batch_size)
     donate = () if jax.default_backend() == "cpu" else (0, 1)  # CPU cannot donate; avoid warnings.
-    self._chunk = jax.jit(self._run_epochs, static_argnums=(4,), donate_argnums=donate)
+    # The compiled loop of `num_epochs` epochs: (params, opt_state, x, rng, num_epochs) -> (params, opt_state,
+    # per-epoch metrics); params and opt_state are donated on accelerators.
+    self.run_epochs = jax.jit(self._run_epochs, static_argnums=(4,), donate_argnums=donate)
     self._init = jax.jit(self._init_impl)
     self._evaluate = jax.jit(self._evaluate_impl)
     self._reset = jax.jit(self._reset_dead_codes)
@@ -371,8 +373,7 @@ class Trainer:
         todo = min(todo, cfg.dead_code_reset_every - done % cfg.dead_code_reset_every)
       rng, chunk_rng, reset_rng = jax.random.split(rng, 3)
       t_dispatch = time.time()
-      state.params, state.opt_state, h = self._chunk(state.params, state.opt_state, x,
-                                                     chunk_rng, todo)
+      state.params, state.opt_state, h = self.run_epochs(state.params, state.opt_state, x, chunk_rng, todo)
       done += todo
       state.epoch += todo
       history.append(np.stack([np.asarray(h["loss"]), np.asarray(h["recon"]),

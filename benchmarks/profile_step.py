@@ -50,7 +50,8 @@ VARIANT_BINDINGS = {
 
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
-                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
+                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None,
+                    compile_order: str = "together") -> dict:
   dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[name]
   jax.config.update("jax_default_prng_impl", prng_impl)
   model = train_speed.make_model(model_gin, dtype, dropout, one_hot,
@@ -75,13 +76,15 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
   for length in lengths:
     pool = order[nonpad[order] <= length]
     idx_for[length] = partitioner.replicate(np.resize(pool, k * 256).reshape(k, 256).astype(np.int32))
-  # Every length's loop at once, as train() compiles them before its first step.
+  # Every length's loop before the first step, as train() compiles them.
   start = time.perf_counter()
-  runner.precompile(lengths, lambda length: (partitioner.replicate(init_state), data, idx_for[length], n, rng))
+  runner.precompile(lengths, lambda length: (partitioner.replicate(init_state), data, idx_for[length], n, rng),
+                    order=compile_order)
   all_compile_s = time.perf_counter() - start
   print(f"\n== {name}: compiled the loops of lengths {list(lengths)} in {all_compile_s:.1f} s "
-        f"({'fixed' if fixed_trip_count else 'dynamic'} trip count)", flush=True)
-  out = {"compile_all_lengths_s": all_compile_s, "fixed_trip_count": fixed_trip_count}
+        f"({'fixed' if fixed_trip_count else 'dynamic'} trip count, {compile_order})", flush=True)
+  out = {"compile_all_lengths_s": all_compile_s, "fixed_trip_count": fixed_trip_count,
+         "compile_order": compile_order}
   for length in lengths:
     state = partitioner.replicate(init_state)
     idx = idx_for[length]
@@ -135,6 +138,8 @@ def main() -> None:
   p.add_argument("--loop", default="dynamic",
                  help="trip count of the compiled loop: dynamic (a run-time n, the trainer's), fixed "
                       "(StepRunner.fixed_trip_count), or both, comma-separated")
+  p.add_argument("--compile_order", default="together", choices=train_lib.COMPILE_ORDERS,
+                 help="how the lengths' loops are compiled before the first step (StepRunner.precompile)")
   p.add_argument("--reps", type=int, default=4)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--tag", default="")
@@ -157,7 +162,7 @@ def main() -> None:
       key = name if len(loops) == 1 else f"{name}/{loop}"
       result = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps, args.top,
                                args.model_gin, args.out_dir if args.dump_hlo else None,
-                               loop == "fixed", trace_lengths)
+                               loop == "fixed", trace_lengths, args.compile_order)
       result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
       report["variants"][key] = result
       print(f"\n== {key}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)

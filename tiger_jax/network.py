@@ -75,8 +75,8 @@ class T5Config:
   # t5x's `one_hot` lookups: embeddings and relative-position biases as one-hot matmuls, so their
   # gradients are matmuls rather than scatter-adds whose colliding indices GPUs serialise.
   one_hot_lookups: bool = False
-  # Cast every matmul weight to `dtype` at the start of the step, all behind one barrier, so XLA emits a few
-  # fused cast kernels instead of one per weight; the same values as casting inside each layer.
+  # Cast every matmul weight to `dtype` once at the start of the step, all behind one barrier, rather than
+  # inside each layer; the same values, and a faster training step on GPU (gin/models turns it on).
   cast_weights_once: bool = False
 
   def __post_init__(self):

@@ -189,6 +189,28 @@ def _job_process(flags, job: Job, index: int, results) -> None:
     results.put((index, "failed", f"{type(e).__name__}: {e}"))
 
 
+MEMORY_FRACTION_KEY = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
+def check_memory_fraction(workers: int, environ: Mapping[str, str] = os.environ) -> None:
+  """Refuses a memory fraction the workers cannot all have, before any of them starts.
+
+  Each worker inherits the fraction a user set; past the whole device they fail later, inside GPU autotuning,
+  with an error that names neither the fraction nor --workers.
+  """
+  value = environ.get(MEMORY_FRACTION_KEY)
+  if value is None or workers <= 1:
+    return
+  try:
+    fraction = float(value)
+  except ValueError:
+    raise ValueError(f"{MEMORY_FRACTION_KEY}={value!r} is not a number") from None
+  if not 0.0 < fraction * workers <= 1.0:
+    raise ValueError(f"{MEMORY_FRACTION_KEY}={value} for each of --workers={workers} asks for "
+                     f"{fraction * workers:.2f} of the device; unset it (each worker then gets 0.9/{workers}) "
+                     f"or set it to at most {1.0 / workers:.3f}")
+
+
 def _run_in_processes(flags, jobs: Sequence[Job], before_each, on_done) -> None:
   context = multiprocessing.get_context("spawn")  # a fresh JAX runtime per run; fork would copy the parent's
   results = context.Queue()
@@ -197,7 +219,7 @@ def _run_in_processes(flags, jobs: Sequence[Job], before_each, on_done) -> None:
   failures: list[str] = []
   # Every worker would otherwise reserve most of the device's memory for itself (workers inherit os.environ as it
   # is when they start; a fraction the user set is kept).
-  memory_key = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+  memory_key = MEMORY_FRACTION_KEY
   user_fraction = os.environ.get(memory_key)
   os.environ[memory_key] = user_fraction or f"{0.9 / flags.workers:.3f}"
 
@@ -452,6 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   gin_utils.setup_logging(flags.log_level)
   flags.test_seeds = ([int(s) for s in flags.test_seeds.split(",") if s] if flags.test_seeds
                       else [_base_seed(flags)])
+  check_memory_fraction(flags.workers)
   try:
     return sweep(flags)
   except StopForNow as e:

@@ -135,6 +135,19 @@ def test_workers_run_a_stage_side_by_side_with_the_same_results(tmp_path):
   assert parallel["refit"]["test_mean"] == serial["refit"]["test_mean"]
 
 
+def test_a_memory_fraction_the_workers_cannot_all_have_is_refused_before_any_run(tmp_path, monkeypatch):
+  data_dir = _successor_dataset(tmp_path / "data", users=20)
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.2")
+  with pytest.raises(ValueError, match=r"XLA_PYTHON_CLIENT_MEM_FRACTION=0.2 for each of --workers=6 asks for 1.20"):
+    sweep_lib.main([f"--data_dir={data_dir}", f"--out_dir={tmp_path / 'out'}", "--workers=6"])
+  assert not os.path.exists(tmp_path / "out" / "points")
+  sweep_lib.check_memory_fraction(5, {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.2"})  # exactly the device: allowed
+  sweep_lib.check_memory_fraction(6, {})  # unset: the sweep splits 0.9 itself
+  sweep_lib.check_memory_fraction(1, {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"})  # one worker: the user's choice
+  with pytest.raises(ValueError, match="is not a number"):
+    sweep_lib.check_memory_fraction(2, {"XLA_PYTHON_CLIENT_MEM_FRACTION": "half"})
+
+
 def test_a_failing_worker_names_its_run_and_stops_the_sweep(tmp_path):
   data_dir = _successor_dataset(tmp_path / "data", users=20)
   grid = tmp_path / "grid.json"

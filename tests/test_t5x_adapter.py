@@ -52,6 +52,11 @@ def init_variables(config, batch=2, input_length=9):
                              decode=False, enable_dropout=False)
 
 
+def test_casting_weights_once_is_refused_where_t5x_applies_the_module():
+  with pytest.raises(ValueError, match="cast_weights_once applies only to tiger_jax's own trainer"):
+    init_variables(small_config(dtype="bfloat16", cast_weights_once=True))
+
+
 def random_inputs(rng, batch, length=9):
   tokens = rng.integers(LAYOUT.codeword_offset, LAYOUT.user_offset, size=(batch, length)).astype(np.int32)
   tokens[0, length - 3:] = 0  # a padded row

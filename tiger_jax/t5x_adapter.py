@@ -91,6 +91,14 @@ def params_axes(params: PyTree) -> dict:
 class T5xTransformer(network.Transformer):
   """`network.Transformer` with t5x's `__call__` keywords; emits `params_axes` at initialisation."""
 
+  def setup(self):
+    if self.config.cast_weights_once:
+      # t5x's models apply this module to the float32 parameters directly; the cast happens in
+      # tiger_jax.models.EncoderDecoderModel, so here the flag would do nothing.
+      raise ValueError('T5xTransformer: network.T5Config.cast_weights_once applies only to tiger_jax\'s own '
+                       'trainer (tiger_jax.models); leave it False in gin/t5x/ files')
+    super().setup()
+
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
                decoder_segment_ids: Optional[Array] = None,

@@ -43,22 +43,21 @@ VARIANTS = {
     "bf16_onehot_nodropout": ("bfloat16", True, "threefry2x32", 0.0, True, "rng"),
     "bf16_onehot_rbg_castonce": ("bfloat16", True, "unsafe_rbg", 0.1, True, "rng"),
 }
-# Further gin bindings of a variant's network; the rest cast each weight inside its layer, as they did when
-# first measured, whatever gin/models sets.
+# Every variant's network casts each weight inside its layer, as when the variants were first measured, whatever
+# gin/models sets; a variant's further gin bindings come after (and override) these.
+DEFAULT_BINDINGS = ["network.T5Config.cast_weights_once = False"]
 VARIANT_BINDINGS = {
     "bf16_onehot_rbg_castonce": ["network.T5Config.cast_weights_once = True"],
 }
-DEFAULT_BINDINGS = ["network.T5Config.cast_weights_once = False"]
 
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
-                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None,
-                    compile_order: str = "together") -> dict:
+                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
   dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[name]
   jax.config.update("jax_default_prng_impl", prng_impl)
   model = train_speed.make_model(model_gin, dtype, dropout, one_hot,
                                  bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'",
-                                           *VARIANT_BINDINGS.get(name, DEFAULT_BINDINGS)])
+                                           *DEFAULT_BINDINGS, *VARIANT_BINDINGS.get(name, [])])
   partitioner = partitioning.PjitPartitioner()
   lr_fn = utils.create_learning_rate_scheduler()
   tx = utils.adafactor(lr_fn, group_same_shapes=grouped)
@@ -80,13 +79,11 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
     idx_for[length] = partitioner.replicate(np.resize(pool, k * 256).reshape(k, 256).astype(np.int32))
   # Every length's loop before the first step, as train() compiles them.
   start = time.perf_counter()
-  runner.precompile(lengths, lambda length: (partitioner.replicate(init_state), data, idx_for[length], n, rng),
-                    order=compile_order)
+  runner.precompile(lengths, lambda length: (partitioner.replicate(init_state), data, idx_for[length], n, rng))
   all_compile_s = time.perf_counter() - start
   print(f"\n== {name}: compiled the loops of lengths {list(lengths)} in {all_compile_s:.1f} s "
-        f"({'fixed' if fixed_trip_count else 'dynamic'} trip count, {compile_order})", flush=True)
-  out = {"compile_all_lengths_s": all_compile_s, "fixed_trip_count": fixed_trip_count,
-         "compile_order": compile_order}
+        f"({'fixed' if fixed_trip_count else 'dynamic'} trip count)", flush=True)
+  out = {"compile_all_lengths_s": all_compile_s, "fixed_trip_count": fixed_trip_count}
   for length in lengths:
     state = partitioner.replicate(init_state)
     idx = idx_for[length]
@@ -140,8 +137,6 @@ def main() -> None:
   p.add_argument("--loop", default="dynamic",
                  help="trip count of the compiled loop: dynamic (a run-time n, the trainer's), fixed "
                       "(StepRunner.fixed_trip_count), or both, comma-separated")
-  p.add_argument("--compile_order", default="together", choices=train_lib.COMPILE_ORDERS,
-                 help="how the lengths' loops are compiled before the first step (StepRunner.precompile)")
   p.add_argument("--reps", type=int, default=4)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--tag", default="")
@@ -164,7 +159,7 @@ def main() -> None:
       key = name if len(loops) == 1 else f"{name}/{loop}"
       result = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps, args.top,
                                args.model_gin, args.out_dir if args.dump_hlo else None,
-                               loop == "fixed", trace_lengths, args.compile_order)
+                               loop == "fixed", trace_lengths)
       result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
       report["variants"][key] = result
       print(f"\n== {key}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)

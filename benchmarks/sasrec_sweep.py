@@ -219,9 +219,8 @@ def _run_in_processes(flags, jobs: Sequence[Job], before_each, on_done) -> None:
   failures: list[str] = []
   # Every worker would otherwise reserve most of the device's memory for itself (workers inherit os.environ as it
   # is when they start; a fraction the user set is kept).
-  memory_key = MEMORY_FRACTION_KEY
-  user_fraction = os.environ.get(memory_key)
-  os.environ[memory_key] = user_fraction or f"{0.9 / flags.workers:.3f}"
+  user_fraction = os.environ.get(MEMORY_FRACTION_KEY)
+  os.environ[MEMORY_FRACTION_KEY] = user_fraction or f"{0.9 / flags.workers:.3f}"
 
   def forward(signum, frame):  # SIGTERM: each worker checkpoints its epoch and stops; then this one exits.
     nonlocal stopped
@@ -270,7 +269,7 @@ def _run_in_processes(flags, jobs: Sequence[Job], before_each, on_done) -> None:
     if old_handler is not None:
       signal.signal(signal.SIGTERM, old_handler)
     if user_fraction is None:
-      os.environ.pop(memory_key, None)
+      os.environ.pop(MEMORY_FRACTION_KEY, None)
   if failures:
     raise RuntimeError("; ".join(failures))
   if stopped is not None:

@@ -1152,28 +1152,3 @@ def test_random_kills_resume_to_the_parameters_of_an_uninterrupted_run(cli, cach
   expected = {step: set(values) for step, values in _evals(reference_dir).items()}
   assert {step: set(values) for step, values in _evals(model_dir).items()} == expected, done
   assert _best_step(model_dir) == _best_step(reference_dir), done
-
-
-@pytest.mark.parametrize("order", ["together", "first_alone", "sequential"])
-def test_precompile_orders_compile_each_length_once_in_their_order(order):
-  events, lock = [], threading.Lock()
-
-  def fake_get(length, *args):
-    with lock:
-      events.append(("start", length))
-    time.sleep(0.2)
-    with lock:
-      events.append(("end", length))
-
-  runner = train.StepRunner(None, None, None, None, steps_per_dispatch=4, resident=True)
-  runner.get = fake_get
-  runner.precompile([17, 33, 81], lambda length: (length,), order=order)
-  assert sorted(length for kind, length in events if kind == "end") == [17, 33, 81]
-  first_end = next(i for i, (kind, _) in enumerate(events) if kind == "end")
-  started_before = sorted(length for kind, length in events[:first_end] if kind == "start")
-  # Alone, the first length ends before another starts; together, all three start at once.
-  assert started_before == ([17, 33, 81] if order == "together" else [17])
-  if order == "sequential":
-    assert events == [(kind, length) for length in (17, 33, 81) for kind in ("start", "end")]
-  with pytest.raises(ValueError, match="order must be one of"):
-    runner.precompile([5], lambda length: (), order="parallel")

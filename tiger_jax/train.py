@@ -227,9 +227,6 @@ def _program_cache():
   return program_cache.ProgramCache(directory, _gin_config_text)
 
 
-COMPILE_ORDERS = ("together", "first_alone", "sequential")
-
-
 class StepRunner:
   """Builds and caches one compiled multi-step function per encoder length.
 
@@ -337,27 +334,16 @@ class StepRunner:
                "fixed " if full else "", self.k, length, seconds, how)
     return self._compiled[key]
 
-  def precompile(self, lengths: Sequence[int], args_for: Callable[[int], tuple], order: str = "together") -> None:
-    """Compiles the loops of several encoder lengths before training.
-
-    `order`: 'together' compiles them in parallel threads (XLA compiles outside the GIL); 'first_alone'
-    compiles the first length, then the rest in parallel, so that the rest can reuse the GPU autotuning
-    results of the kernels they share with it (the decoder's do not depend on the encoder length);
-    'sequential' one after another. benchmarks/profile_step.py --compile_order compares them.
-    """
-    if order not in COMPILE_ORDERS:
-      raise ValueError(f"precompile: order must be one of {COMPILE_ORDERS}, got {order!r}")
+  def precompile(self, lengths: Sequence[int], args_for: Callable[[int], tuple]) -> None:
+    """Compiles the loops of several encoder lengths at once: XLA compiles outside the GIL, and on a GPU
+    each length's compile (autotuning included) took about a minute when done one after another."""
     todo = [length for length in lengths if (length, self.fixed_trip_count) not in self._compiled]
-    alone = todo if order == "sequential" else todo[:1] if order == "first_alone" else []
-    for length in alone:
-      self.get(length, *args_for(length))
-    rest = [length for length in todo if length not in alone]
-    if len(rest) < 2:
-      for length in rest:
+    if len(todo) < 2:
+      for length in todo:
         self.get(length, *args_for(length))
       return
-    with concurrent.futures.ThreadPoolExecutor(len(rest)) as pool:
-      for future in [pool.submit(self.get, length, *args_for(length)) for length in rest]:
+    with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
+      for future in [pool.submit(self.get, length, *args_for(length)) for length in todo]:
         future.result()
 
 

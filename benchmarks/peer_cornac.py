@@ -77,7 +77,7 @@ import shutil
 import signal
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -349,6 +349,7 @@ def timed_tiger_class():
     """See timed_tiger_class."""
     given_codes: Optional[np.ndarray] = None
     given_codebook_size: int = 256
+    peer_on_validation: Optional[Callable[[], None]] = None  # called after each validation point
 
     def _sync(self):
       if getattr(self, "device_", "cpu") == "cuda":
@@ -412,6 +413,8 @@ def timed_tiger_class():
                                "users": len(val_sessions)})
       print(f"  cornac epoch {self.peer_epochs}: {wall:.1f} s training, validation ndcg@10 {ndcg:.4f} "
             f"({len(val_sessions)} users, {elapsed:.1f} s)", flush=True)
+      if self.peer_on_validation is not None:
+        self.peer_on_validation()
       return ndcg
 
   return TimedTIGER
@@ -433,8 +436,12 @@ def parse_cornac_args(specs: Sequence[str]) -> dict:
 
 def run_cornac(*, dataset: Dataset, embeddings: np.ndarray, codes: Optional[np.ndarray], codebook_size: int,
                eval_users: int, epochs: int, eval_every: int, batch_size: int, device: str, seed: int,
-               overrides: dict) -> dict:
-  """Builds cornac's datasets from the split, fits its TIGER and returns the curve and rates."""
+               overrides: dict, on_progress: Optional[Callable[[dict], None]] = None) -> dict:
+  """Builds cornac's datasets from the split, fits its TIGER and returns the curve and rates.
+
+  on_progress gets the summary so far (complete: False) after every validation, so a fit cut off by a time
+  limit or a signal keeps the points it reached.
+  """
   check_cornac()
   import torch  # pylint: disable=g-import-not-at-top
   from cornac.data import FeatureModality  # pylint: disable=g-import-not-at-top
@@ -455,21 +462,33 @@ def run_cornac(*, dataset: Dataset, embeddings: np.ndarray, codes: Optional[np.n
     model.given_codes = codes[[row[a] for a in order]]
     model.given_codebook_size = codebook_size
   n_examples = sum(max(len(s) - 3, 0) for s in dataset.sessions.sequences)
+  device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() and device != "cpu" else "cpu"
+
+  def summary(complete: bool, fit_s: Optional[float] = None) -> dict:
+    points = [dict(p, examples=p["epoch"] * n_examples) for p in model.peer_points]
+    out = {"constructor_args": {k: getattr(model, k) for k in kwargs}, "device": getattr(model, "device_", device),
+           "device_name": device_name, "torch": torch.__version__, "dataset_build_seconds": round(build_s, 1),
+           "tokenizer_seconds": round(getattr(model, "peer_tokenizer_s", 0.0), 1), "epochs": epochs,
+           "examples_per_epoch": n_examples, "level_sizes": [int(s) for s in getattr(model, "level_sizes", [])],
+           "points": points, "complete": complete}
+    if complete:
+      out.update(fit_seconds=round(fit_s, 1), train_seconds=round(model.peer_train_s, 2),
+                 eval_seconds=round(model.peer_eval_s, 1),
+                 parameters=int(sum(p.numel() for p in model.model.parameters())))
+      trained_s, examples = model.peer_train_s, epochs * n_examples
+    else:  # up to the last validation: its training wall time and the epochs before it
+      out["eval_seconds"] = round(model.peer_eval_s, 1)
+      trained_s, examples = (points[-1]["wall_s"], points[-1]["examples"]) if points else (0.0, 0)
+    if trained_s > 0:
+      # No compiling to leave out: the steady rate is the wall rate over the whole fit.
+      out["examples_per_s_steady"] = out["examples_per_s_wall"] = examples / trained_s
+    return out
+
+  if on_progress is not None:
+    model.peer_on_validation = lambda: on_progress(summary(complete=False))
   start = time.time()
   model.fit(method.train_set, method.val_set)
-  fit_s = time.time() - start
-  points = [dict(p, examples=p["epoch"] * n_examples) for p in model.peer_points]
-  device_name = torch.cuda.get_device_name(0) if model.device_ == "cuda" else "cpu"
-  out = {"constructor_args": {k: getattr(model, k) for k in kwargs}, "device": model.device_,
-         "device_name": device_name, "torch": torch.__version__, "dataset_build_seconds": round(build_s, 1),
-         "fit_seconds": round(fit_s, 1), "tokenizer_seconds": round(model.peer_tokenizer_s, 1),
-         "train_seconds": round(model.peer_train_s, 2), "eval_seconds": round(model.peer_eval_s, 1),
-         "epochs": epochs, "examples_per_epoch": n_examples,
-         "parameters": int(sum(p.numel() for p in model.model.parameters())),
-         "level_sizes": [int(s) for s in model.level_sizes], "points": points}
-  if model.peer_train_s > 0:
-    # No compiling to leave out: the steady rate is the wall rate over the whole fit.
-    out["examples_per_s_steady"] = out["examples_per_s_wall"] = epochs * n_examples / model.peer_train_s
+  out = summary(complete=True, fit_s=time.time() - start)
   del model
   if torch.cuda.is_available():
     torch.cuda.empty_cache()
@@ -640,11 +659,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     write()
   if "cornac" in sides:
     print(f"\n== cornac TIGER: {args.cornac_epochs} epochs, validation every {args.eval_every_epochs}", flush=True)
+
+    def keep_progress(partial: dict) -> None:
+      report["cornac"] = dict(partial, run=side_run(report))
+      write()
+
     report["cornac"] = run_cornac(
         dataset=dataset, embeddings=load_embeddings(args.embeddings_dir, asins), codes=codes,
         codebook_size=codebook_size, eval_users=eval_users, epochs=args.cornac_epochs,
         eval_every=args.eval_every_epochs, batch_size=args.batch_size, device=args.cornac_device,
-        seed=args.seed, overrides=overrides)
+        seed=args.seed, overrides=overrides, on_progress=keep_progress)
     report["cornac"]["run"] = side_run(report)
     write()
   write()

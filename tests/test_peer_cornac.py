@@ -245,3 +245,30 @@ def test_tiny_run_end_to_end(tmp_path, monkeypatch):
   assert cmp["examples_per_s_steady_ratio"] > 0 and cmp["seconds_to_target_ratio"] > 0
   assert cmp["target_ndcg@10"] == min(cmp["best_ndcg@10"].values())
   print(f"tiny side-by-side run: {seconds:.1f} s")
+
+
+def test_a_cornac_fit_reports_its_curve_after_every_validation(tmp_path):
+  """A fit cut off later keeps what on_progress last received: the points so far, marked incomplete."""
+  pytest.importorskip("cornac")
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(1)
+  data_dir, asins = write_category_walk_dataset(tmp_path / "data", rng, num_items=24, num_users=24,
+                                                length_cycle=5, user_digits=2)
+  dataset = load_dataset(str(data_dir))
+  codes = np.array([[i % 3, i % 2, i % 5, 0] for i in range(len(asins))])
+  codes[:, 3] = [sum((codes[j, :3] == codes[i, :3]).all() for j in range(i)) for i in range(len(asins))]
+  seen = []
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  try:
+    final = peer_cornac.run_cornac(
+        dataset=dataset, embeddings=np.eye(len(asins), dtype=np.float32), codes=codes, codebook_size=5,
+        eval_users=8, epochs=2, eval_every=1, batch_size=16, device="cpu", seed=0,
+        overrides={"num_enc_layers": 1, "num_dec_layers": 1, "d_ff": 32}, on_progress=seen.append)
+  finally:
+    torch.set_num_threads(threads)
+  assert [len(p["points"]) for p in seen] == [1, 2] and not any(p["complete"] for p in seen)
+  assert seen[0]["examples_per_s_wall"] == pytest.approx(
+      seen[0]["points"][0]["examples"] / seen[0]["points"][0]["wall_s"])
+  assert "train_seconds" not in seen[-1] and final["complete"] and final["train_seconds"] > 0
+  assert [p["epoch"] for p in final["points"]] == [1, 2] and final["points"][0]["users"] == 8

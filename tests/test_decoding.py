@@ -169,6 +169,22 @@ def test_trie_tables_and_lookup():
   np.testing.assert_array_equal(np.asarray(got_dev), np.arange(4).reshape(2, 2))
 
 
+def test_any_ids_of_one_catalogue_give_the_same_compiled_decoder():
+  """Tables sized by the catalogue, not by the IDs: a second set of IDs reuses the first one's program."""
+  table = make_table(2, seed=1)
+  first, second = random_catalogue(30, seed=5), random_catalogue(30, seed=8)
+  tries = [decoding.SemanticIdTrie.from_codes(c, codebook_size=CB) for c in (first, second)]
+  assert tries[0].num_states != tries[1].num_states  # the IDs use different numbers of prefixes
+  assert tries[0].next_state.shape == tries[1].next_state.shape == (1 + 4 + 16 + 30, CB)
+  assert tries[0].level_offsets == tries[1].level_offsets == (0, 1, 5, 21)
+  decode = jax.jit(lambda trie: run_beam(table, trie, batch=2, num_decodes=5, constrain=True).items)
+  programs = [decode.lower(t.to_device()).as_text() for t in tries]
+  assert programs[0] == programs[1]
+  for trie, catalogue in zip(tries, (first, second)):
+    items = np.asarray(decode(trie.to_device()))
+    assert (items >= 0).all() and (trie.lookup(catalogue[items]) == items).all()
+
+
 def test_trie_rejects_bad_codes():
   with pytest.raises(ValueError, match='not unique'):
     decoding.SemanticIdTrie.from_codes(np.array([[1, 2, 3, 0], [1, 2, 3, 0]]), codebook_size=CB)

@@ -97,8 +97,14 @@ class SemanticIdTrie:
   length-(l+1) prefixes, or -1 if no item starts with it; at the last level it holds the item's
   catalogue index. One flat table (instead of one per level) lets a `lax` loop index any level.
 
-  Memory is 4 * codebook_size bytes per distinct prefix (about 25 MB for 12k items): dense rows
-  make each decoding step one gather instead of a search.
+  Level l has room for min(codebook_size ** l, num_items) states, the most that any IDs of
+  `num_items` items can have, and unused rows hold -1. So the table's shape and `level_offsets`
+  depend on the catalogue's size alone: every set of Semantic IDs for one catalogue (another
+  RQ-VAE seed, LSH or random IDs) gives the same compiled decoder, which a persistent compilation
+  cache then serves without compiling. `num_states` counts the states the IDs use.
+
+  Memory is 4 * codebook_size bytes per row (about 25 MB for 12k items): dense rows make each
+  decoding step one gather instead of a search.
   """
   next_state: Union[np.ndarray, Array]  # [sum of num_states, codebook_size] int32
   level_offsets: Tuple[int, ...] = flax.struct.field(pytree_node=False)
@@ -142,7 +148,8 @@ class SemanticIdTrie:
       raise ValueError(f'SemanticIdTrie.from_codes: Semantic IDs are not unique '
                        f'({num_items - len(uniq_full)} duplicates; e.g. rows {rows} share '
                        f'{codes[rows[0]].tolist()})')
-    offsets = np.concatenate([[0], np.cumsum(num_states)])
+    capacity = [min(codebook_size ** level, max(num_items, 1)) for level in range(num_levels)]
+    offsets = np.concatenate([[0], np.cumsum(capacity)])
     table = np.full((int(offsets[-1]), codebook_size), -1, np.int32)
     for level in range(num_levels):
       rows = offsets[level] + prefix_ids[level]

@@ -106,7 +106,7 @@ class SemanticIdTrie:
   Memory is 4 * codebook_size bytes per row (about 25 MB for 12k items): dense rows make each
   decoding step one gather instead of a search.
   """
-  next_state: Union[np.ndarray, Array]  # [sum of num_states, codebook_size] int32
+  next_state: Union[np.ndarray, Array]  # [sum of the levels' room, codebook_size] int32
   level_offsets: Tuple[int, ...] = flax.struct.field(pytree_node=False)
   num_states: Tuple[int, ...] = flax.struct.field(pytree_node=False)
   codebook_size: int = flax.struct.field(pytree_node=False)

@@ -235,6 +235,11 @@ def print_table(report: dict) -> None:
       if test:
         line += f"; test ndcg@10 {test['ndcg@10']:.4f} ({test['num_users']} users, {test['seconds']} s)"
       print(line)
+      validations = [e for e in train.get("evals", []) if "validation_ndcg@10" in e]
+      if validations:  # the recipe's quality at the steps it ran, and what its first decode cost
+        last = validations[-1]
+        print(f"  {c}: validation ndcg@10 {last['validation_ndcg@10']:.4f} at step {last['step']}; "
+              f"the first validation took {validations[0]['seconds']:.1f} s, the last {last['seconds']:.1f} s")
       projected = runs[c].get("projected_train_seconds")
       if projected:
         print(f"  {c}: the recipe's {runs[c]['recipe_train_steps']} steps at that step time: "

@@ -116,6 +116,25 @@ def test_parse_train_log_reads_what_the_trainer_logs():
   assert parsed["evals"] == [{"step": 40, "seconds": 56.6, "validation_ndcg@10": 0.0312}]
 
 
+def test_the_table_gives_each_run_its_stages_step_time_and_validation(capsys):
+  evals = [{"step": 10000, "seconds": 38.6, "validation_ndcg@10": 0.0385},
+           {"step": 20000, "seconds": 0.8, "validation_ndcg@10": 0.04381}]
+  stages = {name: {"seconds": 10.0 * i, "returncode": 0, "given": name == "embed"}
+            for i, name in enumerate(recipe_speed.STAGES)}
+  run = {"stages": stages, "total_seconds": 100.0,
+         "train": {"steps": 20000, "ms_per_step": 5.01, "paused": "1m58s", "loop_compile_seconds": {17: 77.6},
+                   "evals": evals},
+         "test": {"ndcg@10": 0.0315, "num_users": 22363, "seconds": 13.55}}
+  recipe_speed.print_table({"dataset": "beauty", "device_kind": "card", "jax": "0", "git_revision": "abc",
+                            "gin_files": {"paper": "gin/beauty.gin"}, "recipes": {"paper": {"cold": run}}})
+  out = capsys.readouterr().out
+  assert "20000 steps at 5.01 ms/step, 1m58s compiling" in out and "took 77.6 s" in out
+  assert "test ndcg@10 0.0315 (22363 users, 13.55 s)" in out
+  assert "validation ndcg@10 0.0438 at step 20000; the first validation took 38.6 s, the last 0.8 s" in out
+  rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ") and line.split()}
+  assert rows["embed"] == ["given"] and rows["train"] == ["30.0", "s"] and rows["total"] == ["100.0", "s"]
+
+
 def test_recipe_train_steps_follows_includes(tmp_path):
   base = tmp_path / "base.gin"
   base.write_text("TRAIN_STEPS = 200000\n")

@@ -660,17 +660,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if "cornac" in sides:
     print(f"\n== cornac TIGER: {args.cornac_epochs} epochs, validation every {args.eval_every_epochs}", flush=True)
 
-    def keep_progress(partial: dict) -> None:
-      report["cornac"] = dict(partial, run=side_run(report))
+    def keep_cornac(side: dict) -> None:  # after each validation (complete: False), then once complete
+      report["cornac"] = dict(side, run=side_run(report))
       write()
 
-    report["cornac"] = run_cornac(
+    keep_cornac(run_cornac(
         dataset=dataset, embeddings=load_embeddings(args.embeddings_dir, asins), codes=codes,
         codebook_size=codebook_size, eval_users=eval_users, epochs=args.cornac_epochs,
         eval_every=args.eval_every_epochs, batch_size=args.batch_size, device=args.cornac_device,
-        seed=args.seed, overrides=overrides, on_progress=keep_progress)
-    report["cornac"]["run"] = side_run(report)
-    write()
+        seed=args.seed, overrides=overrides, on_progress=keep_cornac))
   write()
   print_table(report)
   print(f"\nwrote {path}")

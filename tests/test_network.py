@@ -6,7 +6,6 @@ positions are excluded because the two implementations mask differently there (H
 only; t5x-style masks queries too) and their values are never used.
 """
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -375,56 +374,3 @@ def test_dropout_and_bfloat16():
   bf16_params = jax.eval_shape(lambda: bf16.init(jax.random.PRNGKey(0), enc, dec_in, tgt,
                                                  enable_dropout=False))['params']
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(bf16_params))
-
-
-@pytest.mark.parametrize('lengths', [(5, 7), (6, 8), (17, 17)])
-def test_fused_attention_matches_written_out_attention(lengths):
-  """The padding to even lengths that cuDNN's kernel needs changes nothing at real query rows."""
-  q_len, k_len = lengths
-  keys = jax.random.split(jax.random.PRNGKey(lengths[0]), 4)
-  query = jax.random.normal(keys[0], (3, q_len, 2, 8))
-  key = jax.random.normal(keys[1], (3, k_len, 2, 8))
-  value = jax.random.normal(keys[2], (3, k_len, 2, 8))
-  bias = jax.random.normal(keys[3], (1, 2, q_len, k_len))
-  query_valid = np.arange(q_len)[None] < np.array([[q_len], [2], [q_len - 1]])
-  key_valid = np.arange(k_len)[None] < np.array([[k_len], [1], [k_len - 1]])
-  mask = network.make_attention_mask(jnp.asarray(query_valid), jnp.asarray(key_valid))
-  logits = jnp.where(mask > 0, jnp.einsum('bqhd,bkhd->bhqk', query, key) + bias, -1e10)
-  expected = jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(logits, axis=-1), value)
-  fused = network.fused_attention(query, key, value, bias, mask, implementation='xla')
-  assert fused.shape == expected.shape
-  np.testing.assert_allclose(np.asarray(fused)[query_valid], np.asarray(expected)[query_valid], atol=1e-5)
-
-
-def test_cudnn_attention_impl_gives_the_same_logits_and_bias_gradients(monkeypatch):
-  """The whole network with `attention_impl='cudnn'`, the fused call run by XLA (CPU has no cuDNN)."""
-  monkeypatch.setattr(network, 'fused_attention',
-                      functools.partial(network.fused_attention, implementation='xla'))
-  cfg = dataclasses.replace(SMALL, dtype='bfloat16', dropout_rate=0.0)
-  fused_cfg = dataclasses.replace(cfg, attention_impl='cudnn')
-  rng = np.random.default_rng(5)
-  enc, dec_in, tgt = random_batch(rng, SMALL.vocab_size, [9, 4, 7], [4, 2, 3], 9, 4)
-  _, params = init_params(cfg, 9, 4)
-
-  def loss(p, config):
-    logits = network.Transformer(config).apply({'params': p}, enc, dec_in, tgt, enable_dropout=False)
-    picked = jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(tgt)[..., None], -1)[..., 0]
-    return -(picked * (tgt > 0)).sum(), logits
-
-  (loss_xla, logits_xla), grads_xla = jax.value_and_grad(loss, has_aux=True)(params, cfg)
-  (loss_fused, logits_fused), grads_fused = jax.value_and_grad(loss, has_aux=True)(params, fused_cfg)
-  valid = tgt > 0
-  np.testing.assert_allclose(np.asarray(logits_fused)[valid], np.asarray(logits_xla)[valid], atol=0.05)
-  np.testing.assert_allclose(float(loss_fused), float(loss_xla), rtol=1e-2)
-  for side in ('encoder', 'decoder'):
-    fused_bias = np.asarray(grads_fused[side]['relpos_bias']['rel_embedding'])
-    assert np.abs(fused_bias).max() > 0
-    np.testing.assert_allclose(fused_bias, np.asarray(grads_xla[side]['relpos_bias']['rel_embedding']),
-                               atol=0.05 * np.abs(fused_bias).max())
-
-
-def test_cudnn_attention_impl_needs_a_16_bit_dtype_and_a_known_name():
-  with pytest.raises(ValueError, match='bfloat16 or float16'):
-    dataclasses.replace(SMALL, attention_impl='cudnn')
-  with pytest.raises(ValueError, match='attention_impl'):
-    dataclasses.replace(SMALL, dtype='bfloat16', attention_impl='flash')

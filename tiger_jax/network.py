@@ -41,8 +41,6 @@ from tiger_jax import dropout as dropout_lib
 Array = jax.Array
 DType = Any
 
-ATTENTION_IMPLS = ('xla', 'cudnn')
-
 # A large negative bias rather than -inf, so fully masked rows stay finite (uniform attention).
 _MASK_BIAS = -1e10
 
@@ -80,10 +78,6 @@ class T5Config:
   # Cast every matmul weight to `dtype` once at the start of the step, all behind one barrier, rather than
   # inside each layer; the same values, and a faster training step on GPU (gin/models turns it on).
   cast_weights_once: bool = False
-  # 'xla': attention written out as matmuls and a softmax, with dropout on the attention weights (t5x's);
-  # 'cudnn': cuDNN's fused attention kernel for teacher-forced passes (bf16/fp16 only; the fused kernel
-  # takes no dropout, so the attention weights are not dropped). Cached decoding always uses 'xla'.
-  attention_impl: str = 'xla'
 
   def __post_init__(self):
     # Gin hands over lists; flax modules need hashable attributes.
@@ -94,10 +88,6 @@ class T5Config:
       raise ValueError('T5Config.mlp_activations: need at least one activation')
     if self.dropout_impl not in dropout_lib.IMPLS:
       raise ValueError(f'T5Config.dropout_impl: {self.dropout_impl!r} is not one of {dropout_lib.IMPLS}')
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f'T5Config.attention_impl: {self.attention_impl!r} is not one of {ATTENTION_IMPLS}')
-    if self.attention_impl == 'cudnn' and self.dtype not in (jnp.bfloat16, jnp.float16):
-      raise ValueError(f"T5Config.attention_impl = 'cudnn' needs dtype bfloat16 or float16, got {self.dtype}")
 
 
 def cast_weights_to_compute_dtype(params: Any, config: T5Config) -> Any:
@@ -301,36 +291,6 @@ def _shared_kv_values(weights: Array, value: Array) -> Array:
   return out.reshape(rows, length, heads, -1)
 
 
-def fused_attention(query: Array, key: Array, value: Array, bias: Optional[Array], mask: Optional[Array],
-                    implementation: str = 'cudnn') -> Array:
-  """Unscaled T5 attention through `jax.nn.dot_product_attention`: [B, Lq, H, D] -> [B, Lq, H, D].
-
-  bias [1|B, H, Lq, Lk], mask [B, 1|H, Lq, Lk] (> 0 = may attend). cuDNN's kernel takes a bias only at even
-  lengths, so odd lengths get one masked position appended, and the extra query row is dropped again.
-  `implementation='xla'` runs the same padding through XLA (the CPU tests' path).
-  """
-  length = query.shape[1]
-  pad_q, pad_k = length % 2, key.shape[1] % 2
-  if pad_q or pad_k:
-    rows = [(0, 0), (0, pad_q), (0, 0), (0, 0)]
-    keys = [(0, 0), (0, pad_k), (0, 0), (0, 0)]
-    query, key, value = jnp.pad(query, rows), jnp.pad(key, keys), jnp.pad(value, keys)
-    square = [(0, 0), (0, 0), (0, pad_q), (0, pad_k)]
-    bias = None if bias is None else jnp.pad(bias, square)
-    # The appended key is never attended; the appended query row attends to all keys and is dropped.
-    if mask is None:
-      mask = jnp.ones((1, 1, length, key.shape[1] - pad_k), bool)
-    mask = jnp.pad(mask > 0, square, constant_values=False)
-    if pad_q:
-      mask = mask.at[:, :, -1, :].set(True)
-  elif mask is not None:
-    mask = mask > 0
-  out = jax.nn.dot_product_attention(query, key, value,
-                                     bias=None if bias is None else bias.astype(query.dtype), mask=mask,
-                                     scale=1.0, implementation=implementation)
-  return out[:, :length]
-
-
 def _kv_layout(key: Array, value: Array) -> tuple[Array, Array]:
   """Projected [B, Lk, H, D] keys/values -> the layout `kv` takes: [B, H, D, Lk], [B, H, Lk, D]."""
   return key.transpose(0, 2, 3, 1), value.transpose(0, 2, 1, 3)
@@ -344,7 +304,6 @@ class MultiHeadAttention(nn.Module):
   dropout_broadcast_dims: Sequence[int] = (-2,)
   dropout_impl: str = 'rng'
   float32_logits: bool = True
-  attention_impl: str = 'xla'
   dtype: DType = jnp.float32
 
   @nn.compact
@@ -404,11 +363,6 @@ class MultiHeadAttention(nn.Module):
                        f'{key.shape[0]}')
     # Keys shared by several query rows (or precomputed) take the grouped matmul path.
     shared = kv is not None or query.shape[0] != key.shape[0]
-    out_projection = nn.DenseGeneral(inputs_q.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
-                                     param_dtype=jnp.float32, kernel_init=kernel_init, name='out')
-    if self.attention_impl == 'cudnn' and not (shared or decode):
-      return out_projection(fused_attention(query.astype(self.dtype), key.astype(self.dtype),
-                                            value.astype(self.dtype), bias, mask))
     if shared and kv is None:
       key, value = _kv_layout(key, value)
     logits_dtype = jnp.float32 if self.float32_logits else self.dtype
@@ -428,7 +382,8 @@ class MultiHeadAttention(nn.Module):
       out = _shared_kv_values(weights, value)
     else:
       out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-    return out_projection(out)
+    return nn.DenseGeneral(inputs_q.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
+                           param_dtype=jnp.float32, kernel_init=kernel_init, name='out')(out)
 
 
 def project_cross_kv(config: T5Config, attention_params: Any, encoded: Array
@@ -452,8 +407,8 @@ def _attention(config: T5Config, name: str) -> MultiHeadAttention:
                             dropout_rate=config.dropout_rate,
                             dropout_broadcast_dims=config.dropout_broadcast_dims,
                             dropout_impl=config.dropout_impl,
-                            float32_logits=config.float32_attention_logits,
-                            attention_impl=config.attention_impl, dtype=config.dtype, name=name)
+                            float32_logits=config.float32_attention_logits, dtype=config.dtype,
+                            name=name)
 
 
 def _mlp(config: T5Config) -> MlpBlock:

@@ -50,9 +50,13 @@ def test_outputs_other_than_a_state_and_a_flat_dict_are_not_stored(tmp_path):
 
 
 def test_key_covers_config_shapes_and_parts_but_not_where_or_which_seed():
-  cache = program_cache.ProgramCache("/unused", "MODEL_DIR = '/a'\nRANDOM_SEED = 3\nDROPOUT_RATE = 0.1")
+  cache = program_cache.ProgramCache(
+      "/unused", "MODEL_DIR = '/a'\nTASK_CACHE_DIR = '/a/cache'\nINITIAL_CHECKPOINT_PATH = None\n"
+      "RANDOM_SEED = 3\nDROPOUT_RATE = 0.1")
   assert cache.config_text == "DROPOUT_RATE = 0.1"
-  other_run = program_cache.ProgramCache("/unused", "MODEL_DIR = '/b'\nRANDOM_SEED = 4\nDROPOUT_RATE = 0.1")
+  other_run = program_cache.ProgramCache(
+      "/unused", "MODEL_DIR = '/b'\nTASK_CACHE_DIR = '/b/cache'\nINITIAL_CHECKPOINT_PATH = '/c/checkpoints/1000'\n"
+      "RANDOM_SEED = 4\nDROPOUT_RATE = 0.1")
   args = [np.zeros((2, 3), np.float32), np.zeros((), np.int32)]
   assert cache.key(args, (17,)) == other_run.key(args, (17,))
   assert cache.key(args, (17,)) != cache.key(args, (33,))

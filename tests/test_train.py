@@ -642,16 +642,19 @@ def _train_losses(model_dir):
           if "train/loss" in line]
 
 
-def test_rerun_loads_the_traced_loop_from_disk_and_trains_identically(cli):
-  """The reference run stored its traced loop beside the XLA cache; a rerun elsewhere with another seed's
-  name for MODEL_DIR finds it instead of tracing, and trains exactly as the reference did."""
+def test_rerun_loads_the_traced_loop_from_disk_and_trains_identically(cli, cache_dir):
+  """The reference run stored its traced loop beside the XLA cache; a rerun in another work directory (its
+  own MODEL_DIR and a copy of the task cache, as each recipe run has) finds it instead of tracing, and trains
+  exactly as the reference did."""
   assert "(traced and stored)" in cli["log"], cli["log"][-3000:]
   traced = os.path.join(_compilation_cache_dir(cli["log"]), program_cache.SUBDIR)
   entries = sorted(os.listdir(traced))
   assert any(e.endswith(".bin") for e in entries) and any(e.endswith(".json") for e in entries)
   model_dir = os.path.join(cli["tmp"], "rerun")
-  out = subprocess.run(_cmd(cli["gin_file"], model_dir), cwd=REPO, env=cli["env"], capture_output=True, text=True,
-                       timeout=600)
+  task_cache_copy = os.path.join(cli["tmp"], "rerun_task_cache")
+  shutil.copytree(cache_dir, task_cache_copy)
+  out = subprocess.run(_cmd(cli["gin_file"], model_dir, f'--gin.TASK_CACHE_DIR="{task_cache_copy}"'), cwd=REPO,
+                       env=cli["env"], capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "(traced program from disk)" in out.stderr and "tracing and lowering" not in out.stderr
   assert _train_losses(model_dir) == _train_losses(cli["model_dir"])

@@ -9,8 +9,9 @@ deserializes it and compiles it (an XLA cache hit) without tracing anything.
 The key covers everything the traced program depends on: the source of every loaded module outside the
 installed packages (the library and any user module a gin file imports), the versions of jax, jaxlib,
 flax and optax, the full gin configuration text, the platform and devices, the arguments' shapes and dtypes,
-and the caller's own key parts (encoder length, steps per dispatch); only MODEL_DIR and RANDOM_SEED are
-left out of the configuration text, so another seed or a rerun elsewhere finds the same program. Anything
+and the caller's own key parts (encoder length, steps per dispatch); only MODEL_DIR, TASK_CACHE_DIR,
+INITIAL_CHECKPOINT_PATH and RANDOM_SEED are left out of the configuration text, so another seed or a rerun in
+another work directory finds the same program. Anything
 else than a flat dict of per-step outputs beside a state of unchanged structure is not cached, and any
 failure to export or load falls back to tracing, with a warning.
 
@@ -35,9 +36,10 @@ from tiger_jax import utils
 log = logging.getLogger("tiger_jax.program_cache")
 
 SUBDIR = "tiger_jax_traced"
-# Macros that never reach a traced loop (where a run writes; the seed of the keys passed to it), so a rerun
-# elsewhere or another seed finds the same program.
-_OUTSIDE_THE_PROGRAM = re.compile(r"^(MODEL_DIR|RANDOM_SEED)\s*=")
+# Macros that never reach a traced loop (where a run writes, where its data and starting checkpoint are read
+# from: the loop sees only their arrays, whose shapes the key covers; the seed of the keys passed to it), so a
+# rerun in another work directory or with another seed finds the same program.
+_OUTSIDE_THE_PROGRAM = re.compile(r"^(MODEL_DIR|TASK_CACHE_DIR|INITIAL_CHECKPOINT_PATH|RANDOM_SEED)\s*=")
 _PACKAGES = ("jax", "jaxlib", "flax", "optax")
 
 

@@ -11,9 +11,9 @@ installed packages (the library and any user module a gin file imports), the ver
 flax and optax, the full gin configuration text, the platform and devices, the arguments' shapes and dtypes,
 and the caller's own key parts (encoder length, steps per dispatch); only MODEL_DIR, TASK_CACHE_DIR,
 INITIAL_CHECKPOINT_PATH and RANDOM_SEED are left out of the configuration text, so another seed or a rerun in
-another work directory finds the same program. Anything
-else than a flat dict of per-step outputs beside a state of unchanged structure is not cached, and any
-failure to export or load falls back to tracing, with a warning.
+another work directory finds the same program. Anything else than a flat dict of per-step outputs beside a
+state of unchanged structure is not cached, and any failure to export or load falls back to tracing, with a
+warning.
 
 A data-parallel loop over several devices of one process is cached too: the module records its device count
 and the shardings of its inputs and outputs, it is exported and compiled again with the jitted loop's own

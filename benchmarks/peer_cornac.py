@@ -470,14 +470,12 @@ def run_cornac(*, dataset: Dataset, embeddings: np.ndarray, codes: Optional[np.n
            "device_name": device_name, "torch": torch.__version__, "dataset_build_seconds": round(build_s, 1),
            "tokenizer_seconds": round(getattr(model, "peer_tokenizer_s", 0.0), 1), "epochs": epochs,
            "examples_per_epoch": n_examples, "level_sizes": [int(s) for s in getattr(model, "level_sizes", [])],
-           "points": points, "complete": complete}
+           "points": points, "eval_seconds": round(model.peer_eval_s, 1), "complete": complete}
     if complete:
       out.update(fit_seconds=round(fit_s, 1), train_seconds=round(model.peer_train_s, 2),
-                 eval_seconds=round(model.peer_eval_s, 1),
                  parameters=int(sum(p.numel() for p in model.model.parameters())))
       trained_s, examples = model.peer_train_s, epochs * n_examples
     else:  # up to the last validation: its training wall time and the epochs before it
-      out["eval_seconds"] = round(model.peer_eval_s, 1)
       trained_s, examples = (points[-1]["wall_s"], points[-1]["examples"]) if points else (0.0, 0)
     if trained_s > 0:
       # No compiling to leave out: the steady rate is the wall rate over the whole fit.

@@ -1155,3 +1155,20 @@ def test_random_kills_resume_to_the_parameters_of_an_uninterrupted_run(cli, cach
   expected = {step: set(values) for step, values in _evals(reference_dir).items()}
   assert {step: set(values) for step, values in _evals(model_dir).items()} == expected, done
   assert _best_step(model_dir) == _best_step(reference_dir), done
+
+
+def test_summaries_write_legal_tensorboard_tags_without_a_log_line_per_metric(tmp_path, caplog):
+  """`validation/ndcg@10` reaches TensorBoard as `ndcg_10` under `validation/`, and tensorboardX is not left
+  to rename it (it logs a line per metric and eval when it does); metrics.jsonl keeps the original name."""
+  pytest.importorskip("tensorboardX")
+  summaries = train._Summaries(str(tmp_path), enabled=True)
+  with caplog.at_level("INFO"):
+    summaries.scalars(10, {"validation/ndcg@10": 0.25, "validation/recall@5": 0.5, "loss": 1.0})
+  summaries.close()
+  assert not [r for r in caplog.records if "illegal" in r.getMessage()]
+  events = b"".join(open(os.path.join(root, f), "rb").read()
+                    for root, _, files in os.walk(tmp_path / "validation") for f in files)
+  assert b"ndcg_10" in events and b"recall_5" in events and b"ndcg@10" not in events
+  assert any(f.startswith("events") for f in os.listdir(tmp_path / "train"))
+  row = json.loads(open(tmp_path / "metrics.jsonl").read())
+  assert row == {"step": 10, "validation/ndcg@10": 0.25, "validation/recall@5": 0.5, "loss": 1.0}

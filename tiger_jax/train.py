@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -146,8 +147,15 @@ def validation_loss(ctx: EvalContext) -> dict[str, float]:
 # Summaries.
 
 
+# Characters a TensorBoard tag may not hold; each becomes '_' (`validation/ndcg@10` shows as `ndcg_10`).
+_TAG_ILLEGAL = re.compile(r"[^-/\w.]")
+
+
 class _Summaries:
-  """TensorBoard (tensorboardX when importable) plus a JSON-lines log, written by process 0 only."""
+  """TensorBoard (tensorboardX when importable) plus a JSON-lines log, written by process 0 only.
+
+  Tags are made legal here, the same way tensorboardX would, so it does not log a line per metric per eval;
+  metrics.jsonl keeps the original names."""
 
   def __init__(self, model_dir: str, enabled: bool):
     self.enabled = enabled and jax.process_index() == 0
@@ -181,7 +189,7 @@ class _Summaries:
       group, _, tag = key.rpartition("/")
       writer = self._writer(group or default_group)
       if writer is not None:
-        writer.add_scalar(tag, float(value), int(step))
+        writer.add_scalar(_TAG_ILLEGAL.sub("_", tag), float(value), int(step))
 
   def text(self, step: int, tag: str, text: str) -> None:
     writer = self._writer("train") if self.enabled else None

@@ -230,3 +230,12 @@ def test_eval_into_a_read_only_model_dir_fails_before_decoding(relative_path_run
   assert "cannot write the eval output there" in out.stderr and "EVAL_OUTPUT_DIR" in out.stderr, out.stderr[-3000:]
   assert os.path.join("work", "model", "eval_test") in out.stderr
   assert "restored params" not in out.stderr  # nothing was restored, let alone decoded
+
+
+def test_restoring_for_eval_does_not_make_orbax_warn_about_its_save_interval(relative_path_run, caplog):
+  """A read-only checkpoint manager is given the save interval orbax would force, so an eval's log is not one
+  warning longer for nothing."""
+  from tiger_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  with caplog.at_level("WARNING"):
+    assert checkpoints.restore_params(relative_path_run["model_dir"], "latest")[1] == 4
+  assert not [r for r in caplog.records if "save_interval_steps" in r.getMessage()]

@@ -32,8 +32,10 @@ def _manager(directory: str, max_to_keep: Optional[int], async_save: bool,
   'Barrier ... is already ongoing', or as the primary finalizing a checkpoint before the other process
   wrote its part. The basename (checkpoints/best) is the same on every process.
   """
+  # A read-only manager saves nothing; saying so spares orbax's warning that it forces the interval to 0.
+  quiet = {"save_interval_steps": 0} if read_only else {}
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=async_save,
+      **quiet, max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=async_save,
       cleanup_tmp_directories=not read_only, read_only=read_only,
       multiprocessing_options=ocp.options.MultiprocessingOptions(
           barrier_sync_key_prefix=os.path.basename(os.path.normpath(directory))))

@@ -42,12 +42,14 @@ VARIANTS = {
     "bf16_onehot_hashdrop": ("bfloat16", True, "unsafe_rbg", 0.1, True, "hash"),
     "bf16_onehot_nodropout": ("bfloat16", True, "threefry2x32", 0.0, True, "rng"),
     "bf16_onehot_rbg_castonce": ("bfloat16", True, "unsafe_rbg", 0.1, True, "rng"),
+    "bf16_onehot_hashdrop_castonce": ("bfloat16", True, "unsafe_rbg", 0.1, True, "hash"),
 }
 # Every variant's network casts each weight inside its layer, as when the variants were first measured, whatever
 # gin/models sets; a variant's further gin bindings come after (and override) these.
 DEFAULT_BINDINGS = ["network.T5Config.cast_weights_once = False"]
 VARIANT_BINDINGS = {
     "bf16_onehot_rbg_castonce": ["network.T5Config.cast_weights_once = True"],
+    "bf16_onehot_hashdrop_castonce": ["network.T5Config.cast_weights_once = True"],
 }
 
 

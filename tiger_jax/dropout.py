@@ -8,7 +8,10 @@ into the kernel that uses the mask. The masks are as independent across elements
 avalanche mixer), not a cryptographic stream; the expected keep rate is exact up to 2^-32.
 
 `make_dropout(rate, broadcast_dims, impl)` returns `nn.Dropout` for impl 'rng' (the default everywhere) and
-`HashDropout` for 'hash' (`network.T5Config.dropout_impl`).
+`HashDropout` for 'hash' (`network.T5Config.dropout_impl`). 'hash' trains to the same quality with about 90
+fewer kernels per step, but on a GPU it is slower at long sequences, where XLA fuses the hash into a slow kernel
+(on an H100: 3.6 % faster at encoder length 17, 15 % slower at 81, 9 % slower over Beauty's lengths); so it is
+opt-in.
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class T5Config:
   dropout_rate: float = 0.1
   # t5x drops whole feature vectors shared along the length axis; () gives ordinary dropout.
   dropout_broadcast_dims: Sequence[int] = (-2,)
-  # 'rng': flax's nn.Dropout; 'hash': masks hashed from the element index (tiger_jax/dropout.py), no extra kernels.
+  # 'rng': flax's nn.Dropout; 'hash': masks hashed from the element index (tiger_jax/dropout.py), fewer kernels.
   dropout_impl: str = 'rng'
   logits_via_embedding: bool = True
   float32_attention_logits: bool = True

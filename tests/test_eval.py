@@ -239,3 +239,32 @@ def test_restoring_for_eval_does_not_make_orbax_warn_about_its_save_interval(rel
   with caplog.at_level("WARNING"):
     assert checkpoints.restore_params(relative_path_run["model_dir"], "latest")[1] == 4
   assert not [r for r in caplog.records if "save_interval_steps" in r.getMessage()]
+
+
+def test_the_entry_points_drop_orbax_read_only_line_but_keep_other_library_warnings(relative_path_run, caplog):
+  """orbax warns "Given directory is read only" on every restore for eval; the entry points' logging drops that
+  line (and jax's TPU probe) and nothing else. Without the filter the restore does log it."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from tiger_jax import checkpoints, gin_utils  # pylint: disable=g-import-not-at-top
+  read_only = lambda: [r for r in caplog.records if r.getMessage().startswith("Given directory is read only")]
+  absl_logger, bridge = logging.getLogger("absl"), logging.getLogger("jax._src.xla_bridge")
+  try:
+    gin_utils.quiet_library_noise(quiet=False)
+    with caplog.at_level("WARNING"):
+      checkpoints.restore_params(relative_path_run["model_dir"], "latest")
+    assert read_only(), "orbax no longer logs the line; the filter can go"
+    caplog.clear()
+    gin_utils.quiet_library_noise()
+    gin_utils.quiet_library_noise()
+    assert sum(isinstance(f, gin_utils._DropPrefixes) for f in absl_logger.filters) == 1
+    with caplog.at_level("INFO"):
+      checkpoints.restore_params(relative_path_run["model_dir"], "latest")
+      absl_logger.warning("a checkpoint step is missing")
+      bridge.info("Unable to initialize backend 'tpu': INTERNAL: no libtpu")
+      bridge.info("Unable to initialize backend 'cuda': no GPU")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not read_only() and "a checkpoint step is missing" in messages, messages
+    assert "Unable to initialize backend 'cuda': no GPU" in messages
+    assert not [m for m in messages if "backend 'tpu'" in m]
+  finally:
+    gin_utils.quiet_library_noise(quiet=False)

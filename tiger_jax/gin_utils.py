@@ -278,6 +278,39 @@ def write_config(model_dir: str, filename: str = "config.gin") -> Optional[str]:
   return path
 
 
+# Library lines every run would print that tell the user nothing: (logger, message prefix).
+_NOISE = (
+    # orbax, for every checkpoint opened read-only; eval and infer open them so on purpose.
+    ("absl", "Given directory is read only"),
+    # jax, when it probes for TPUs on a machine without libtpu.
+    ("jax._src.xla_bridge", "Unable to initialize backend 'tpu'"),
+)
+
+
+class _DropPrefixes(logging.Filter):
+  """Drops a logger's records whose message starts with one of `prefixes`."""
+
+  def __init__(self, prefixes: Sequence[str]):
+    super().__init__()
+    self.prefixes = tuple(prefixes)
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(self.prefixes)
+
+
+def quiet_library_noise(quiet: bool = True) -> None:
+  """Drops the `_NOISE` lines (quiet) or lets them through again; calling it twice never stacks filters."""
+  by_logger: dict[str, list[str]] = {}
+  for name, prefix in _NOISE:
+    by_logger.setdefault(name, []).append(prefix)
+  for name, prefixes in by_logger.items():
+    logger = logging.getLogger(name)
+    for old in [f for f in logger.filters if isinstance(f, _DropPrefixes)]:
+      logger.removeFilter(old)
+    if quiet:
+      logger.addFilter(_DropPrefixes(prefixes))
+
+
 def setup_logging(level: str = "INFO") -> None:
   """Console logging for the entry points (replacing the root handler absl installs at import)."""
   logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
@@ -285,6 +318,7 @@ def setup_logging(level: str = "INFO") -> None:
   if str(level).upper() != "DEBUG":
     # orbax logs every save step by step through absl at INFO; keep the console to our progress lines.
     logging.getLogger("absl").setLevel(logging.WARNING)
+  quiet_library_noise(quiet=str(level).upper() != "DEBUG")
 
 
 def run(main: Callable[[argparse.Namespace], Any], argv: Optional[Sequence[str]] = None,

@@ -19,6 +19,8 @@ import orbax.checkpoint as ocp
 
 from tiger_jax import utils
 
+log = logging.getLogger(__name__)
+
 PERIODIC_DIR = "checkpoints"
 BEST_DIR = "best"
 
@@ -168,7 +170,7 @@ def restore_params(path: str, which: Union[str, int] = "best", abstract_params: 
             abstract_params)
       if dtype is not None:
         params = utils.cast_floating(params, dtype)
-      logging.info("restored params of step %d from %s", step, directory)
+      log.info("restored params of step %d from %s", step, directory)
       return params, int(step)
     finally:
       mngr.close()

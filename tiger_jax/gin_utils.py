@@ -23,6 +23,8 @@ import gin
 from tiger_jax import compilation
 from tiger_jax import utils
 
+log = logging.getLogger(__name__)
+
 # The repository's gin/ directory (next to the package) is searched by default, like t5x's configs dir.
 # Includes may be written relative to the repository root ('gin/runs/train.gin') or to gin/ itself
 # ('runs/train.gin'); both resolve from any working directory.
@@ -260,7 +262,7 @@ def maybe_initialize_distributed(flags: argparse.Namespace) -> None:
     kwargs["num_processes"] = flags.process_count
   if flags.process_index is not None:
     kwargs["process_id"] = flags.process_index
-  logging.info("jax.distributed.initialize(%s)", kwargs)
+  log.info("jax.distributed.initialize(%s)", kwargs)
   jax.distributed.initialize(**kwargs)
 
 

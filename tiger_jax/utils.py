@@ -18,6 +18,8 @@ from typing import IO, Any, Callable, Iterator, Mapping, NoReturn, Optional, Seq
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 ENCODER_INPUT = "encoder_input_tokens"
 DECODER_INPUT = "decoder_input_tokens"
 DECODER_TARGET = "decoder_target_tokens"
@@ -302,7 +304,7 @@ def _fit_width(name: str, array: np.ndarray, width: int, path: str, trim: bool) 
     raise ValueError(f"{path}: field {name!r} has width {have} > feature length {width} and "
                      f"{cut} rows would lose tokens (set trim_output_features=True to allow)")
   if cut:
-    logging.warning("%s: trimming %r from %d to %d columns drops tokens of %d rows", path, name, have,
+    log.warning("%s: trimming %r from %d to %d columns drops tokens of %d rows", path, name, have,
                     width, cut)
   return np.ascontiguousarray(array[:, :width])
 

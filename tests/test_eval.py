@@ -1,6 +1,7 @@
 """End to end on a tiny dataset: cache -> train (CLI) -> eval (CLI) -> predictions.jsonl and infer."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -153,6 +154,28 @@ def test_eval_and_infer_refuse_a_cache_rebuilt_with_other_ids(trained):
                         capture_output=True, text=True)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: infer: the task cache")
   assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_a_second_eval_loads_its_beam_search_from_disk_and_ranks_the_same(trained):
+  """The first eval with a compilation cache stores its traced beam search; the next, writing elsewhere, loads
+  it instead of tracing, and both rank exactly as an eval without any cache."""
+  cache = os.path.join(trained["tmp"], "xla_for_eval")
+  runs = {}
+  for name, flag in (("stored", cache), ("loaded", cache), ("uncached", "off")):
+    out = os.path.join(trained["tmp"], f"eval_{name}")
+    proc = subprocess.run([sys.executable, "-m", "tiger_jax.eval", *trained["gin_args"],
+                           "--gin_file=gin/runs/eval.gin", f'--gin.EVAL_OUTPUT_DIR="{out}"',
+                           f"--compilation_cache_dir={flag}"],
+                          cwd=REPO, env=trained["env"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(out, "predictions.jsonl")) as f:
+      runs[name] = (f.read(), proc.stderr)
+  stored = re.findall(r"compiled the beam search for encoder length (\d+) \(traced and stored\)", runs["stored"][1])
+  loaded = re.findall(r"compiled the beam search for encoder length (\d+) \(traced program from disk\)",
+                      runs["loaded"][1])
+  assert stored and sorted(loaded) == sorted(stored), (runs["stored"][1], runs["loaded"][1])
+  assert "traced and stored" not in runs["loaded"][1] and "compiled the beam search" not in runs["uncached"][1]
+  assert runs["stored"][0] == runs["loaded"][0] == runs["uncached"][0]
 
 
 def test_metrics_from_predictions_by_hand(tmp_path):

@@ -1,8 +1,10 @@
-"""tiger_jax/program_cache.py: what the key covers, and a loop stored then loaded computing what it traced."""
+"""tiger_jax/program_cache.py: what the key covers, and a loop or a function stored then loaded computing what it
+traced."""
 import importlib
 import os
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,3 +158,47 @@ def test_key_covers_the_mesh_and_the_partition_specs():
   assert key != cache.key(args, (), [NamedSharding(Mesh(devices.reshape(1), ("data",)), PartitionSpec())])
   assert key != cache.key(args, (), [NamedSharding(mesh, PartitionSpec("data"))])
   assert key != cache.key(args, ())
+
+
+@flax.struct.dataclass
+class _Table:
+  """A pytree with a static field, as the decoder's trie has (its level sizes)."""
+  rows: jax.Array
+  offset: int = flax.struct.field(pytree_node=False)
+
+
+def _search(params, tokens, table, rng):
+  """Stateless, as a beam search is: params, a batch, a table with a static field, no key."""
+  assert rng is None
+  scores = tokens @ params["w"] + table.rows[table.offset]
+  return jnp.argsort(-scores, axis=-1), jnp.sort(scores, axis=-1)
+
+
+def test_a_stored_function_is_loaded_by_a_new_cache_and_computes_the_same(tmp_path):
+  params, tokens = {"w": jnp.arange(12.0).reshape(4, 3)}, jnp.arange(8.0).reshape(2, 4)
+  table = _Table(jnp.arange(6.0).reshape(2, 3), offset=1)
+  expected = jax.jit(_search, static_argnums=3)(params, tokens, table, None)
+  run, loaded = program_cache.ProgramCache(str(tmp_path), "A = 1").compile_function(
+      _search, (params, tokens, table, None), ("search",))
+  assert run is not None and not loaded
+  never = lambda *a: (_ for _ in ()).throw(AssertionError("traced"))
+  run, loaded = program_cache.ProgramCache(str(tmp_path), "A = 1").compile_function(
+      never, (params, tokens, table, None), ("search",))
+  assert loaded
+  for a, b in zip(run(params, tokens, table, None), expected):
+    np.testing.assert_array_equal(a, b)
+  # Another static field is another program: found nowhere on disk, so traced again, never the stored one.
+  other = _Table(table.rows, offset=0)
+  run, loaded = program_cache.ProgramCache(str(tmp_path), "A = 1").compile_function(
+      _search, (params, tokens, other, None), ("search",))
+  assert not loaded
+  np.testing.assert_array_equal(run(params, tokens, other, None)[1],
+                                jax.jit(_search, static_argnums=3)(params, tokens, other, None)[1])
+  assert len(os.listdir(tmp_path / program_cache.SUBDIR)) == 4
+
+
+def test_a_function_returning_anything_but_a_tuple_of_arrays_is_not_stored(tmp_path):
+  run, loaded = program_cache.ProgramCache(str(tmp_path), "").compile_function(
+      lambda x: {"y": x * 2}, (jnp.ones(2),), ())
+  assert run is None and not loaded
+  assert not os.path.exists(tmp_path / program_cache.SUBDIR)

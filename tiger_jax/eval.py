@@ -28,6 +28,7 @@ from tiger_jax import checkpoints
 from tiger_jax import decoding
 from tiger_jax import metrics as metrics_lib
 from tiger_jax import predictions as predictions_lib
+from tiger_jax import program_cache as program_cache_lib
 from tiger_jax import provenance
 from tiger_jax import utils
 from tiger_jax import vocab as vocab_lib
@@ -64,11 +65,15 @@ class Retriever:
 
   def __init__(self, model, params, trie: decoding.SemanticIdTrie, num_beams: int = 20,
                constrain: bool = True, batch_size: int = 512, decoder_params: Optional[dict] = None,
-               length_buckets: Optional[Sequence[int]] = (17, 33, 49, 81)):
+               length_buckets: Optional[Sequence[int]] = (17, 33, 49, 81), program_cache: Optional[Any] = None):
+    """program_cache: a program_cache.ProgramCache of a gin-configured run, whose key then stands for `model`;
+    the beam search of each length is kept on disk there, so a later run skips tracing it."""
     self.model, self.params = model, params
     self.trie = trie.to_device()
     self.num_beams, self.batch_size, self.length_buckets = num_beams, batch_size, length_buckets
+    self.program_cache = program_cache
     params_static = dict(decoder_params or {}, constrain=constrain)
+    self._key_parts = ("beam_search", num_beams, repr(sorted(params_static.items())))
 
     def predict(params, tokens, trie, rng):
       decoder = dict(params_static, trie=trie)
@@ -77,6 +82,7 @@ class Retriever:
                                             return_all_decodes=True)
       return aux["items"], aux["scores"]
 
+    self._predict_fn = predict
     self._predict = jax.jit(predict)
     self._compiled: dict[int, Any] = {}  # encoder length -> beam search compiled ahead (rng None)
 
@@ -87,6 +93,13 @@ class Retriever:
 
     def build(length: int):
       tokens = np.zeros((self.batch_size, length), np.int32)  # what retrieve() passes, placed the same way
+      if self.program_cache is not None:
+        run, from_disk = self.program_cache.compile_function(
+            self._predict_fn, (self.params, tokens, self.trie, None), self._key_parts)
+        if run is not None:
+          log.info("compiled the beam search for encoder length %d (%s)", length,
+                   "traced program from disk" if from_disk else "traced and stored")
+          return run
       return self._predict.lower(self.params, tokens, self.trie, None).compile()
 
     if len(todo) == 1:
@@ -198,7 +211,8 @@ def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpo
   if max_examples:
     arrays = {k: v[:max_examples] for k, v in arrays.items()}
   tables = CatalogTables.load(dataset_cfg.cache_dir, dataset_cfg.mixture_or_task_name)
-  retriever = Retriever(model, params, tables.trie(), num_beams, constrain, batch_size)
+  retriever = Retriever(model, params, tables.trie(), num_beams, constrain, batch_size,
+                        program_cache=program_cache_lib.for_gin_run(_gin_config_text))
   decode_start = time.time()
   raw, scores = retriever.retrieve(arrays[utils.ENCODER_INPUT])
   decode_seconds = time.time() - decode_start
@@ -232,6 +246,9 @@ def metrics_from_predictions(path: str, ks: Sequence[int] = (5, 10)) -> dict[str
   return metrics_lib.ranking_metrics(np.array(ranks), ks)
 
 
+# The gin configuration of a `python -m tiger_jax.eval` run: with the code, what makes its traced beam search.
+_gin_config_text: Optional[str] = None
+
 USAGE = ("pass the experiment's gin file, then the eval run file: python -m tiger_jax.eval "
          "--gin_file=gin/<dataset>.gin --gin_file=gin/runs/eval.gin --gin.MODEL_DIR=\\\"<model dir>\\\"")
 
@@ -243,11 +260,15 @@ def main(flags) -> None:
     given = ", ".join(flags.gin_file) if flags.gin_file else "none"
     raise SystemExit(f"tiger_jax.eval: no gin file configures evaluate() (gin files given: {given}); "
                      f"{USAGE}") from None
+  global _gin_config_text
+  _gin_config_text = gin.config_str()
   try:
     configured()
   except provenance.ProvenanceError as e:
     log.error("%s", e)
     raise SystemExit(2) from None
+  finally:
+    _gin_config_text = None
 
 
 def console_main() -> None:

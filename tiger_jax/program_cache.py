@@ -15,6 +15,9 @@ another work directory finds the same program. Anything else than a flat dict of
 state of unchanged structure is not cached, and any failure to export or load falls back to tracing, with a
 warning.
 
+A function with no state, such as the constrained beam search of eval (`compile_function`), is kept the
+same way; its key also covers the arguments' tree structure, static fields included (the trie's level sizes).
+
 A data-parallel loop over several devices of one process is cached too: the module records its device count
 and the shardings of its inputs and outputs, it is exported and compiled again with the jitted loop's own
 shardings (and the state donated, as the loop donates it), and the key covers the mesh's axis names and
@@ -36,10 +39,11 @@ from tiger_jax import utils
 log = logging.getLogger("tiger_jax.program_cache")
 
 SUBDIR = "tiger_jax_traced"
-# Macros that never reach a traced loop (where a run writes, where its data and starting checkpoint are read
-# from: the loop sees only their arrays, whose shapes the key covers; the seed of the keys passed to it), so a
+# Macros that never reach a traced program (where a run writes, where its data and checkpoints are read from:
+# the program sees only their arrays, whose shapes the key covers; the seed of the keys passed to it), so a
 # rerun in another work directory or with another seed finds the same program.
-_OUTSIDE_THE_PROGRAM = re.compile(r"^(MODEL_DIR|TASK_CACHE_DIR|INITIAL_CHECKPOINT_PATH|RANDOM_SEED)\s*=")
+_OUTSIDE_THE_PROGRAM = re.compile(
+    r"^(MODEL_DIR|TASK_CACHE_DIR|INITIAL_CHECKPOINT_PATH|RANDOM_SEED|EVAL_CHECKPOINT|EVAL_OUTPUT_DIR)\s*=")
 _PACKAGES = ("jax", "jaxlib", "flax", "optax")
 
 
@@ -114,38 +118,91 @@ class ProgramCache:
                        "out_shardings": (state_out, out_shardings[1])}
       flat_shardings = _per_leaf(jit_shardings["in_shardings"], (leaves, *args)) + state_out + [out_shardings[1]]
     key = self.key(leaves + jax.tree_util.tree_leaves(list(args)), key_parts, flat_shardings)
-    path = os.path.join(self.directory, key)
-    loaded = os.path.exists(path + ".json") and os.path.exists(path + ".bin")
+
+    def export():
+      exported, output_keys = self._export(fn, treedef, leaves, args, jit_shardings)
+      return exported, {"output_keys": output_keys, "state_leaves": len(leaves)}
+
+    def check(path, meta):
+      if meta["state_leaves"] != len(leaves):
+        raise ValueError(f"{path}.json: {meta['state_leaves']} state leaves, the run has {len(leaves)}")
+
     try:
-      if loaded:
-        with open(path + ".bin", "rb") as f:
-          exported = jax.export.deserialize(bytearray(f.read()))
-        with open(path + ".json") as f:
-          meta = json.load(f)
-        output_keys = meta["output_keys"]
-        if meta["state_leaves"] != len(leaves):
-          raise ValueError(f"{path}.json: {meta['state_leaves']} state leaves, the run has {len(leaves)}")
-      else:
-        exported, output_keys = self._export(fn, treedef, leaves, args, jit_shardings)
-        if exported is None:
-          return None, False
-        # Whole files only, the module before its metadata: a killed writer leaves no entry a reader takes.
-        with utils.atomic_write(path + ".bin", "wb") as f:
-          f.write(exported.serialize())
-        utils.write_json(path + ".json", {"output_keys": output_keys, "state_leaves": len(leaves),
-                                          "devices": exported.nr_devices,
-                                          "key_parts": [str(p) for p in key_parts]})
+      found = self._load_or_store(key, key_parts, export, check)
+      if found is None:
+        return None, False
+      exported, meta, loaded = found
       compiled = jax.jit(exported.call, donate_argnums=(0,), **jit_shardings).lower(leaves, *args).compile()
     except Exception as e:  # pylint: disable=broad-except
       log.warning("traced program cache unusable for %s (%s: %s); tracing instead", list(key_parts),
                   type(e).__name__, e)
       return None, False
+    output_keys = meta["output_keys"]
 
     def run(state_now, *args_now):
       state_leaves, outputs = compiled(jax.tree_util.tree_leaves(state_now), *args_now)
       return jax.tree_util.tree_unflatten(treedef, state_leaves), dict(zip(output_keys, outputs))
 
     return run, loaded
+
+  def compile_function(self, fn: Callable, args: Sequence[Any], key_parts: Sequence[Any]
+                       ) -> tuple[Optional[Callable], bool]:
+    """(a callable taking `args`' structure and returning `fn`'s tuple of arrays, whether it came from disk)
+    for a stateless `fn` on one device, such as a beam search; (None, False) when it cannot be cached."""
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() != 1 or jax.device_count() != 1:
+      return None, False
+    leaves, treedef = jax.tree_util.tree_flatten(list(args))
+    key = self.key(leaves, (*key_parts, str(treedef)))
+
+    def export():
+      returned = {}
+
+      def flat_fn(*flat):
+        out = fn(*jax.tree_util.tree_unflatten(treedef, list(flat)))
+        returned["tuple"] = isinstance(out, tuple) and all(hasattr(o, "shape") for o in out)
+        return list(out) if returned["tuple"] else out
+
+      exported = jax.export.export(jax.jit(flat_fn))(*leaves)
+      return (exported if returned["tuple"] else None), {"outputs": len(exported.out_avals)}
+
+    try:
+      found = self._load_or_store(key, key_parts, export, lambda path, meta: None)
+      if found is None:
+        return None, False
+      exported, _, loaded = found
+      compiled = jax.jit(exported.call).lower(*leaves).compile()
+    except Exception as e:  # pylint: disable=broad-except
+      log.warning("traced program cache unusable for %s (%s: %s); tracing instead", list(key_parts),
+                  type(e).__name__, e)
+      return None, False
+
+    def run(*args_now):
+      return tuple(compiled(*jax.tree_util.tree_leaves(list(args_now))))
+
+    return run, loaded
+
+  def _load_or_store(self, key: str, key_parts: Sequence[Any], export: Callable, check: Callable):
+    """(exported module, its metadata, whether it was on disk), or None when `export` declines (returns
+    (None, ...)); a new module is stored. `check(path, meta)` raises when a stored entry does not fit."""
+    import jax  # pylint: disable=g-import-not-at-top
+    path = os.path.join(self.directory, key)
+    if os.path.exists(path + ".json") and os.path.exists(path + ".bin"):
+      with open(path + ".bin", "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+      with open(path + ".json") as f:
+        meta = json.load(f)
+      check(path, meta)
+      return exported, meta, True
+    exported, meta = export()
+    if exported is None:
+      return None
+    meta = dict(meta, devices=exported.nr_devices, key_parts=[str(p) for p in key_parts])
+    # Whole files only, the module before its metadata: a killed writer leaves no entry a reader takes.
+    with utils.atomic_write(path + ".bin", "wb") as f:
+      f.write(exported.serialize())
+    utils.write_json(path + ".json", meta)
+    return exported, meta, False
 
   @staticmethod
   def _export(fn: Callable, treedef, leaves: list, args: Sequence[Any], shardings: dict):
@@ -167,6 +224,17 @@ class ProgramCache:
         isinstance(k, str) and hasattr(v, "shape") for k, v in outputs.items()):
       return None, None
     return exported, sorted(outputs)
+
+
+def for_gin_run(config_text: Optional[str]) -> Optional[ProgramCache]:
+  """The cache beside jax's persistent compilation cache (tiger_jax/compilation.py) for a run configured by
+  gin alone (`config_text`, its gin.config_str()); None without either: a direct Python call's arguments are
+  not part of any key."""
+  import jax  # pylint: disable=g-import-not-at-top
+  directory = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
+  if not directory or config_text is None:
+    return None
+  return ProgramCache(directory, config_text)
 
 
 def _is_sharding(s: Any) -> bool:

@@ -226,13 +226,9 @@ _gin_config_text: Optional[str] = None
 
 
 def _program_cache():
-  """The traced-program cache beside the XLA compilation cache (tiger_jax/compilation.py), for runs
-  configured by gin only: a direct train(...) call's Python arguments are not part of the cache key."""
+  """The traced-program cache of a run configured by gin (tiger_jax/program_cache.py), else None."""
   from tiger_jax import program_cache  # pylint: disable=g-import-not-at-top
-  directory = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
-  if not directory or _gin_config_text is None:
-    return None
-  return program_cache.ProgramCache(directory, _gin_config_text)
+  return program_cache.for_gin_run(_gin_config_text)
 
 
 class StepRunner:

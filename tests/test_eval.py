@@ -178,6 +178,26 @@ def test_a_second_eval_loads_its_beam_search_from_disk_and_ranks_the_same(traine
   assert runs["stored"][0] == runs["loaded"][0] == runs["uncached"][0]
 
 
+def test_training_validation_loads_its_beam_search_from_disk_and_scores_the_same(trained):
+  """A rerun of the training, in another MODEL_DIR with the same compilation cache, validates with the beam
+  search the first run stored, and its validation metrics equal those of a run without any cache."""
+  cache = os.path.join(trained["tmp"], "xla_for_training")
+  runs = {}
+  for name, flag in (("stored", cache), ("loaded", cache), ("uncached", "off")):
+    model_dir = os.path.join(trained["tmp"], f"retrain_{name}")
+    proc = subprocess.run([sys.executable, "-m", "tiger_jax.train", trained["gin_args"][0],
+                           f'--gin.MODEL_DIR="{model_dir}"', f"--compilation_cache_dir={flag}"],
+                          cwd=REPO, env=trained["env"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+      evals = [{k: v for k, v in json.loads(line).items() if k.startswith("validation/") and "ndcg" in k}
+               for line in f if "validation/ndcg@10" in line]
+    runs[name] = (evals, proc.stderr)
+  assert "compiled the beam search for encoder length" in runs["stored"][1]
+  assert "(traced program from disk)" in runs["loaded"][1] and "(traced and stored)" not in runs["loaded"][1]
+  assert len(runs["stored"][0]) == 2 and runs["stored"][0] == runs["loaded"][0] == runs["uncached"][0]
+
+
 def test_metrics_from_predictions_by_hand(tmp_path):
   path = tmp_path / "p.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in [

@@ -182,7 +182,8 @@ def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch
   arrays, trie = ctx.cache["retrieval"]
   retriever = ctx.cache.get("retriever")
   if retriever is None:
-    retriever = Retriever(ctx.model, ctx.params, trie, num_beams, constrain, batch_size)
+    retriever = Retriever(ctx.model, ctx.params, trie, num_beams, constrain, batch_size,
+                          program_cache=getattr(ctx, "program_cache", None))
     ctx.cache["retriever"] = retriever
   retriever.params = ctx.params
   raw, _ = retriever.retrieve(arrays[utils.ENCODER_INPUT], should_stop=ctx.stop_requested)

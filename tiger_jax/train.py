@@ -75,6 +75,8 @@ class EvalContext:
   # True once the run was asked to stop; long metric functions poll it between batches and then raise
   # utils.StopRequested, so a signal does not wait for a whole validation pass.
   stop_requested: Callable[[], bool] = lambda: False
+  # The run's traced-program cache (tiger_jax/program_cache.py) when gin configured it, else None.
+  program_cache: Optional[Any] = None
 
 
 EvalMetricFn = Callable[[EvalContext], Mapping[str, float]]
@@ -619,7 +621,7 @@ def train(*,
                       train_eval_dataset_cfg=train_eval_dataset_cfg,
                       infer_eval_dataset_cfg=infer_eval_dataset_cfg, length_buckets=length_buckets,
                       model_dir=model_dir, cache=eval_ctx_cache, eval_steps=eval_steps,
-                      stop_requested=stop.requested)
+                      stop_requested=stop.requested, program_cache=runner.program_cache)
     start = time.time()
     results: dict[str, float] = {}
     try:

@@ -66,6 +66,9 @@ def test_key_covers_config_shapes_and_parts_but_not_where_or_which_seed():
   assert cache.key(args, (17,)) != cache.key([args[0].astype(np.float16), args[1]], (17,))
   changed = program_cache.ProgramCache("/unused", "MODEL_DIR = '/a'\nDROPOUT_RATE = 0.2")
   assert cache.key(args, (17,)) != changed.key(args, (17,))
+  default_precision = cache.key(args, (17,))
+  with jax.default_matmul_precision("highest"):  # same code and config, traced to other dot precisions
+    assert cache.key(args, (17,)) != default_precision
 
 
 def test_code_fingerprint_follows_the_source_of_loaded_user_modules(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ deserializes it and compiles it (an XLA cache hit) without tracing anything.
 
 The key covers everything the traced program depends on: the source of every loaded module outside the
 installed packages (the library and any user module a gin file imports), the versions of jax, jaxlib,
-flax and optax, the full gin configuration text, the platform and devices, the arguments' shapes and dtypes,
+flax and optax, the jax settings that change tracing (x64, matmul precision, PRNG), the full gin
+configuration text, the platform and devices, the arguments' shapes and dtypes,
 and the caller's own key parts (encoder length, steps per dispatch); only MODEL_DIR, TASK_CACHE_DIR,
 INITIAL_CHECKPOINT_PATH and RANDOM_SEED are left out of the configuration text, so another seed or a rerun in
 another work directory finds the same program. Anything else than a flat dict of per-step outputs beside a
@@ -45,6 +46,10 @@ SUBDIR = "tiger_jax_traced"
 _OUTSIDE_THE_PROGRAM = re.compile(
     r"^(MODEL_DIR|TASK_CACHE_DIR|INITIAL_CHECKPOINT_PATH|RANDOM_SEED|EVAL_CHECKPOINT|EVAL_OUTPUT_DIR)\s*=")
 _PACKAGES = ("jax", "jaxlib", "flax", "optax")
+# jax settings that change what tracing emits (dtypes, matmul precision, random bits), whether set by
+# environment variable, gin or code.
+_TRACING_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
+                     "jax_numpy_dtype_promotion", "jax_threefry_partitionable")
 
 
 def code_fingerprint() -> str:
@@ -87,6 +92,7 @@ class ProgramCache:
     h.update(self.config_text.encode())
     devices = jax.devices()
     h.update(f"{jax.default_backend()}|{len(devices)}|{devices[0].device_kind}".encode())
+    h.update(repr([getattr(jax.config, name, None) for name in _TRACING_SETTINGS]).encode())
     for x in flat_args:
       h.update(f"{getattr(x, 'shape', ())}|{getattr(x, 'dtype', type(x).__name__)}".encode())
     h.update(repr(tuple(key_parts)).encode())

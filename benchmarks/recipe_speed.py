@@ -151,6 +151,13 @@ _COMPILED = re.compile(r"compiled the .*? loop for encoder length (\d+) in ([\d.
 _TRAINED = re.compile(r"trained steps (\d+)\.\.(\d+) in \S+: ([\d.]+) steps/s while training \(([\d.]+) ms/step\); "
                       r"(\S+) compiling, evaluating and checkpointing")
 _EVAL = re.compile(r"eval at step (\d+) \(([\d.]+)s\): .*")
+_BEAM_SEARCH = re.compile(r"compiled the beam search for encoder length (\d+) \((traced program from disk|traced and stored)\)")
+
+
+def parse_beam_search_sources(text: str) -> dict:
+  """Encoder length -> 'disk' or 'traced': where a log's beam searches came from (tiger_jax/program_cache.py);
+  lengths that logged nothing were traced outside that cache."""
+  return {int(length): "disk" if how.endswith("disk") else "traced" for length, how in _BEAM_SEARCH.findall(text)}
 
 
 def parse_train_log(text: str) -> dict:
@@ -205,6 +212,10 @@ def summarise(results: list[StageResult], model_dir: str, num_stages: int = len(
       m = json.load(f)
     out["test"] = {k: m.get(k) for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10", "num_users", "step",
                                          "checkpoint", "decode_seconds", "seconds")}
+  evaluation = next((r for r in results if r.name == "eval"), None)
+  if evaluation is not None and "test" in out and os.path.exists(evaluation.log):
+    with open(evaluation.log) as f:
+      out["test"]["beam_search"] = parse_beam_search_sources(f.read())
   return out
 
 
@@ -233,7 +244,11 @@ def print_table(report: dict) -> None:
                  f"evaluating and checkpointing; the slowest of the loops compiled side by side took "
                  f"{max(train['loop_compile_seconds'].values(), default=0.0):.1f} s")
       if test:
-        line += f"; test ndcg@10 {test['ndcg@10']:.4f} ({test['num_users']} users, {test['seconds']} s)"
+        line += f"; test ndcg@10 {test['ndcg@10']:.4f} ({test['num_users']} users, {test['seconds']} s"
+        sources = test.get("beam_search") or {}
+        if sources:
+          line += f", beam search of {sum(v == 'disk' for v in sources.values())}/{len(sources)} lengths from disk"
+        line += ")"
       print(line)
       validations = [e for e in train.get("evals", []) if "validation_ndcg@10" in e]
       if validations:  # the recipe's quality at the steps it ran, and what its first decode cost

@@ -116,6 +116,16 @@ def test_parse_train_log_reads_what_the_trainer_logs():
   assert parsed["evals"] == [{"step": 40, "seconds": 56.6, "validation_ndcg@10": 0.0312}]
 
 
+def test_parse_beam_search_sources_reads_what_eval_logs():
+  text = textwrap.dedent("""\
+      2026-12-06 18:45:17,010 INFO tiger_jax.eval] compiled the beam search for encoder length 49 (traced program from disk)
+      2026-12-06 18:45:17,019 INFO tiger_jax.eval] compiled the beam search for encoder length 81 (traced and stored)
+      2026-12-06 18:45:18,000 INFO tiger_jax.eval] tiger_beauty/test step 1000: recall@5 0.0110
+      """)
+  assert recipe_speed.parse_beam_search_sources(text) == {49: "disk", 81: "traced"}
+  assert recipe_speed.parse_beam_search_sources("no such lines") == {}
+
+
 def test_the_table_gives_each_run_its_stages_step_time_and_validation(capsys):
   evals = [{"step": 10000, "seconds": 38.6, "validation_ndcg@10": 0.0385},
            {"step": 20000, "seconds": 0.8, "validation_ndcg@10": 0.04381}]
@@ -124,12 +134,13 @@ def test_the_table_gives_each_run_its_stages_step_time_and_validation(capsys):
   run = {"stages": stages, "total_seconds": 100.0,
          "train": {"steps": 20000, "ms_per_step": 5.01, "paused": "1m58s", "loop_compile_seconds": {17: 77.6},
                    "evals": evals},
-         "test": {"ndcg@10": 0.0315, "num_users": 22363, "seconds": 13.55}}
+         "test": {"ndcg@10": 0.0315, "num_users": 22363, "seconds": 13.55,
+                  "beam_search": {17: "disk", 33: "disk", 81: "traced"}}}
   recipe_speed.print_table({"dataset": "beauty", "device_kind": "card", "jax": "0", "git_revision": "abc",
                             "gin_files": {"paper": "gin/beauty.gin"}, "recipes": {"paper": {"cold": run}}})
   out = capsys.readouterr().out
   assert "20000 steps at 5.01 ms/step, 1m58s compiling" in out and "took 77.6 s" in out
-  assert "test ndcg@10 0.0315 (22363 users, 13.55 s)" in out
+  assert "test ndcg@10 0.0315 (22363 users, 13.55 s, beam search of 2/3 lengths from disk)" in out
   assert "validation ndcg@10 0.0438 at step 20000; the first validation took 38.6 s, the last 0.8 s" in out
   rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ") and line.split()}
   assert rows["embed"] == ["given"] and rows["train"] == ["30.0", "s"] and rows["total"] == ["100.0", "s"]

@@ -183,7 +183,7 @@ def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch
   retriever = ctx.cache.get("retriever")
   if retriever is None:
     retriever = Retriever(ctx.model, ctx.params, trie, num_beams, constrain, batch_size,
-                          program_cache=getattr(ctx, "program_cache", None))
+                          program_cache=ctx.program_cache)
     ctx.cache["retriever"] = retriever
   retriever.params = ctx.params
   raw, _ = retriever.retrieve(arrays[utils.ENCODER_INPUT], should_stop=ctx.stop_requested)

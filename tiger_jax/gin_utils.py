@@ -315,12 +315,13 @@ def quiet_library_noise(quiet: bool = True) -> None:
 
 def setup_logging(level: str = "INFO") -> None:
   """Console logging for the entry points (replacing the root handler absl installs at import)."""
-  logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
+  level = str(level).upper()
+  logging.basicConfig(level=getattr(logging, level, logging.INFO),
                       format="%(asctime)s %(levelname)s %(name)s] %(message)s", force=True)
-  if str(level).upper() != "DEBUG":
+  if level != "DEBUG":
     # orbax logs every save step by step through absl at INFO; keep the console to our progress lines.
     logging.getLogger("absl").setLevel(logging.WARNING)
-  quiet_library_noise(quiet=str(level).upper() != "DEBUG")
+  quiet_library_noise(quiet=level != "DEBUG")
 
 
 def run(main: Callable[[argparse.Namespace], Any], argv: Optional[Sequence[str]] = None,

@@ -1,7 +1,9 @@
 """Shared fixtures: small processed-format datasets written by the tests themselves."""
+import atexit
 import gzip
 import json
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -10,8 +12,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # Entry points called in-process turn the persistent compilation cache on (tiger_jax/compilation.py): keep the
-# test session's programs out of the user's own cache directory.
-os.environ.setdefault("TIGER_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="tiger_jax_tests_xla_"))
+# test session's programs out of the user's own cache directory, and remove that scratch directory afterwards.
+if "TIGER_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["TIGER_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="tiger_jax_tests_xla_")
+  atexit.register(shutil.rmtree, os.environ["TIGER_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 # The paper's RQ-VAE shrunk to seconds on a CPU, for the end-to-end experiment tests.

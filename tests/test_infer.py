@@ -1,4 +1,5 @@
-"""tiger_jax.infer's input checks: k, the history's type, and paths from config.gin used from any folder."""
+"""tiger_jax.infer's input checks: k, the history's type, paths from config.gin used from any folder, and its
+beam search kept on disk."""
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import sys
 import pytest
 
 from tiger_jax import infer
+from tiger_jax import program_cache
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +87,44 @@ def test_a_history_string_is_a_type_error_saying_to_pass_a_list(recommender):
   with pytest.raises(TypeError, match="item 1 is int"):
     recommender.recommend(["P01", 4])
   assert recommender.recommend(("P01", "P02"), k=2)  # any sequence of strings will do
+
+
+def test_the_beam_search_is_traced_once_and_served_from_disk_after(relative_path_run, tmp_path, caplog):
+  """A Recommender traced and compiled its beam search in every process; with a program cache (the CLI's
+  compilation cache) the next process deserializes it instead, and answers the same."""
+  run = relative_path_run
+  with open(os.path.join(run["model_dir"], "config.gin")) as f:
+    config = f.read()
+  history = ["P01", "P04", "P07"]
+
+  def recommend(cache):
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tiger_jax.eval"):
+      rec = infer.Recommender.from_model_dir(run["model_dir"], cache_dir=run["cache_dir"], program_cache=cache)
+      return rec.recommend(history, k=5), caplog.text
+
+  traced, _ = recommend(None)
+  first, log = recommend(program_cache.ProgramCache(str(tmp_path), config))
+  assert "encoder length 81 (traced and stored)" in log
+  second, log = recommend(program_cache.ProgramCache(str(tmp_path), config))
+  assert "encoder length 81 (traced program from disk)" in log
+  assert first == traced and second == traced
+  # Another model configuration is another program.
+  _, log = recommend(program_cache.ProgramCache(str(tmp_path), config + "\nBATCH_SIZE = 4\n"))
+  assert "traced and stored" in log
+
+
+def test_infer_cli_keeps_its_beam_search_in_the_compilation_cache(relative_path_run, tmp_path):
+  run = relative_path_run
+  traced = tmp_path / "xla" / program_cache.SUBDIR
+  args = (f"--model_dir={run['model_dir']}", "--history=P02,P03", "--k=4", f"--compilation_cache_dir={tmp_path / 'xla'}")
+  first = _infer_cli(run, str(tmp_path), *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  stored = sorted(p.name for p in traced.iterdir())
+  assert len([name for name in stored if name.endswith(".bin")]) == 1, stored
+  second = _infer_cli(run, str(tmp_path), *args)
+  assert second.returncode == 0 and second.stdout == first.stdout, second.stderr[-3000:]
+  assert sorted(p.name for p in traced.iterdir()) == stored  # read back, not stored again
+  off = _infer_cli(run, str(tmp_path), *args[:-1], "--compilation_cache_dir=off")
+  assert off.returncode == 0 and off.stdout == first.stdout, off.stderr[-3000:]
+

@@ -205,3 +205,26 @@ def test_a_function_returning_anything_but_a_tuple_of_arrays_is_not_stored(tmp_p
       lambda x: {"y": x * 2}, (jnp.ones(2),), ())
   assert run is None and not loaded
   assert not os.path.exists(tmp_path / program_cache.SUBDIR)
+
+
+def test_only_a_call_marked_gin_configured_gets_a_cache_keyed_by_its_config(tmp_path):
+  import gin  # pylint: disable=g-import-not-at-top
+  previous = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+  try:
+    assert program_cache.for_gin_run() is None  # a direct call: its arguments are in no key
+    gin.clear_config()
+    with gin.unlock_config():
+      gin.parse_config("MODEL_DIR = '/runs/a'\nBATCH_SIZE = 8")
+    with program_cache.gin_configured_run():
+      cache = program_cache.for_gin_run()
+      assert cache.directory == str(tmp_path / program_cache.SUBDIR)
+      assert "BATCH_SIZE = 8" in cache.config_text and "/runs/a" not in cache.config_text
+    assert program_cache.for_gin_run() is None
+    jax.config.update("jax_enable_compilation_cache", False)
+    assert program_cache.for_config("BATCH_SIZE = 8") is None  # no cache without the compilation cache
+  finally:
+    gin.clear_config()
+    jax.config.update("jax_enable_compilation_cache", previous[0])
+    jax.config.update("jax_compilation_cache_dir", previous[1])

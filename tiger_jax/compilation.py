@@ -12,8 +12,8 @@ Where the cache lives, first that is set:
   4. $XDG_CACHE_HOME/tiger_jax/xla, i.e. ~/.cache/tiger_jax/xla by default.
 The value `off` (or `none`, `0`, `false`) turns the cache off. Entries are keyed by the program, the
 compiler flags, the device kind and the jax version, so one directory serves every run and card; delete it
-to reclaim the space. The trainer keeps its traced loops there too, and eval and validation their traced
-beam searches (tiger_jax/program_cache.py), so a warm start skips Python tracing as well.
+to reclaim the space. The trainer keeps its traced loops there too, and eval, validation and infer their
+traced beam searches (tiger_jax/program_cache.py), so a warm start skips Python tracing as well.
 """
 from __future__ import annotations
 

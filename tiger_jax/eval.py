@@ -213,7 +213,7 @@ def evaluate(*, model, dataset_cfg: utils.DatasetConfig, model_dir: str, checkpo
     arrays = {k: v[:max_examples] for k, v in arrays.items()}
   tables = CatalogTables.load(dataset_cfg.cache_dir, dataset_cfg.mixture_or_task_name)
   retriever = Retriever(model, params, tables.trie(), num_beams, constrain, batch_size,
-                        program_cache=program_cache_lib.for_gin_run(_gin_config_text))
+                        program_cache=program_cache_lib.for_gin_run())
   decode_start = time.time()
   raw, scores = retriever.retrieve(arrays[utils.ENCODER_INPUT])
   decode_seconds = time.time() - decode_start
@@ -247,9 +247,6 @@ def metrics_from_predictions(path: str, ks: Sequence[int] = (5, 10)) -> dict[str
   return metrics_lib.ranking_metrics(np.array(ranks), ks)
 
 
-# The gin configuration of a `python -m tiger_jax.eval` run: with the code, what makes its traced beam search.
-_gin_config_text: Optional[str] = None
-
 USAGE = ("pass the experiment's gin file, then the eval run file: python -m tiger_jax.eval "
          "--gin_file=gin/<dataset>.gin --gin_file=gin/runs/eval.gin --gin.MODEL_DIR=\\\"<model dir>\\\"")
 
@@ -261,15 +258,12 @@ def main(flags) -> None:
     given = ", ".join(flags.gin_file) if flags.gin_file else "none"
     raise SystemExit(f"tiger_jax.eval: no gin file configures evaluate() (gin files given: {given}); "
                      f"{USAGE}") from None
-  global _gin_config_text
-  _gin_config_text = gin.config_str()
   try:
-    configured()
+    with program_cache_lib.gin_configured_run():
+      configured()
   except provenance.ProvenanceError as e:
     log.error("%s", e)
     raise SystemExit(2) from None
-  finally:
-    _gin_config_text = None
 
 
 def console_main() -> None:

@@ -13,7 +13,8 @@ table is refused). A relative TASK_CACHE_DIR in config.gin is relative to the fo
 found again from where MODEL_DIR lies (`path_from_config`), so infer works from any folder. Histories are
 handled as in training: the most recent 20 items are kept, an unknown ASIN is an error that lists it, an
 empty history (a cold user) still gets an answer. A history is a list of ASINs (a bare string is a
-TypeError), and k lies in [1, num_beams].
+TypeError), and k lies in [1, num_beams]. The command line keeps its traced and compiled beam search in the
+persistent compilation cache (tiger_jax/compilation.py), so a later call does not build it again.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ import gin
 import numpy as np
 
 from tiger_jax import checkpoints
+from tiger_jax import compilation
 from tiger_jax import eval as eval_lib
+from tiger_jax import program_cache as program_cache_lib
 from tiger_jax import provenance
 from tiger_jax import utils
 from tiger_jax.data import splits
@@ -112,14 +115,17 @@ class Recommender:
 
   def __init__(self, model, params, tables: eval_lib.CatalogTables, num_beams: int = DEFAULT_NUM_BEAMS,
                constrain: bool = True, layout: vocab_lib.TokenLayout = vocab_lib.DEFAULT_LAYOUT,
-               max_history: int = splits.MAX_HISTORY, input_length: Optional[int] = None):
+               max_history: int = splits.MAX_HISTORY, input_length: Optional[int] = None,
+               program_cache: Optional[program_cache_lib.ProgramCache] = None):
+    """program_cache: a cache whose configuration stands for `model` (from_model_dir passes that of
+    config.gin); the beam search is then kept on disk as a traced program and a later process skips tracing."""
     if num_beams < 1:
       raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     self.tables, self.layout, self.max_history, self.num_beams = tables, layout, max_history, num_beams
     self.input_length = input_length or 1 + max_history * layout.num_levels
     self._index = {a: i for i, a in enumerate(tables.asins.tolist())}
     self._retriever = eval_lib.Retriever(model, params, tables.trie(layout), num_beams, constrain,
-                                         batch_size=1, length_buckets=None)
+                                         batch_size=1, length_buckets=None, program_cache=program_cache)
 
   @classmethod
   def from_model_dir(cls, model_dir: str, checkpoint: str = "best", cache_dir: Optional[str] = None,
@@ -129,6 +135,8 @@ class Recommender:
       raise utils.MissingArtifactError(f"{config} not found: is {model_dir} a training MODEL_DIR?")
     checkpoints.parse_checkpoint_choice(checkpoint)
     model = model_from_config(config)
+    with open(config) as f:
+      kwargs.setdefault("program_cache", program_cache_lib.for_config(f.read()))
     if cache_dir is None:
       cache_dir = path_from_config(_macro("TASK_CACHE_DIR"), _macro("MODEL_DIR", required=False), model_dir)
     task = task or _macro("MIXTURE_OR_TASK_NAME")
@@ -188,10 +196,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--cache_dir", default=None, help="Task cache root (default: config.gin's "
                       "TASK_CACHE_DIR, found from the model dir).")
   parser.add_argument("--task", default=None)
+  parser.add_argument("--compilation_cache_dir", default=None,
+                      help="Persistent compilation cache (tiger_jax/compilation.py; 'off' to disable): a later "
+                      "call loads the traced and compiled beam search instead of building it again.")
   args = parser.parse_args(argv)
   try:  # checked before the model is loaded
     check_k(args.k, args.num_beams)
     checkpoints.parse_checkpoint_choice(args.checkpoint)
+  except ValueError as e:
+    parser.error(str(e))
+  try:
+    compilation.enable_compilation_cache(args.compilation_cache_dir)
   except ValueError as e:
     parser.error(str(e))
   try:

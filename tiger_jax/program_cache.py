@@ -16,8 +16,10 @@ text, so another seed, checkpoint or work directory finds the same program. Anyt
 state of unchanged structure is not cached, and any failure to export or load falls back to tracing, with a
 warning.
 
-A function with no state, such as the constrained beam search of eval (`compile_function`), is kept the
-same way; its key also covers the arguments' tree structure, static fields included (the trie's level sizes).
+A function with no state, such as the constrained beam search of eval and infer (`compile_function`), is
+kept the same way; its key also covers the arguments' tree structure, static fields included (the trie's
+level sizes). The entry points mark the call whose arguments all come from gin (`gin_configured_run`); infer
+keys its beam search by the model's config.gin (`for_config`).
 
 A data-parallel loop over several devices of one process is cached too: the module records its device count
 and the shardings of its inputs and outputs, it is exported and compiled again with the jitted loop's own
@@ -26,6 +28,7 @@ sizes and each input's and output's partition spec. Multi-process runs are trace
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,7 +36,7 @@ import os
 import re
 import sys
 import sysconfig
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from tiger_jax import utils
 
@@ -232,10 +235,32 @@ class ProgramCache:
     return exported, sorted(outputs)
 
 
-def for_gin_run(config_text: Optional[str]) -> Optional[ProgramCache]:
-  """The cache beside jax's persistent compilation cache (tiger_jax/compilation.py) for a run configured by
-  gin alone (`config_text`, its gin.config_str()); None without either: a direct Python call's arguments are
-  not part of any key."""
+# The gin configuration of the entry point now running (inside gin_configured_run), else None.
+_gin_run_config: Optional[str] = None
+
+
+@contextlib.contextmanager
+def gin_configured_run() -> Iterator[None]:
+  """Around a call whose every argument comes from gin (an entry point's main): gin.config_str() then stands
+  for those arguments in the key, and for_gin_run() has a cache."""
+  import gin  # pylint: disable=g-import-not-at-top
+  global _gin_run_config
+  previous, _gin_run_config = _gin_run_config, gin.config_str()
+  try:
+    yield
+  finally:
+    _gin_run_config = previous
+
+
+def for_gin_run() -> Optional[ProgramCache]:
+  """The cache of the gin-configured run now going on (gin_configured_run); None outside one: a direct
+  Python call's arguments are not part of any key."""
+  return for_config(_gin_run_config)
+
+
+def for_config(config_text: Optional[str]) -> Optional[ProgramCache]:
+  """The cache beside jax's persistent compilation cache (tiger_jax/compilation.py) for programs that
+  `config_text` (a gin configuration) fully determines; None when either is missing."""
   import jax  # pylint: disable=g-import-not-at-top
   directory = jax.config.jax_compilation_cache_dir if jax.config.jax_enable_compilation_cache else None
   if not directory or config_text is None:

@@ -41,6 +41,7 @@ from tiger_jax import checkpoints as checkpoints_lib
 from tiger_jax import gin_utils
 from tiger_jax import model_dir_lock
 from tiger_jax import partitioning
+from tiger_jax import program_cache as program_cache_lib
 from tiger_jax import provenance
 from tiger_jax import utils
 
@@ -221,16 +222,6 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
       if isinstance(v, (jax.Array, np.ndarray)) and np.ndim(v) == 0:
         out[str(k)] = v
   return out
-
-
-# The gin configuration a run was called with (train_using_gin): what, with the code, makes a traced loop.
-_gin_config_text: Optional[str] = None
-
-
-def _program_cache():
-  """The traced-program cache of a run configured by gin (tiger_jax/program_cache.py), else None."""
-  from tiger_jax import program_cache  # pylint: disable=g-import-not-at-top
-  return program_cache.for_gin_run(_gin_config_text)
 
 
 class StepRunner:
@@ -601,7 +592,7 @@ def train(*,
     log.info("%s has not improved since step %d (best %.4g): the run stopped early at step %d and trains "
              "no further", best_metric, best["step"], best["value"], step)
   runner = StepRunner(model, tx, learning_rate_fn, partitioner, steps_per_dispatch, resident_data, ema_decay,
-                      program_cache=_program_cache())
+                      program_cache=program_cache_lib.for_gin_run())
   eval_ctx_cache: dict = {}
   losses: list[np.ndarray] = []
   evals: list[dict] = []
@@ -889,12 +880,8 @@ def _restore_initial(restore_cfg: utils.RestoreCheckpointConfig, abstract_state,
 def train_using_gin() -> TrainResult:
   """Calls train() with every argument from the parsed gin config."""
   import gin  # pylint: disable=g-import-not-at-top
-  global _gin_config_text
-  _gin_config_text = gin.config_str()
-  try:
+  with program_cache_lib.gin_configured_run():
     return gin.get_configurable(train)()
-  finally:
-    _gin_config_text = None
 
 
 def main(flags) -> None:

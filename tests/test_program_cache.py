@@ -228,3 +228,45 @@ def test_only_a_call_marked_gin_configured_gets_a_cache_keyed_by_its_config(tmp_
     gin.clear_config()
     jax.config.update("jax_enable_compilation_cache", previous[0])
     jax.config.update("jax_compilation_cache_dir", previous[1])
+
+
+# With N fake CPU devices: the stateless search of _search, its arrays on the last device, asked of
+# ProgramCache.compile_function; prints {"loaded": ..., "device": ...} after checking it against jit.
+_ONE_OF_SEVERAL_DEVICES_SCRIPT = """
+import json, os, sys
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[2])))
+from test_program_cache import _Table, _search
+from tiger_jax import program_cache
+device = jax.devices()[-1]
+params = jax.device_put({"w": jnp.arange(12.0).reshape(4, 3)}, device)
+table = jax.device_put(_Table(jnp.arange(6.0).reshape(2, 3), offset=1), device)
+tokens = np.arange(8.0, dtype=np.float32).reshape(2, 4)
+run, loaded = program_cache.ProgramCache(sys.argv[1], "A = 1").compile_function(
+    _search, (params, tokens, table, None), ("search",))
+got, expected = run(params, tokens, table, None), jax.jit(_search, static_argnums=3)(params, tokens, table, None)
+for a, b in zip(got, expected):
+  np.testing.assert_array_equal(a, b)
+sharded = jax.device_put(params, jax.sharding.NamedSharding(jax.sharding.Mesh(jax.devices(), ("data",)),
+                                                            jax.sharding.PartitionSpec()))
+assert program_cache.ProgramCache(sys.argv[1], "A = 1").compile_function(
+    _search, (sharded, tokens, table, None), ("search",)) == (None, False)
+print(json.dumps({"loaded": loaded, "device": list(got[0].devices())[0].id}))
+"""
+
+
+def test_a_function_on_one_of_several_devices_is_stored_and_loaded_there(tmp_path):
+  """Eval and infer restore params onto one device; on a host of several devices their beam search is still
+  kept on disk, while arrays spread over devices (a training run's sharded params) are traced as before."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=repo)
+  runs = []
+  for _ in range(2):
+    out = subprocess.run([sys.executable, "-c", _ONE_OF_SEVERAL_DEVICES_SCRIPT, str(tmp_path),
+                          os.path.abspath(__file__)], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+  assert [r["loaded"] for r in runs] == [False, True]
+  assert runs[0]["device"] == runs[1]["device"] == 1

@@ -157,11 +157,13 @@ class ProgramCache:
   def compile_function(self, fn: Callable, args: Sequence[Any], key_parts: Sequence[Any]
                        ) -> tuple[Optional[Callable], bool]:
     """(a callable taking `args`' structure and returning `fn`'s tuple of arrays, whether it came from disk)
-    for a stateless `fn` on one device, such as a beam search; (None, False) when it cannot be cached."""
+    for a stateless `fn` whose arrays lie on one device (host arrays count as the default device), such as
+    eval's beam search on a host of any number of devices; (None, False) when it cannot be cached, e.g. a
+    validation beam search over a training run's sharded params."""
     import jax  # pylint: disable=g-import-not-at-top
-    if jax.process_count() != 1 or jax.device_count() != 1:
-      return None, False
     leaves, treedef = jax.tree_util.tree_flatten(list(args))
+    if jax.process_count() != 1 or any(len(x.sharding.device_set) != 1 for x in leaves if hasattr(x, "sharding")):
+      return None, False
     key = self.key(leaves, (*key_parts, str(treedef)))
 
     def export():

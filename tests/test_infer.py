@@ -2,10 +2,12 @@
 beam search kept on disk."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tiger_jax import infer
@@ -128,3 +130,81 @@ def test_infer_cli_keeps_its_beam_search_in_the_compilation_cache(relative_path_
   off = _infer_cli(run, str(tmp_path), *args[:-1], "--compilation_cache_dir=off")
   assert off.returncode == 0 and off.stdout == first.stdout, off.stderr[-3000:]
 
+
+
+@pytest.fixture(scope="module")
+def batch_recommender(relative_path_run):
+  """Batches of 4, so that a handful of histories spans several batches and length buckets."""
+  return infer.Recommender.from_model_dir(relative_path_run["model_dir"], cache_dir=relative_path_run["cache_dir"],
+                                          batch_size=4)
+
+
+def test_recommend_batch_ranks_each_history_as_recommend_does(batch_recommender):
+  histories = [["P01"], [], ["P02", "P03"], ["P05"] * 30, ["P04", "P07", "P09"], ["P10"], ["P11", "P01"]]
+  users = [None, "U07", None, "U11", None, None, "U03"]
+  got = batch_recommender.recommend_batch(histories, users, k=5)
+  assert len(got) == len(histories)
+  for history, user, top in zip(histories, users, got):
+    alone = batch_recommender.recommend(history, user, k=5)
+    assert [r["asin"] for r in top] == [r["asin"] for r in alone]
+    np.testing.assert_allclose([r["score"] for r in top], [r["score"] for r in alone], rtol=1e-5, atol=1e-5)
+  excluded = batch_recommender.recommend_batch(histories[4:5], k=20, exclude_history=True)[0]
+  assert not {"P04", "P07", "P09"} & {r["asin"] for r in excluded}
+  assert batch_recommender.recommend_batch([], k=3) == []
+
+
+def test_recommend_batch_names_the_history_at_fault_before_decoding(batch_recommender):
+  with pytest.raises(infer.UnknownItemError, match=r"history 2: 1 history items .*\['NOPE'\]") as e:
+    batch_recommender.recommend_batch([["P01"], [], ["P02", "NOPE"]])
+  assert e.value.index == 2 and e.value.items == ["NOPE"]
+  with pytest.raises(TypeError, match="history 1: history must be a list of ASINs"):
+    batch_recommender.recommend_batch([["P01"], "P02,P03"])
+  with pytest.raises(TypeError, match="list of histories"):
+    batch_recommender.recommend_batch("P01")
+  with pytest.raises(ValueError, match="1 users for 2 histories"):
+    batch_recommender.recommend_batch([["P01"], ["P02"]], users=["U1"])
+
+
+def test_infer_cli_reads_a_histories_file_and_answers_each_line_as_a_single_call(relative_path_run, tmp_path):
+  run = relative_path_run
+  histories = tmp_path / "histories.jsonl"
+  histories.write_text('{"history": ["P01", "P04"]}\n\n{"history": [], "user": "U05"}\n{"history": ["P02"], "user": null}\n')
+  out = _infer_cli(run, str(tmp_path), f"--model_dir={run['model_dir']}", f"--histories_file={histories}", "--k=3",
+                   "--batch_size=2")
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in out.stdout.splitlines()]
+  assert [(r["line"], r["user"]) for r in rows] == [(1, None), (3, "U05"), (4, None)]
+  single = _infer_cli(run, str(tmp_path), f"--model_dir={run['model_dir']}", "--history=", "--user=U05", "--k=3")
+  assert single.returncode == 0, single.stderr[-3000:]
+  assert [r["asin"] for r in rows[1]["items"]] == [json.loads(line)["asin"] for line in single.stdout.splitlines()]
+  assert [r["rank"] for r in rows[0]["items"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("text, error", [
+    ('{"history": ["P01"]}\n{"history": ["P01"\n', r"histories.jsonl:2: not JSON"),
+    ('{"history": ["P01"]}\n{"hist": ["P01"]}\n', r'histories.jsonl:2: expected an object with "history"'),
+    ('{"history": ["P01"], "usr": "U1"}\n', r"histories.jsonl:1: unknown fields \['usr'\]"),
+    ('{"history": "P01,P02"}\n', r'histories.jsonl:1: "history": history must be a list of ASINs'),
+    ('{"history": ["P01"], "user": 7}\n', r'histories.jsonl:1: "user" must be a string'),
+    ('{"history": ["P01"]}\n\n{"history": ["P02", "NOPE"]}\n', r"histories.jsonl:3: 1 history items are not in the catalogue: \['NOPE'\]"),
+])
+def test_infer_cli_names_the_line_of_a_bad_histories_file(relative_path_run, tmp_path, text, error):
+  histories = tmp_path / "histories.jsonl"
+  histories.write_text(text)
+  out = _infer_cli(relative_path_run, str(tmp_path), f"--model_dir={relative_path_run['model_dir']}",
+                   f"--histories_file={histories}")
+  assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == "", out.stderr[-3000:]
+  assert re.search(error, out.stderr.strip().splitlines()[-1]), out.stderr[-2000:]
+
+
+def test_infer_cli_refuses_a_histories_file_beside_a_history(relative_path_run, tmp_path):
+  out = _infer_cli(relative_path_run, str(tmp_path), "--model_dir=/nonexistent", "--history=P01",
+                   f"--histories_file={tmp_path / 'h.jsonl'}")
+  assert out.returncode == 2 and "--histories_file replaces --history and --user" in out.stderr, out.stderr[-2000:]
+
+
+def test_infer_cli_on_a_missing_histories_file_names_it_before_loading_the_model(relative_path_run, tmp_path):
+  out = _infer_cli(relative_path_run, str(tmp_path), "--model_dir=/nonexistent",
+                   f"--histories_file={tmp_path / 'absent.jsonl'}")
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert f"error: {tmp_path / 'absent.jsonl'}: cannot read it" in out.stderr

@@ -187,6 +187,36 @@ def test_loss_weights_only_target_positions_and_bf16_agrees():
   assert np.isfinite(float(dropped)) and float(dropped) != pytest.approx(float(loss))
 
 
+def test_softmax_over_target_positions_only_equals_scoring_every_position_gradients_too():
+  """The trainer scores the catalogue only at positions with a target; loss and gradients are those of scoring
+  every position, with dropout on, whatever the width and the order of the slots."""
+  module, params = _init()
+  ids = jnp.array([[0, 0, 0, 4, 9, 2, 7, 1], [3, 5, 8, 13, 21, 2, 6, 11], [0] * 8])
+  targets = jnp.array([[0, 0, 0, 9, 2, 7, 1, 0], [5, 8, 13, 21, 2, 6, 11, 30], [0] * 8])
+  rng = jax.random.PRNGKey(5)
+  full = jax.value_and_grad(lambda p: next_item_loss(module, p, ids, targets, rng), has_aux=True)(params)
+  positions = sasrec_model.flat_target_positions(np.asarray(targets), 16)
+  assert positions.tolist() == [3, 4, 5, 6] + list(range(8, 16)) + [24] * 4
+  for slots in (positions, np.concatenate([positions[::-1], [24] * 8])):
+    (loss, count), grads = jax.value_and_grad(
+        lambda p: next_item_loss(module, p, ids, targets, rng, target_positions=jnp.asarray(slots)),
+        has_aux=True)(params)
+    assert int(count) == int(full[0][1]) == 12 and float(loss) == pytest.approx(float(full[0][0]), rel=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(full[1])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="a batch has 12 targets, more than the width 8"):
+    sasrec_model.flat_target_positions(np.asarray(targets), 8)
+
+
+def test_epoch_target_positions_width_is_the_largest_batch_rounded_up():
+  targets = np.zeros([6, 4], np.int32)
+  targets[:3, 1:] = 1  # rows 0-2: 3 targets each; row 5 is the all-padding row
+  idx = np.array([[0, 1], [2, 5], [3, 4]])
+  positions = sasrec.epoch_target_positions(targets, idx, multiple=4)
+  assert positions.shape == (3, 8)  # the largest batch has 6 targets: width 8 (B x L = 8 caps it too)
+  assert positions[1].tolist() == [1, 2, 3] + [8] * 5 and positions[2].tolist() == [8] * 8
+
+
 def test_losses_by_hand():
   w = jnp.array([[1.0, 0.0]])  # the second position has no target and must not count
   # softmax over scores (0, 1, 2), target 2: log(1 + e + e^2) - 2 = log(11.1073) - 2

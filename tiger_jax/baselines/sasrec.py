@@ -40,7 +40,8 @@ from tiger_jax import checkpoints as checkpoints_lib
 from tiger_jax import metrics as metrics_lib
 from tiger_jax.baselines import evaluation
 from tiger_jax.baselines import sequences
-from tiger_jax.baselines.sasrec_model import LOSSES, SASRec, SASRecConfig, count_params, next_item_loss
+from tiger_jax.baselines.sasrec_model import (LOSSES, SASRec, SASRecConfig, count_params, flat_target_positions,
+                                              next_item_loss)
 
 log = logging.getLogger("tiger_jax.baselines.sasrec")
 TOP_K = 20  # items per user in predictions.jsonl (docs/CONTRACTS.md asks for at least 20)
@@ -70,22 +71,36 @@ def epoch_batches(num_rows: int, batch_size: int, seed: int, epoch: int) -> np.n
   return filled.reshape(steps, batch_size)
 
 
+def epoch_target_positions(targets: np.ndarray, idx: np.ndarray, multiple: int = 256) -> np.ndarray:
+  """[S, width] flat target positions of each batch of an epoch (`flat_target_positions`), the width the
+  epoch's largest batch rounded up to `multiple` (at most B x L), so that few widths, each compiled once,
+  serve a whole run; a function of the batches alone, so a resumed epoch scores the same slots."""
+  batch_targets = targets[idx]
+  steps, batch, length = batch_targets.shape
+  largest = int((batch_targets > 0).reshape(steps, -1).sum(axis=1).max())
+  width = min(max(multiple, -(-largest // multiple) * multiple), batch * length)
+  return flat_target_positions(batch_targets, width)
+
+
 def make_epoch_fn(module: SASRec, tx: optax.GradientTransformation, loss: str = "softmax",
                   num_negatives: int = 256) -> Callable:
-  """(state, inputs, targets, batch indices [S, B], dropout key) -> (state, mean loss): S steps per call.
+  """(state, inputs, targets, batch indices [S, B], target positions [S, P] or None, dropout key) ->
+  (state, mean loss): S steps per call. The positions (`epoch_target_positions`, full softmax only) limit the
+  catalogue scores to positions that have a target.
 
   Dropout masks and sampled negatives of a step are functions of (key, step), so a resumed epoch matches.
   """
 
-  def epoch(state, inputs, targets, idx, dropout_key):
+  def epoch(state, inputs, targets, idx, positions, dropout_key):
     def step(i, carry):
       state, loss_sum, count_sum = carry
       rows = idx[i]
       rng = jax.random.fold_in(dropout_key, state["step"])
       negatives_rng = jax.random.fold_in(rng, 1)
+      step_positions = None if positions is None else positions[i]
       grad_fn = jax.value_and_grad(
           lambda p: next_item_loss(module, p, inputs[rows], targets[rows], rng, loss, num_negatives,
-                                   negatives_rng), has_aux=True)
+                                   negatives_rng, step_positions), has_aux=True)
       (step_loss, count), grads = grad_fn(state["params"])
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
       state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
@@ -260,8 +275,9 @@ def train_and_evaluate(*,
            "%d steps of %d rows per epoch", dataset.name, len(dataset.sessions), num_items, len(rows),
            rows.num_targets, tiger_examples, steps_per_epoch, batch_size)
   pad_row = np.zeros([1, config.max_len], np.int32)
+  host_targets = np.concatenate([rows.targets, pad_row])
   device_inputs = jax.device_put(np.concatenate([rows.inputs, pad_row]))
-  device_targets = jax.device_put(np.concatenate([rows.targets, pad_row]))
+  device_targets = jax.device_put(host_targets)
 
   # Model, optimizer, state (fresh or resumed).
   os.makedirs(model_dir, exist_ok=True)
@@ -344,22 +360,32 @@ def train_and_evaluate(*,
   if stopped_early:
     log.info("validation %s has not improved since epoch %d: the run stopped early at epoch %d", best_metric,
              best["epoch"], epoch)
-  try:
-    if epoch < num_epochs and not stopped_early:
+  jitted_epoch = make_epoch_fn(module, tx, loss, num_negatives)
+  compiled_epochs = {}  # width of the target positions (None: every position is scored) -> compiled epoch
+
+  def epoch_fn(idx):
+    """The compiled epoch for these batches and its arguments after the state."""
+    positions = epoch_target_positions(host_targets, idx) if loss == "softmax" else None
+    width = None if positions is None else positions.shape[1]
+    args = (device_inputs, device_targets, idx, positions, dropout_key)
+    if width not in compiled_epochs:
       start = time.time()
-      epoch_fn = make_epoch_fn(module, tx, loss, num_negatives).lower(
-          state, device_inputs, device_targets, epoch_batches(len(rows), batch_size, random_seed, 0),
-          dropout_key).compile()
+      compiled_epochs[width] = jitted_epoch.lower(state, *args).compile()
       clocks.compile_seconds += time.time() - start
-      log.info("compiled the %d-step epoch in %.1fs", steps_per_epoch, time.time() - start)
-    elif epoch > num_epochs:
+      log.info("compiled the %d-step epoch in %.1fs%s", steps_per_epoch, time.time() - start,
+               "" if width is None else f" (catalogue scores at {width} of {batch_size * config.max_len} "
+               "positions a step)")
+    return compiled_epochs[width], args
+
+  try:
+    if epoch > num_epochs:
       log.warning("the checkpoint is at epoch %d > num_epochs=%d: nothing to train", epoch, num_epochs)
     loop_start = time.time()
     wall_before = clocks.wall_seconds
     while epoch < num_epochs and not stopped_early:
+      compiled, args = epoch_fn(epoch_batches(len(rows), batch_size, random_seed, epoch))
       start = time.time()
-      idx = epoch_batches(len(rows), batch_size, random_seed, epoch)
-      state, epoch_loss = epoch_fn(state, device_inputs, device_targets, idx, dropout_key)
+      state, epoch_loss = compiled(state, *args)
       epoch_loss = float(epoch_loss)
       seconds = time.time() - start
       clocks.train_seconds += seconds

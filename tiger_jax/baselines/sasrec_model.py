@@ -21,6 +21,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -164,20 +165,33 @@ def negatives_except(rng: jax.Array, targets: jax.Array, num_items: int) -> jax.
 
 def next_item_loss(module: SASRec, params, inputs: jax.Array, targets: jax.Array,
                    dropout_rng: Optional[jax.Array], loss: str = "softmax", num_negatives: int = 256,
-                   negatives_rng: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+                   negatives_rng: Optional[jax.Array] = None,
+                   target_positions: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
   """(loss averaged over positions with a target, target count).
 
   loss: 'softmax' (full catalogue), 'bce' (one negative per position, `negatives_except`), or
   'sampled_softmax' (`num_negatives` uniform items per row, shared by its positions).
+  target_positions: for 'softmax', the flat indices into [B * L] of the positions that have a target
+  (`flat_target_positions`; B * L marks an unused slot): only those are scored against the catalogue, which is
+  most of a step's work, instead of every padded position.
   """
   if loss not in LOSSES:
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
   rngs = None if dropout_rng is None else {"dropout": dropout_rng}
   weights = (targets > 0).astype(jnp.float32)
   count = weights.sum()
-  if loss == "softmax":
+  if loss == "softmax" and target_positions is None:
     scores = module.apply({"params": params}, inputs, deterministic=dropout_rng is None, rngs=rngs)
     return softmax_loss(scores, jnp.maximum(targets - 1, 0), weights), count
+  if loss == "softmax":
+    hidden = module.apply({"params": params}, inputs, deterministic=dropout_rng is None, rngs=rngs,
+                          method=SASRec.encode)
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    used = target_positions < flat_hidden.shape[0]
+    slot = jnp.where(used, target_positions, 0)
+    slot_targets = jnp.where(used, targets.reshape(-1)[slot], 0)
+    scores = module.apply({"params": params}, flat_hidden[slot], method=SASRec.item_scores)
+    return softmax_loss(scores, jnp.maximum(slot_targets - 1, 0), (slot_targets > 0).astype(jnp.float32)), count
   if negatives_rng is None:
     raise ValueError(f"loss {loss!r} samples negatives: pass negatives_rng")
   hidden = module.apply({"params": params}, inputs, deterministic=dropout_rng is None, rngs=rngs,
@@ -196,6 +210,21 @@ def next_item_loss(module: SASRec, params, inputs: jax.Array, targets: jax.Array
   negatives = jnp.einsum("bld,bnd->bln", hidden, vectors(negative_ids), preferred_element_type=jnp.float32)
   is_target = negative_ids[:, None, :] == targets[:, :, None]
   return sampled_softmax_loss(positive, negatives, is_target, weights), count
+
+
+def flat_target_positions(targets: np.ndarray, width: int) -> np.ndarray:
+  """[..., width] int32: per batch of `targets` [..., B, L], the flat indices (row-major over B x L) of its
+  positions with a target, then B * L in the unused slots. A batch with more than `width` targets is an error."""
+  *lead, batch, length = targets.shape
+  flat = targets.reshape(-1, batch * length) > 0
+  counts = flat.sum(axis=1)
+  if counts.size and counts.max() > width:
+    raise ValueError(f"a batch has {int(counts.max())} targets, more than the width {width}")
+  out = np.full((flat.shape[0], width), batch * length, np.int32)
+  for i, row in enumerate(flat):
+    found = np.flatnonzero(row)
+    out[i, :len(found)] = found
+  return out.reshape(*lead, width)
 
 
 def count_params(params) -> int:

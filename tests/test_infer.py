@@ -178,6 +178,17 @@ def test_infer_cli_reads_a_histories_file_and_answers_each_line_as_a_single_call
   assert single.returncode == 0, single.stderr[-3000:]
   assert [r["asin"] for r in rows[1]["items"]] == [json.loads(line)["asin"] for line in single.stdout.splitlines()]
   assert [r["rank"] for r in rows[0]["items"]] == [1, 2, 3]
+  # --exclude_history: what a single call and the batch leave out is the history itself.
+  ranked = [r["asin"] for r in rows[0]["items"]]
+  histories.write_text(json.dumps({"history": ranked[:2]}) + "\n")
+  out = _infer_cli(run, str(tmp_path), f"--model_dir={run['model_dir']}", f"--histories_file={histories}", "--k=20",
+                   "--exclude_history")
+  single = _infer_cli(run, str(tmp_path), f"--model_dir={run['model_dir']}", f"--history={','.join(ranked[:2])}",
+                      "--k=20", "--exclude_history")
+  assert out.returncode == 0 and single.returncode == 0, out.stderr[-3000:] + single.stderr[-3000:]
+  batch_items = [r["asin"] for r in json.loads(out.stdout)["items"]]
+  assert batch_items == [json.loads(line)["asin"] for line in single.stdout.splitlines()]
+  assert len(batch_items) >= 18 and not set(ranked[:2]) & set(batch_items)
 
 
 @pytest.mark.parametrize("text, error", [

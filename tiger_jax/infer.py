@@ -277,6 +277,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       '--user: decoded in batches; one output line per input line, {"line", "user", "items"}.')
   parser.add_argument("--batch_size", type=int, default=256, help="Histories per beam search (--histories_file).")
   parser.add_argument("--k", type=int, default=10, help="How many items, in [1, --num_beams].")
+  parser.add_argument("--exclude_history", action="store_true",
+                      help="Leave out items of the history itself (then fewer than k may come back).")
   parser.add_argument("--num_beams", type=int, default=DEFAULT_NUM_BEAMS)
   parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step.")
   parser.add_argument("--cache_dir", default=None, help="Task cache root (default: config.gin's "
@@ -310,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if batch is not None:
     histories, users, lines = batch
     try:
-      tops = rec.recommend_batch(histories, users, args.k)
+      tops = rec.recommend_batch(histories, users, args.k, args.exclude_history)
     except UnknownItemError as e:
       utils.exit_with_error(f"{args.histories_file}:{lines[e.index]}: {len(e.items)} history items are not in "
                             f"the catalogue: {e.items}")
@@ -320,7 +322,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     return
   history = [a for a in args.history.split(",") if a]
   try:
-    top = rec.recommend(history, args.user, args.k)
+    top = rec.recommend(history, args.user, args.k, args.exclude_history)
   except UnknownItemError as e:
     utils.exit_with_error(e.args[0])
   for rank, row in enumerate(top, start=1):

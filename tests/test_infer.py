@@ -219,3 +219,23 @@ def test_infer_cli_on_a_missing_histories_file_names_it_before_loading_the_model
                    f"--histories_file={tmp_path / 'absent.jsonl'}")
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
   assert f"error: {tmp_path / 'absent.jsonl'}: cannot read it" in out.stderr
+
+
+def test_a_few_histories_decode_in_a_few_rows_and_rank_as_full_batches(recommender):
+  """With shrink_last_batch (recommend_batch's retriever) a length bucket's last batch is padded to the next
+  power of two rows, not to batch_size: five histories cost batches of 1-4 rows instead of 64, and rank as
+  full-size batches do."""
+  from tiger_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  histories = [["P01"], ["P02"], ["P03", "P04"], ["P05"] * 6, ["P06"] * 30]
+  tokens = np.concatenate([recommender.encode_history(h) for h in histories])
+  model, params = recommender._retriever.model, recommender._retriever.params
+  retrievers = {shrink: eval_lib.Retriever(model, params, recommender.tables.trie(recommender.layout), 20,
+                                           batch_size=64, shrink_last_batch=shrink) for shrink in (True, False)}
+  (items, scores), (full_items, full_scores) = (retrievers[s].retrieve(tokens) for s in (True, False))
+  np.testing.assert_array_equal(items, full_items)
+  np.testing.assert_allclose(scores, full_scores, rtol=1e-5, atol=1e-5)
+  assert {rows for _, rows in retrievers[True]._compiled} <= {1, 2, 4}, sorted(retrievers[True]._compiled)
+  assert {rows for _, rows in retrievers[False]._compiled} == {64}
+  assert [retrievers[True].batch_rows(n) for n in (1, 2, 3, 5, 33, 64, 100)] == [1, 2, 4, 8, 64, 64, 64]
+  recommender.recommend_batch(histories[:1])
+  assert recommender._batch_retriever.shrink_last_batch

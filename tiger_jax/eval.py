@@ -65,12 +65,16 @@ class Retriever:
 
   def __init__(self, model, params, trie: decoding.SemanticIdTrie, num_beams: int = 20,
                constrain: bool = True, batch_size: int = 512, decoder_params: Optional[dict] = None,
-               length_buckets: Optional[Sequence[int]] = (17, 33, 49, 81), program_cache: Optional[Any] = None):
+               length_buckets: Optional[Sequence[int]] = (17, 33, 49, 81), program_cache: Optional[Any] = None,
+               shrink_last_batch: bool = False):
     """program_cache: a program_cache.ProgramCache of a gin-configured run, whose key then stands for `model`;
-    the beam search of each length is kept on disk there, so a later run skips tracing it."""
+    the beam search of each length is kept on disk there, so a later run skips tracing it.
+    shrink_last_batch: a length's last, partial batch is padded only to the next power of two rows (a program
+    per size): a few inputs cost a few rows, not batch_size, for the price of more compiled programs."""
     self.model, self.params = model, params
     self.trie = trie.to_device()
     self.num_beams, self.batch_size, self.length_buckets = num_beams, batch_size, length_buckets
+    self.shrink_last_batch = shrink_last_batch
     self.program_cache = program_cache
     params_static = dict(decoder_params or {}, constrain=constrain)
     self._key_parts = ("beam_search", num_beams, repr(sorted(params_static.items())))
@@ -84,20 +88,31 @@ class Retriever:
 
     self._predict_fn = predict
     self._predict = jax.jit(predict)
-    self._compiled: dict[int, Any] = {}  # encoder length -> beam search compiled ahead (rng None)
+    # (encoder length, rows) -> beam search compiled ahead (rng None)
+    self._compiled: dict[tuple[int, int], Any] = {}
 
-  def precompile(self, lengths: Sequence[int]) -> None:
-    """Compiles the decode of every encoder length at once: XLA compiles outside the GIL, so the lengths'
-    programs build side by side instead of one after another at their first batch."""
-    todo = sorted({int(length) for length in lengths} - set(self._compiled))
+  def batch_rows(self, count: int) -> int:
+    """Rows of the batch that holds `count` inputs: batch_size, or with shrink_last_batch the next power of two."""
+    if not self.shrink_last_batch or count >= self.batch_size:
+      return self.batch_size
+    return min(self.batch_size, 1 << max(count - 1, 0).bit_length())
 
-    def build(length: int):
-      tokens = np.zeros((self.batch_size, length), np.int32)  # what retrieve() passes, placed the same way
+  def precompile(self, lengths: Sequence[int], rows: Optional[Sequence[int]] = None) -> None:
+    """Compiles the decode of every encoder length (with `rows` rows each, default batch_size) at once: XLA
+    compiles outside the GIL, so the programs build side by side instead of one after another at their first
+    batch."""
+    rows = [self.batch_size] * len(lengths) if rows is None else rows
+    todo = sorted({(int(length), int(n)) for length, n in zip(lengths, rows)} - set(self._compiled))
+
+    def build(shape: tuple[int, int]):
+      length, n = shape
+      tokens = np.zeros((n, length), np.int32)  # what retrieve() passes, placed the same way
       if self.program_cache is not None:
         run, from_disk = self.program_cache.compile_function(
             self._predict_fn, (self.params, tokens, self.trie, None), self._key_parts)
         if run is not None:
-          log.info("compiled the beam search for encoder length %d (%s)", length,
+          log.info("compiled the beam search for encoder length %d%s (%s)", length,
+                   "" if n == self.batch_size else f", {n} rows",
                    "traced program from disk" if from_disk else "traced and stored")
           return run
       return self._predict.lower(self.params, tokens, self.trie, None).compile()
@@ -106,8 +121,8 @@ class Retriever:
       self._compiled[todo[0]] = build(todo[0])
     elif todo:
       with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
-        for length, compiled in zip(todo, pool.map(build, todo)):
-          self._compiled[length] = compiled
+        for shape, compiled in zip(todo, pool.map(build, todo)):
+          self._compiled[shape] = compiled
 
   def retrieve(self, encoder_input_tokens: np.ndarray, rng: Optional[jax.Array] = None,
                should_stop: Optional[Callable[[], bool]] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -121,15 +136,16 @@ class Retriever:
     scores = np.full((n, self.num_beams), -np.inf, np.float32)
     lengths = utils.nonpad_lengths(tokens)
     batches = list(utils.eval_batches(lengths, self.batch_size, self.length_buckets, tokens.shape[1]))
+    rows = [self.batch_rows(len(idx)) for idx, _ in batches]
     if rng is None:
-      self.precompile([length for _, length in batches])
-    for b, (idx, length) in enumerate(batches):
+      self.precompile([length for _, length in batches], rows)
+    for b, ((idx, length), n) in enumerate(zip(batches, rows)):
       if should_stop is not None and should_stop():
         raise utils.StopRequested(f"retrieval stopped after {b} of the batches")
-      batch = np.zeros((self.batch_size, length), np.int32)
+      batch = np.zeros((n, length), np.int32)
       batch[:len(idx)] = tokens[idx, :length]
       if rng is None:
-        out = self._compiled[length](self.params, batch, self.trie, None)
+        out = self._compiled[(length, n)](self.params, batch, self.trie, None)
       else:
         out = self._predict(self.params, batch, self.trie, jax.random.fold_in(rng, b))
       got_items, got_scores = jax.device_get(out)

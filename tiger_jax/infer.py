@@ -137,9 +137,11 @@ class Recommender:
     trie = tables.trie(layout)
     self._retriever = eval_lib.Retriever(model, params, trie, num_beams, constrain,
                                          batch_size=1, length_buckets=None, program_cache=program_cache)
-    # Built on first use; it pads each batch to the shortest of eval's length buckets that holds it.
+    # Built on first use; it pads each batch to the shortest of eval's length buckets that holds it, and a
+    # bucket's last batch only to the next power of two rows.
     self._make_batch_retriever = functools.partial(eval_lib.Retriever, model, params, trie, num_beams, constrain,
-                                                   batch_size=batch_size, program_cache=program_cache)
+                                                   batch_size=batch_size, program_cache=program_cache,
+                                                   shrink_last_batch=True)
     self._batch_retriever: Optional[eval_lib.Retriever] = None
 
   @classmethod

@@ -11,9 +11,9 @@ from tiger_jax import gin_utils  # noqa: E402
 _precompile = eval_lib.Retriever.precompile
 
 
-def _timed(self, lengths):
+def _timed(self, *args):
   t = time.perf_counter()
-  _precompile(self, lengths)
+  _precompile(self, *args)
   print(f"precompile {time.perf_counter() - t:.2f} s", file=sys.stderr)
 
 

@@ -1,5 +1,5 @@
-"""tiger_jax.infer's input checks: k, the history's type, paths from config.gin used from any folder, and its
-beam search kept on disk."""
+"""tiger_jax.infer: input checks (k, the history's type, a histories file), paths from config.gin used from any
+folder, the beam search kept on disk, and many histories decoded in batches."""
 import json
 import os
 import re

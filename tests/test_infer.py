@@ -119,7 +119,8 @@ def test_the_beam_search_is_traced_once_and_served_from_disk_after(relative_path
 def test_infer_cli_keeps_its_beam_search_in_the_compilation_cache(relative_path_run, tmp_path):
   run = relative_path_run
   traced = tmp_path / "xla" / program_cache.SUBDIR
-  args = (f"--model_dir={run['model_dir']}", "--history=P02,P03", "--k=4", f"--compilation_cache_dir={tmp_path / 'xla'}")
+  args = (f"--model_dir={run['model_dir']}", "--history=P02,P03", "--k=4",
+          f"--compilation_cache_dir={tmp_path / 'xla'}")
   first = _infer_cli(run, str(tmp_path), *args)
   assert first.returncode == 0, first.stderr[-3000:]
   stored = sorted(p.name for p in traced.iterdir())
@@ -168,7 +169,8 @@ def test_recommend_batch_names_the_history_at_fault_before_decoding(batch_recomm
 def test_infer_cli_reads_a_histories_file_and_answers_each_line_as_a_single_call(relative_path_run, tmp_path):
   run = relative_path_run
   histories = tmp_path / "histories.jsonl"
-  histories.write_text('{"history": ["P01", "P04"]}\n\n{"history": [], "user": "U05"}\n{"history": ["P02"], "user": null}\n')
+  histories.write_text('{"history": ["P01", "P04"]}\n\n{"history": [], "user": "U05"}\n'
+                       '{"history": ["P02"], "user": null}\n')
   out = _infer_cli(run, str(tmp_path), f"--model_dir={run['model_dir']}", f"--histories_file={histories}", "--k=3",
                    "--batch_size=2")
   assert out.returncode == 0, out.stderr[-3000:]
@@ -197,7 +199,8 @@ def test_infer_cli_reads_a_histories_file_and_answers_each_line_as_a_single_call
     ('{"history": ["P01"], "usr": "U1"}\n', r"histories.jsonl:1: unknown fields \['usr'\]"),
     ('{"history": "P01,P02"}\n', r'histories.jsonl:1: "history": history must be a list of ASINs'),
     ('{"history": ["P01"], "user": 7}\n', r'histories.jsonl:1: "user" must be a string'),
-    ('{"history": ["P01"]}\n\n{"history": ["P02", "NOPE"]}\n', r"histories.jsonl:3: 1 history items are not in the catalogue: \['NOPE'\]"),
+    ('{"history": ["P01"]}\n\n{"history": ["P02", "NOPE"]}\n',
+     r"histories.jsonl:3: 1 history items are not in the catalogue: \['NOPE'\]"),
 ])
 def test_infer_cli_names_the_line_of_a_bad_histories_file(relative_path_run, tmp_path, text, error):
   histories = tmp_path / "histories.jsonl"

@@ -9,12 +9,12 @@ deserializes it and compiles it (an XLA cache hit) without tracing anything.
 The key covers everything the traced program depends on: the source of every loaded module outside the
 installed packages (the library and any user module a gin file imports), the versions of jax, jaxlib,
 flax and optax, the jax settings that change tracing (x64, matmul precision, PRNG), the full gin
-configuration text, the platform and devices, the arguments' shapes and dtypes,
-and the caller's own key parts (encoder length, steps per dispatch); only MODEL_DIR, TASK_CACHE_DIR,
-INITIAL_CHECKPOINT_PATH, RANDOM_SEED, EVAL_CHECKPOINT and EVAL_OUTPUT_DIR are left out of the configuration
-text, so another seed, checkpoint or work directory finds the same program. Anything else than a flat dict of per-step outputs beside a
-state of unchanged structure is not cached, and any failure to export or load falls back to tracing, with a
-warning.
+configuration text, the platform and devices, the arguments' shapes and dtypes, and the caller's own key
+parts (encoder length, steps per dispatch); only MODEL_DIR, TASK_CACHE_DIR, INITIAL_CHECKPOINT_PATH,
+RANDOM_SEED, EVAL_CHECKPOINT and EVAL_OUTPUT_DIR are left out of the configuration text, so another seed,
+checkpoint or work directory finds the same program. Anything else than a flat dict of per-step outputs
+beside a state of unchanged structure is not cached, and any failure to export or load falls back to
+tracing, with a warning.
 
 A function with no state, such as the constrained beam search of eval and infer (`compile_function`), is
 kept the same way; its key also covers the arguments' tree structure, static fields included (the trie's

@@ -304,8 +304,7 @@ def _fit_width(name: str, array: np.ndarray, width: int, path: str, trim: bool) 
     raise ValueError(f"{path}: field {name!r} has width {have} > feature length {width} and "
                      f"{cut} rows would lose tokens (set trim_output_features=True to allow)")
   if cut:
-    log.warning("%s: trimming %r from %d to %d columns drops tokens of %d rows", path, name, have,
-                    width, cut)
+    log.warning("%s: trimming %r from %d to %d columns drops tokens of %d rows", path, name, have, width, cut)
   return np.ascontiguousarray(array[:, :width])
 
 

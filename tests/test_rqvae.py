@@ -230,3 +230,23 @@ def test_missing_asin_order_is_a_clear_error(tmp_path):
   np.save(tmp_path / "embeddings.npy", _data(300))
   with pytest.raises(FileNotFoundError, match="no asin order"):
     sid.load_embeddings(str(tmp_path))
+
+
+def test_bfloat16_products_keep_codebooks_and_losses_in_float32():
+  x = _data()
+  cfg = dataclasses.replace(TINY, compute_dtype="bfloat16")
+  out = rqvae.train_rqvae(x, cfg)
+  assert out["params"]["params"]["codebooks"].dtype == np.float32
+  assert out["stats"]["reconstruction_loss"] < out["stats"]["init_reconstruction_loss"]
+  model = rqvae.make_model(12, cfg)
+  result = model.apply(out["params"], jnp.array(x))
+  assert result["z"].dtype == jnp.float32 and result["x_hat"].dtype == jnp.float32
+  products = [e for e in jax.make_jaxpr(model.apply)(out["params"], jnp.array(x)).eqns
+              if e.primitive.name == "dot_general"]
+  # Encoder and decoder layers multiply in bfloat16; the 3 codeword distances stay float32.
+  assert [e.outvars[0].aval.dtype for e in products].count(jnp.bfloat16) == 2 * len(TINY.hidden_dims) + 2
+  assert [e.outvars[0].aval.dtype for e in products].count(jnp.float32) == TINY.num_levels
+  with pytest.raises(ValueError, match="compute_dtype must be 'float32' or 'bfloat16', got 'float16'"):
+    rqvae.make_model(12, dataclasses.replace(TINY, compute_dtype="float16"))
+  # float32 (the default) is left out of the stored config, so older artifacts keep their input hash.
+  assert "compute_dtype" not in TINY.to_dict() and cfg.to_dict()["compute_dtype"] == "bfloat16"

@@ -83,13 +83,20 @@ class RQVAEConfig:
   # summed loss, PyTorch's 0 collapses the codebooks; 10 is stable (experiments/results/rqvae_*).
   adagrad_initial_accumulator: float = 10.0
   adagrad_eps: float = 1e-7
+  # Dtype of the encoder's and decoder's matrix products ("float32" or "bfloat16"); parameters,
+  # codebooks, distances and losses stay float32.
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
 
   def to_dict(self) -> dict:
+    """The fields as JSON; compute_dtype only when not float32, so Semantic IDs made before the
+    field existed keep their input hash and are not trained again."""
     d = dataclasses.asdict(self)
     d["hidden_dims"] = list(d["hidden_dims"])
+    if d["compute_dtype"] == "float32":
+      del d["compute_dtype"]
     return d
 
 
@@ -97,11 +104,12 @@ class RQVAEConfig:
 class MLP(nn.Module):
   """Dense layers with ReLU between them (none after the last: latents and outputs are linear)."""
   features: Sequence[int]
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     for i, f in enumerate(self.features):
-      x = nn.Dense(f, name=f"dense_{i}")(x)
+      x = nn.Dense(f, dtype=self.dtype, name=f"dense_{i}")(x)
       if i < len(self.features) - 1:
         x = nn.relu(x)
     return x
@@ -142,19 +150,20 @@ class RQVAE(nn.Module):
   latent_dim: int = 32
   num_levels: int = 3
   codebook_size: int = 256
+  compute_dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder = MLP(tuple(self.hidden_dims) + (self.latent_dim,))
-    self.decoder = MLP(tuple(reversed(self.hidden_dims)) + (self.input_dim,))
+    self.encoder = MLP(tuple(self.hidden_dims) + (self.latent_dim,), dtype=self.compute_dtype)
+    self.decoder = MLP(tuple(reversed(self.hidden_dims)) + (self.input_dim,), dtype=self.compute_dtype)
     # Overwritten by k-means before training; the normal init only fixes shape and dtype.
     self.codebooks = self.param("codebooks", nn.initializers.normal(1.0),
                                 (self.num_levels, self.codebook_size, self.latent_dim))
 
   def encode(self, x: Array) -> Array:
-    return self.encoder(x)
+    return self.encoder(x).astype(jnp.float32)
 
   def decode(self, z: Array) -> Array:
-    return self.decoder(z)
+    return self.decoder(z).astype(jnp.float32)
 
   def quantize(self, z: Array):
     return residual_quantize(z, self.codebooks)
@@ -169,8 +178,11 @@ class RQVAE(nn.Module):
 
 
 def make_model(input_dim: int, cfg: RQVAEConfig) -> RQVAE:
+  if cfg.compute_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"RQVAEConfig.compute_dtype must be 'float32' or 'bfloat16', got {cfg.compute_dtype!r}")
   return RQVAE(input_dim=input_dim, hidden_dims=cfg.hidden_dims, latent_dim=cfg.latent_dim,
-               num_levels=cfg.num_levels, codebook_size=cfg.codebook_size)
+               num_levels=cfg.num_levels, codebook_size=cfg.codebook_size,
+               compute_dtype=jnp.dtype(cfg.compute_dtype))
 
 
 def per_item_losses(out: dict, x: Array, beta: float, reduction: str = "sum") -> dict:

@@ -105,10 +105,12 @@ def bound_model(model):
   return model
 
 
-def model_from_config(config_path: str):
-  """Rebuilds MODEL from a training run's effective config.gin (written with dynamic registration)."""
-  with open(config_path) as f:
-    text = f.read()
+def model_from_config(config_path: str, text: Optional[str] = None):
+  """Rebuilds MODEL from a training run's effective config.gin (written with dynamic registration);
+  `text`, when given, is that file's content already read."""
+  if text is None:
+    with open(config_path) as f:
+      text = f.read()
   text += "\nfrom tiger_jax import infer as infer_script\ninfer_script.bound_model.model = %MODEL\n"
   with gin.unlock_config():
     gin.clear_config()
@@ -151,9 +153,10 @@ class Recommender:
     if not os.path.exists(config):
       raise utils.MissingArtifactError(f"{config} not found: is {model_dir} a training MODEL_DIR?")
     checkpoints.parse_checkpoint_choice(checkpoint)
-    model = model_from_config(config)
     with open(config) as f:
-      kwargs.setdefault("program_cache", program_cache_lib.for_config(f.read()))
+      config_text = f.read()
+    model = model_from_config(config, config_text)
+    kwargs.setdefault("program_cache", program_cache_lib.for_config(config_text))
     if cache_dir is None:
       cache_dir = path_from_config(_macro("TASK_CACHE_DIR"), _macro("MODEL_DIR", required=False), model_dir)
     task = task or _macro("MIXTURE_OR_TASK_NAME")

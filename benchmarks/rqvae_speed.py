@@ -1,6 +1,6 @@
 """Times RQ-VAE training (paper schedule by default) and reports codebook usage and collisions.
 
-Needs only jax, flax, optax and numpy (no gin, TensorFlow or seqio), so it runs on GPU hosts without them:
+Needs jax, flax, optax, numpy and gin-config, not TensorFlow or seqio:
 
   python -m benchmarks.rqvae_speed \
       --embeddings .cache/dev/beauty_embeddings.npy --asins .cache/dev/beauty_asins.txt \
@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -30,6 +29,7 @@ import time
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from benchmarks import kernel_trace  # noqa: E402
 from tiger_jax import rqvae  # noqa: E402
 from tiger_jax import semantic_ids  # noqa: E402
@@ -44,15 +44,6 @@ def _overrides(text: str) -> dict:
     except (ValueError, SyntaxError):
       out[key.strip()] = value.strip()
   return out
-
-
-def _git_rev() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.abspath(__file__)), check=False
-                          ).stdout.strip() or "unknown"
-  except OSError:
-    return "unknown"
 
 
 def epoch_loop_kernels(x: np.ndarray, cfg: rqvae.RQVAEConfig, epochs: int, top: int) -> dict:
@@ -104,7 +95,7 @@ def main() -> None:
   os.makedirs(args.out_dir, exist_ok=True)
   meta = {
       "command": " ".join(sys.argv), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "git_revision": _git_rev(), "host": platform.node(), "python": platform.python_version(),
+      "git_revision": _common.git_revision(), "host": platform.node(), "python": platform.python_version(),
       "jax": jax.__version__, "backend": jax.default_backend(),
       "devices": [d.device_kind for d in jax.devices()], "num_items": int(x.shape[0]),
       "input_dim": int(x.shape[1]),

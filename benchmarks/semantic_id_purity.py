@@ -19,13 +19,13 @@ import gzip
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
 
 import numpy as np  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from tiger_jax import semantic_ids as sid  # noqa: E402
 
 
@@ -64,14 +64,6 @@ def second_level_categories(items_path: str, asins) -> list[str]:
     brand_first = len(p) > 2 and p[1] not in at_2 and p[2] in at_1
     out.append(p[2] if brand_first else p[1] if len(p) > 1 else "(none)")
   return out
-
-
-def _git_rev() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=False).stdout.strip() or "unknown"
-  except OSError:
-    return "unknown"
 
 
 def plot(results: dict, path: str) -> None:
@@ -155,7 +147,7 @@ def main() -> None:
     results[name] = res
   meta = {"command": " ".join(["python"] + sys.argv),
           "date": datetime.datetime.now().isoformat(timespec="seconds"),
-          "git_revision": _git_rev(), "host": platform.node(),
+          "git_revision": _common.git_revision(), "host": platform.node(),
           "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
           "seconds": time.time() - t0, "num_items": len(asins),
           "category_level": "second (path index 1)"}

@@ -25,15 +25,17 @@ batches with a mask for the last partial batch), so the paper's 20k epochs are a
 dispatches.
 
 The Semantic-ID stage (`python -m tiger_jax.semantic_ids`) trains this model and turns its codes into
-IDs; this module is the model and its trainer only. Only jax, flax, optax and numpy are required.
+IDs; this module is the model and its trainer only. It needs jax, flax, optax, numpy and gin-config.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util  # noqa: F401  (gin-config 0.5.0 needs it imported on Python 3.11)
 import time
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,24 +43,12 @@ import optax
 
 from tiger_jax.embed import check_embeddings
 
-try:  # gin is optional so the GPU benchmark runs with jax/flax/optax/numpy only.
-  import importlib.util  # noqa: F401  gin-config 0.5 needs it before `include` via search paths.
-  import gin
-  configurable = gin.configurable
-except ImportError:  # pragma: no cover
-  gin = None
-
-  def configurable(fn_or_name=None, **unused_kwargs):
-    if callable(fn_or_name):
-      return fn_or_name
-    return lambda fn: fn
-
 Array = jax.Array
 PyTree = Any
 
 
 # ----------------------------------------------------------------------------- configuration
-@configurable
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class RQVAEConfig:
   """Architecture and training schedule; the paper's values are the defaults except epochs."""

@@ -168,7 +168,10 @@ class Recommender:
                      index: Optional[int] = None) -> np.ndarray:
     """[1, input_length] encoder tokens, exactly as the task builds them (user token + 4 tokens per item);
     `index` (a position in a batch) is named in the errors."""
-    history = check_history(history)
+    return self._encode_checked(check_history(history), user, index)
+
+  def _encode_checked(self, history: list[str], user: Optional[str], index: Optional[int]) -> np.ndarray:
+    """encode_history for a history check_history has already returned."""
     unknown = [a for a in history if a not in self._index]
     if unknown:
       where = "" if index is None else f"history {index}: "
@@ -186,7 +189,7 @@ class Recommender:
     """Up to k items (fewer only when exclude_history removes some), best first."""
     history = check_history(history)
     k = check_k(k, self.num_beams)
-    items, scores = self._retriever.retrieve(self.encode_history(history, user))
+    items, scores = self._retriever.retrieve(self._encode_checked(history, user, None))
     return self._top(items[0], scores[0], k, set(history) if exclude_history else set())
 
   def recommend_batch(self, histories: Sequence[Sequence[str]], users: Optional[Sequence[Optional[str]]] = None,
@@ -208,7 +211,7 @@ class Recommender:
     k = check_k(k, self.num_beams)
     if not histories:
       return []
-    tokens = np.concatenate([self.encode_history(h, u, index=i) for i, (h, u) in enumerate(zip(histories, users))])
+    tokens = np.concatenate([self._encode_checked(h, u, i) for i, (h, u) in enumerate(zip(histories, users))])
     if self._batch_retriever is None:
       self._batch_retriever = self._make_batch_retriever()
     items, scores = self._batch_retriever.retrieve(tokens)

@@ -242,3 +242,5 @@ def test_a_few_histories_decode_in_a_few_rows_and_rank_as_full_batches(recommend
   assert [retrievers[True].batch_rows(n) for n in (1, 2, 3, 5, 33, 64, 100)] == [1, 2, 4, 8, 64, 64, 64]
   recommender.recommend_batch(histories[:1])
   assert recommender._batch_retriever.shrink_last_batch
+  # Both retrievers read one device copy of the catalogue trie.
+  assert recommender._batch_retriever.trie.next_state is recommender._retriever.trie.next_state

@@ -136,7 +136,7 @@ class Recommender:
     self.tables, self.layout, self.max_history, self.num_beams = tables, layout, max_history, num_beams
     self.input_length = input_length or 1 + max_history * layout.num_levels
     self._index = {a: i for i, a in enumerate(tables.asins.tolist())}
-    trie = tables.trie(layout)
+    trie = tables.trie(layout).to_device()  # once: both retrievers then hold this one device table
     self._retriever = eval_lib.Retriever(model, params, trie, num_beams, constrain,
                                          batch_size=1, length_buckets=None, program_cache=program_cache)
     # Built on first use; it pads each batch to the shortest of eval's length buckets that holds it, and a

@@ -246,7 +246,9 @@ def test_bfloat16_products_keep_codebooks_and_losses_in_float32():
   # Encoder and decoder layers multiply in bfloat16; the 3 codeword distances stay float32.
   assert [e.outvars[0].aval.dtype for e in products].count(jnp.bfloat16) == 2 * len(TINY.hidden_dims) + 2
   assert [e.outvars[0].aval.dtype for e in products].count(jnp.float32) == TINY.num_levels
-  with pytest.raises(ValueError, match="compute_dtype must be 'float32' or 'bfloat16', got 'float16'"):
-    rqvae.make_model(12, dataclasses.replace(TINY, compute_dtype="float16"))
+  with pytest.raises(ValueError, match=r"RQVAEConfig.compute_dtype must be one of .*, got 'float16'"):
+    dataclasses.replace(TINY, compute_dtype="float16")
+  with pytest.raises(ValueError, match=r"RQVAEConfig.loss_reduction must be one of .*, got 'max'"):
+    dataclasses.replace(TINY, loss_reduction="max")
   # float32 (the default) is left out of the stored config, so older artifacts keep their input hash.
   assert "compute_dtype" not in TINY.to_dict() and cfg.to_dict()["compute_dtype"] == "bfloat16"

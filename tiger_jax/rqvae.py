@@ -79,6 +79,9 @@ class RQVAEConfig:
 
   def __post_init__(self):
     object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
+    for field, allowed in _CHOICES.items():  # when the config is made (e.g. from gin), not at training
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"RQVAEConfig.{field} must be one of {allowed}, got {getattr(self, field)!r}")
 
   def to_dict(self) -> dict:
     """The fields as JSON; compute_dtype only when not float32, so Semantic IDs made before the
@@ -88,6 +91,9 @@ class RQVAEConfig:
     if d["compute_dtype"] == "float32":
       del d["compute_dtype"]
     return d
+
+
+_CHOICES = {"compute_dtype": ("float32", "bfloat16"), "loss_reduction": ("sum", "mean")}
 
 
 # ----------------------------------------------------------------------------- model
@@ -168,8 +174,6 @@ class RQVAE(nn.Module):
 
 
 def make_model(input_dim: int, cfg: RQVAEConfig) -> RQVAE:
-  if cfg.compute_dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"RQVAEConfig.compute_dtype must be 'float32' or 'bfloat16', got {cfg.compute_dtype!r}")
   return RQVAE(input_dim=input_dim, hidden_dims=cfg.hidden_dims, latent_dim=cfg.latent_dim,
                num_levels=cfg.num_levels, codebook_size=cfg.codebook_size,
                compute_dtype=jnp.dtype(cfg.compute_dtype))
@@ -264,9 +268,6 @@ class Trainer:
       raise ValueError(f"RQVAEConfig.batch_size {cfg.batch_size} is smaller than codebook_size "
                        f"{cfg.codebook_size}: k-means on the first batch needs a point per "
                        "codeword")
-    if cfg.loss_reduction not in ("sum", "mean"):
-      raise ValueError(f"RQVAEConfig.loss_reduction must be 'sum' or 'mean', "
-                       f"got {cfg.loss_reduction!r}")
     self.steps_per_epoch = -(-num_items // self.batch_size)
     donate = () if jax.default_backend() == "cpu" else (0, 1)  # CPU cannot donate; avoid warnings.
     # The compiled loop of `num_epochs` epochs: (params, opt_state, x, rng, num_epochs) -> (params, opt_state,

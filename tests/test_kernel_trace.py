@@ -45,7 +45,9 @@ def test_rqvae_epoch_loop_runs_and_a_cpu_trace_reports_why_it_has_no_kernels():
   from benchmarks import rqvae_speed
   from tiger_jax import rqvae
   x = np.random.default_rng(0).standard_normal((40, 12)).astype(np.float32)
-  cfg = rqvae.RQVAEConfig(hidden_dims=(8,), latent_dim=4, codebook_size=4, batch_size=16, kmeans_iters=2)
-  out = rqvae_speed.epoch_loop_kernels(x, cfg, epochs=2, top=3)
-  assert out["epochs"] == 2 and out["steps"] == 2 * 3
+  cfg = rqvae.RQVAEConfig(hidden_dims=(8,), latent_dim=4, codebook_size=4, batch_size=16, kmeans_iters=2,
+                          num_epochs=2, dead_code_reset_every=2)
+  trained = rqvae.train_rqvae(x, cfg)
+  out = rqvae_speed.epoch_loop_kernels(trained["trainer"], x, trained["params"], dispatches=2, top=3)
+  assert out["epochs"] == 2 * 2 and out["steps"] == 2 * 2 * 3
   assert "trace_error" in out or out["kernels_per_step"] > 0

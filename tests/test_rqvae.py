@@ -252,3 +252,16 @@ def test_bfloat16_products_keep_codebooks_and_losses_in_float32():
     dataclasses.replace(TINY, loss_reduction="max")
   # float32 (the default) is left out of the stored config, so older artifacts keep their input hash.
   assert "compute_dtype" not in TINY.to_dict() and cfg.to_dict()["compute_dtype"] == "bfloat16"
+
+
+def test_returned_trainer_runs_more_dispatches_without_compiling_again():
+  cfg = dataclasses.replace(TINY, num_epochs=4, epochs_per_dispatch=5, dead_code_reset_every=2)
+  out = rqvae.train_rqvae(_data(), cfg)
+  trainer = out["trainer"]
+  assert trainer.dispatch_epochs == 2  # cut to the reset period
+  assert rqvae.Trainer(12, 300, dataclasses.replace(cfg, dead_code_reset_every=0)).dispatch_epochs == 5
+  params = jax.device_put(out["params"])
+  before = trainer.run_epochs._cache_size()
+  trainer.run_epochs(params, trainer.tx.init(params), jnp.array(_data()), jax.random.PRNGKey(3),
+                     trainer.dispatch_epochs)
+  assert trainer.run_epochs._cache_size() == before == 1  # the training's own program

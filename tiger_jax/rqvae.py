@@ -353,6 +353,13 @@ class Trainer:
     return params, jnp.stack(num_dead)
 
   # -- public
+  @property
+  def dispatch_epochs(self) -> int:
+    """Epochs per compiled dispatch: `epochs_per_dispatch`, cut to the dead-code reset period."""
+    if self.cfg.dead_code_reset_every > 0:
+      return min(self.cfg.epochs_per_dispatch, self.cfg.dead_code_reset_every)
+    return self.cfg.epochs_per_dispatch
+
   def evaluate(self, params, x) -> tuple[np.ndarray, dict]:
     codes, losses = self._evaluate(params, x)
     return np.asarray(codes), {k: float(v) for k, v in losses.items()}
@@ -365,9 +372,7 @@ class Trainer:
     usage: list[list[float]] = []
     dispatches: list[tuple[int, float]] = []  # (epochs, seconds) per dispatch, host sync included
     reset_until = int(cfg.dead_code_reset_until * num_epochs)
-    period = cfg.epochs_per_dispatch
-    if cfg.dead_code_reset_every > 0:
-      period = min(period, cfg.dead_code_reset_every)
+    period = self.dispatch_epochs
     done = 0
     t0 = time.time()
     while done < num_epochs:
@@ -419,7 +424,8 @@ def train_rqvae(embeddings: np.ndarray, cfg: Optional[RQVAEConfig] = None,
   """Trains on all items and returns params, codes [N, L] and statistics.
 
   Returned dict: `params`, `codes3` (np.int32 [N, num_levels]), `stats` (losses, usage,
-  timings, k-means-init usage, dead-code resets), `history` ([epochs, 3]: loss, recon, rq).
+  timings, k-means-init usage, dead-code resets), `history` ([epochs, 3]: loss, recon, rq), `trainer` (its
+  compiled programs, for running or profiling more epochs without compiling them again).
   """
   cfg = cfg or RQVAEConfig()
   x_np = validate_embeddings(embeddings, cfg.codebook_size)
@@ -452,7 +458,7 @@ def train_rqvae(embeddings: np.ndarray, cfg: Optional[RQVAEConfig] = None,
       "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
   }
   return {"params": jax.device_get(state.params), "codes3": codes.astype(np.int32),
-          "stats": stats, "history": info["history"]}
+          "stats": stats, "history": info["history"], "trainer": trainer}
 
 
 def assign_codes(params: PyTree, embeddings: np.ndarray, cfg: RQVAEConfig,

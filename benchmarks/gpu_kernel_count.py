@@ -117,18 +117,10 @@ def train_loop_hlo(device, variant: str, length: int, model_gin: str, bindings: 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import profile_step  # pylint: disable=g-import-not-at-top
-  from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
   from tiger_jax import partitioning  # pylint: disable=g-import-not-at-top
   from tiger_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   from tiger_jax import utils  # pylint: disable=g-import-not-at-top
-  dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = profile_step.VARIANTS[variant]
-  jax.config.update("jax_default_prng_impl", prng_impl)
-  model = train_speed.make_model(model_gin, dtype, dropout, one_hot,
-                                 bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'",
-                                           *profile_step.DEFAULT_BINDINGS,
-                                           *profile_step.VARIANT_BINDINGS.get(variant, []), *bindings])
-  lr_fn = utils.create_learning_rate_scheduler()
-  tx = utils.adafactor(lr_fn, group_same_shapes=grouped)
+  model, tx, lr_fn = profile_step.variant_model(variant, model_gin, bindings)
   widths = {f: 81 if f == utils.ENCODER_INPUT else 5 for f in utils.MODEL_FEATURES}
   params = jax.eval_shape(lambda: model.get_initial_variables(
       jax.random.PRNGKey(0), {f: (1, w) for f, w in widths.items()})["params"])

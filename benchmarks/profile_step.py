@@ -53,16 +53,22 @@ VARIANT_BINDINGS = {
 }
 
 
-def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
-                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
+def variant_model(name: str, model_gin: str, bindings=()):
+  """(model, optimizer, learning-rate schedule) of variant `name`, with its PRNG implementation set for the
+  process (the caller sets "threefry2x32" back when done); `bindings` come after the variant's own."""
   dtype, one_hot, prng_impl, dropout, grouped, dropout_impl = VARIANTS[name]
   jax.config.update("jax_default_prng_impl", prng_impl)
   model = train_speed.make_model(model_gin, dtype, dropout, one_hot,
                                  bindings=[f"network.T5Config.dropout_impl = '{dropout_impl}'",
-                                           *DEFAULT_BINDINGS, *VARIANT_BINDINGS.get(name, [])])
-  partitioner = partitioning.PjitPartitioner()
+                                           *DEFAULT_BINDINGS, *VARIANT_BINDINGS.get(name, []), *bindings])
   lr_fn = utils.create_learning_rate_scheduler()
-  tx = utils.adafactor(lr_fn, group_same_shapes=grouped)
+  return model, utils.adafactor(lr_fn, group_same_shapes=grouped), lr_fn
+
+
+def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
+                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
+  model, tx, lr_fn = variant_model(name, model_gin)
+  partitioner = partitioning.PjitPartitioner()
   feats = {f: arrays[f] for f in utils.MODEL_FEATURES}
   data = partitioner.replicate(feats)
   shapes = {f: (1, feats[f].shape[1]) for f in utils.MODEL_FEATURES}

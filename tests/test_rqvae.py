@@ -265,3 +265,16 @@ def test_returned_trainer_runs_more_dispatches_without_compiling_again():
   trainer.run_epochs(params, trainer.tx.init(params), jnp.array(_data()), jax.random.PRNGKey(3),
                      trainer.dispatch_epochs)
   assert trainer.run_epochs._cache_size() == before == 1  # the training's own program
+
+
+def test_one_off_programs_take_their_own_compiler_options_and_the_epoch_loop_does_not(monkeypatch):
+  x, key = jnp.array(_data()), jax.random.PRNGKey(0)
+  params = rqvae.Trainer(12, 200, TINY).init(x, key).params
+  # An option XLA rejects shows which programs are built with the one-off options.
+  monkeypatch.setattr(rqvae, "ONE_OFF_COMPILER_OPTIONS", {"xla_no_such_option": True})
+  trainer = rqvae.Trainer(12, 200, TINY)
+  for program in (lambda: trainer.init(x, key), lambda: trainer.evaluate(params, x),
+                  lambda: trainer._reset(params, x, key), lambda: rqvae.assign_codes(params, _data(), TINY)):
+    with pytest.raises(Exception, match="xla_no_such_option"):
+      program()
+  trainer.run_epochs(params, trainer.tx.init(params), x, key, 1)  # the epoch loop compiles without them

@@ -253,6 +253,18 @@ def validate_embeddings(x: np.ndarray, codebook_size: int, name: str = "embeddin
   return x
 
 
+# XLA options of `one_off_jit`'s programs.
+ONE_OFF_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def one_off_jit(fn: Callable, **kwargs) -> Callable:
+  """`jax.jit` for programs that run a few times per training (k-means initialisation, evaluation, dead-code
+  resets, code assignment): their matrix products are cuBLAS calls. On a GPU, XLA would otherwise time Triton
+  candidates for each product while compiling, seconds of compile for microseconds of run time; the epoch
+  loop, which runs 240k steps, keeps the autotuned kernels. Other backends ignore the option."""
+  return jax.jit(fn, compiler_options=ONE_OFF_COMPILER_OPTIONS, **kwargs)
+
+
 class Trainer:
   """Owns the model, optimiser and the jitted multi-epoch step; used by `train_rqvae`."""
 
@@ -273,9 +285,9 @@ class Trainer:
     # The compiled loop of `num_epochs` epochs: (params, opt_state, x, rng, num_epochs) -> (params, opt_state,
     # per-epoch metrics); params and opt_state are donated on accelerators.
     self.run_epochs = jax.jit(self._run_epochs, static_argnums=(4,), donate_argnums=donate)
-    self._init = jax.jit(self._init_impl)
-    self._evaluate = jax.jit(self._evaluate_impl)
-    self._reset = jax.jit(self._reset_dead_codes)
+    self._init = one_off_jit(self._init_impl)
+    self._evaluate = one_off_jit(self._evaluate_impl)
+    self._reset = one_off_jit(self._reset_dead_codes)
 
   # -- pieces
   def init(self, x: Array, rng: Array) -> TrainState:
@@ -469,6 +481,6 @@ def assign_codes(params: PyTree, embeddings: np.ndarray, cfg: RQVAEConfig,
   """
   x = check_embeddings(embeddings, "assign_codes(embeddings)")
   model = make_model(x.shape[1], cfg)
-  encode = jax.jit(lambda p, xb: model.apply(p, xb)["codes"])
+  encode = one_off_jit(lambda p, xb: model.apply(p, xb)["codes"])
   return np.concatenate([np.asarray(encode(params, x[i:i + batch_size]))
                          for i in range(0, len(x), batch_size)]).astype(np.int32)

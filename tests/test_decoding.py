@@ -183,6 +183,27 @@ def test_any_ids_of_one_catalogue_give_the_same_compiled_decoder():
   for trie, catalogue in zip(tries, (first, second)):
     items = np.asarray(decode(trie.to_device()))
     assert (items >= 0).all() and (trie.lookup(catalogue[items]) == items).all()
+  assert decode._cache_size() == 1  # the second IDs were not traced again
+
+
+def test_other_ids_of_one_catalogue_load_the_stored_beam_search(tmp_path):
+  """The traced-program cache keys on the trie's pytree structure: it holds nothing that depends on the IDs,
+  so a second set of IDs (another RQ-VAE run) loads the first one's traced decoder and decodes its own items."""
+  from tiger_jax import program_cache  # pylint: disable=g-import-not-at-top
+  table = make_table(2, seed=1)
+  catalogues = [random_catalogue(30, seed=5), random_catalogue(30, seed=8)]
+  tries = [decoding.SemanticIdTrie.from_codes(c, codebook_size=CB).to_device() for c in catalogues]
+  assert jax.tree_util.tree_structure(tries[0]) == jax.tree_util.tree_structure(tries[1])
+  fn = lambda trie: (run_beam(table, trie, batch=2, num_decodes=5, constrain=True).items,)
+  loaded = []
+  for trie, catalogue in zip(tries, catalogues):
+    run, from_disk = program_cache.ProgramCache(str(tmp_path), "A = 1").compile_function(fn, (trie,), ("beam",))
+    loaded.append(from_disk)
+    items = np.asarray(run(trie)[0])
+    np.testing.assert_array_equal(items, np.asarray(fn(trie)[0]))
+    host = decoding.SemanticIdTrie.from_codes(catalogue, codebook_size=CB)
+    assert (items >= 0).all() and (host.lookup(catalogue[items]) == items).all()
+  assert loaded == [False, True]
 
 
 def test_trie_rejects_bad_codes():

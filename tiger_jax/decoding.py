@@ -101,14 +101,14 @@ class SemanticIdTrie:
   `num_items` items can have, and unused rows hold -1. So the table's shape and `level_offsets`
   depend on the catalogue's size alone: every set of Semantic IDs for one catalogue (another
   RQ-VAE seed, LSH or random IDs) gives the same compiled decoder, which a persistent compilation
-  cache then serves without compiling. `num_states` counts the states the IDs use.
+  cache then serves without compiling. Nothing that depends on the IDs is static pytree data (which
+  jit and the traced-program cache key on): `num_states`, the states the IDs use, is read off the table.
 
   Memory is 4 * codebook_size bytes per row (about 25 MB for 12k items): dense rows make each
   decoding step one gather instead of a search.
   """
   next_state: Union[np.ndarray, Array]  # [sum of the levels' room, codebook_size] int32
   level_offsets: Tuple[int, ...] = flax.struct.field(pytree_node=False)
-  num_states: Tuple[int, ...] = flax.struct.field(pytree_node=False)
   codebook_size: int = flax.struct.field(pytree_node=False)
   num_items: int = flax.struct.field(pytree_node=False)
 
@@ -133,13 +133,11 @@ class SemanticIdTrie:
       raise ValueError(f'SemanticIdTrie.from_codes: {num_levels} levels of {codebook_size} codes '
                        'overflow the int64 prefix keys')
     prefix_ids = [np.zeros(num_items, np.int64)]
-    num_states = [1]
     key = np.zeros(num_items, np.int64)
     for level in range(1, num_levels):
       key = key * codebook_size + codes[:, level - 1]
-      uniq, inverse = np.unique(key, return_inverse=True)
+      _, inverse = np.unique(key, return_inverse=True)
       prefix_ids.append(inverse.reshape(-1))
-      num_states.append(len(uniq))
     full_key = key * codebook_size + codes[:, num_levels - 1]
     uniq_full, counts = np.unique(full_key, return_counts=True)
     if len(uniq_full) != num_items:
@@ -159,12 +157,21 @@ class SemanticIdTrie:
         target = np.arange(num_items)
       table[rows, codes[:, level]] = target
     return cls(next_state=table, level_offsets=tuple(int(x) for x in offsets[:-1]),
-               num_states=tuple(num_states), codebook_size=int(codebook_size),
+               codebook_size=int(codebook_size),
                num_items=int(num_items))
 
   @property
   def num_levels(self) -> int:
-    return len(self.num_states)
+    return len(self.level_offsets)
+
+  @property
+  def num_states(self) -> Tuple[int, ...]:
+    """Distinct prefixes the IDs use per level (the root counts one): the leading rows of each level's room
+    that lead anywhere, since states are numbered from 0 and every prefix of an item has a child."""
+    table = np.asarray(self.next_state)
+    bounds = list(self.level_offsets) + [table.shape[0]]
+    used = [int(np.any(table[a:b] >= 0, axis=1).sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+    return (1, *used[1:])
 
   def level_table(self, level: int):
     """`next_state[level]` of the design: [num_prefixes_level, codebook_size]."""

@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import datetime
 import json
 import os
-import platform
-import sys
 import time
 
 
@@ -39,6 +36,8 @@ from tiger_jax import semantic_ids  # noqa: E402
 def _overrides(text: str) -> dict:
   out = {}
   for item in filter(None, text.split(",")):
+    if "=" not in item:
+      raise SystemExit(f"rqvae_speed: {item!r} in --set or --variant is not key=value")
     key, value = item.split("=", 1)
     try:
       out[key.strip()] = ast.literal_eval(value.strip())
@@ -84,7 +83,7 @@ def main() -> None:
   p.add_argument("--out_dir", required=True)
   p.add_argument("--variant", action="append", default=[],
                  help="NAME[:key=value,...] RQVAEConfig overrides; repeatable (default: paper)")
-  p.add_argument("--set", default="", help="key=value,... overrides for every variant")
+  p.add_argument("--set", action="append", default=[], help="key=value,... overrides for every variant; repeatable")
   p.add_argument("--trace_dispatches", type=int, default=0,
                  help="after each variant, profile this many further dispatches of its compiled epoch loop "
                       "(100 epochs each in the paper config): kernels and device ms per step")
@@ -98,15 +97,9 @@ def main() -> None:
     else:
       asins = [line.strip() for line in f if line.strip()]
   os.makedirs(args.out_dir, exist_ok=True)
-  meta = {
-      "command": " ".join(sys.argv), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "git_revision": _common.git_revision(), "host": platform.node(), "python": platform.python_version(),
-      "jax": jax.__version__, "backend": jax.default_backend(),
-      "devices": [d.device_kind for d in jax.devices()], "num_items": int(x.shape[0]),
-      "input_dim": int(x.shape[1]),
-  }
+  meta = _common.run_metadata(num_items=int(x.shape[0]), input_dim=int(x.shape[1]))
   print(json.dumps(meta), flush=True)
-  shared = _overrides(args.set)
+  shared = _overrides(",".join(args.set))
   summary = {"meta": meta, "variants": {}}
   for spec in args.variant or ["paper"]:
     name, _, over = spec.partition(":")

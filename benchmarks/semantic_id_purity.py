@@ -14,12 +14,9 @@ IDs are built on the fly with --seed. Writes NAME.json, NAME.png and NAME.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import json
 import os
-import platform
-import sys
 import time
 
 
@@ -145,12 +142,8 @@ def main() -> None:
     if "config" in s.stats:
       res["id_stats"]["config"] = s.stats["config"]
     results[name] = res
-  meta = {"command": " ".join(["python"] + sys.argv),
-          "date": datetime.datetime.now().isoformat(timespec="seconds"),
-          "git_revision": _common.git_revision(), "host": platform.node(),
-          "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-          "seconds": time.time() - t0, "num_items": len(asins),
-          "category_level": "second (path index 1)"}
+  meta = _common.run_metadata(seconds=time.time() - t0, num_items=len(asins),
+                              category_level="second (path index 1)")
   os.makedirs(args.out_dir, exist_ok=True)
   base = os.path.join(args.out_dir, args.name)
   with open(base + ".json", "w") as f:

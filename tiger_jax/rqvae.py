@@ -261,7 +261,7 @@ def one_off_jit(fn: Callable, **kwargs) -> Callable:
   """`jax.jit` for programs that run a few times per training (k-means initialisation, evaluation, dead-code
   resets, code assignment): their matrix products are cuBLAS calls. On a GPU, XLA would otherwise time Triton
   candidates for each product while compiling, seconds of compile for microseconds of run time; the epoch
-  loop, which runs 240k steps, keeps the autotuned kernels. Other backends ignore the option."""
+  loop, which runs every training step, keeps the autotuned kernels. Other backends ignore the option."""
   return jax.jit(fn, compiler_options=ONE_OFF_COMPILER_OPTIONS, **kwargs)
 
 

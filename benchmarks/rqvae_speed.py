@@ -33,9 +33,20 @@ from tiger_jax import rqvae  # noqa: E402
 from tiger_jax import semantic_ids  # noqa: E402
 
 
+def _items(text: str) -> list[str]:
+  """`text` split at the commas outside brackets, so `hidden_dims=(512,256),beta=0.5` is two items."""
+  items, depth, start = [], 0, 0
+  for i, ch in enumerate(text):
+    depth += (ch in "([{") - (ch in ")]}")
+    if ch == "," and depth == 0:
+      items.append(text[start:i])
+      start = i + 1
+  return [item for item in items + [text[start:]] if item.strip()]
+
+
 def _overrides(text: str) -> dict:
   out = {}
-  for item in filter(None, text.split(",")):
+  for item in _items(text):
     if "=" not in item:
       raise SystemExit(f"rqvae_speed: {item!r} in --set or --variant is not key=value")
     key, value = item.split("=", 1)

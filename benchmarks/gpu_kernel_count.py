@@ -147,7 +147,7 @@ def rqvae_loop_hlo(device, overrides: dict, num_items: int = 12101, input_dim: i
   x = jax.ShapeDtypeStruct((num_items, input_dim), jnp.float32)
   params = jax.eval_shape(trainer._init_impl, x, jax.eval_shape(lambda: jax.random.PRNGKey(0)))  # pylint: disable=protected-access
   on = SingleDeviceSharding(device)
-  lowered = jax.jit(trainer._run_epochs, static_argnums=(4,)).lower(  # pylint: disable=protected-access
+  lowered = trainer.run_epochs.lower(
       _shapes(params, on), _shapes(jax.eval_shape(trainer.tx.init, params), on), _shapes(x, on),
       _shapes(jax.eval_shape(lambda: jax.random.PRNGKey(1)), on), 1)
   return lowered.compile(COMPILER_OPTIONS).as_text()

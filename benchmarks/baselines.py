@@ -17,38 +17,20 @@ device kind, jax version, date and git revision.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 
 
-import jax  # noqa: E402
+import jax  # noqa: E402,F401  (imported before run_metadata, which then reports the devices)
 
+from benchmarks import _common  # noqa: E402
 from tiger_jax import gin_utils  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 from tiger_jax.baselines import evaluation  # noqa: E402
 from tiger_jax.baselines import popularity  # noqa: E402
 from tiger_jax.baselines import sasrec  # noqa: E402
 from tiger_jax.baselines import sequences  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def git_revision() -> dict:
-  """HEAD and whether the tree had uncommitted changes; 'unknown' where there is no git checkout."""
-  def git(*args):
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-  try:
-    head = git("rev-parse", "HEAD")
-    if head.returncode != 0:
-      raise OSError(head.stderr)
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
-    return {"git_revision": head.stdout.strip(), "git_dirty": dirty}
-  except (OSError, subprocess.SubprocessError):
-    return {"git_revision": os.environ.get("TIGER_GIT_REVISION", "unknown"), "git_dirty": None}
 
 
 def extra_flags(parser: argparse.ArgumentParser) -> None:
@@ -86,11 +68,8 @@ def main(argv=None) -> dict:
   os.makedirs(flags.out_dir, exist_ok=True)
   dataset = sequences.load_dataset(flags.data_dir)
   name = dataset.name
-  report = {"note": flags.note, "date": datetime.datetime.now().isoformat(timespec="seconds"), **git_revision(),
-            "host": platform.node(), "device_kind": jax.devices()[0].device_kind,
-            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-            "command": " ".join([os.path.basename(sys.executable), "benchmarks/baselines.py"]
-                                + list(sys.argv[1:] if argv is None else argv)),
+  argv = sys.argv[1:] if argv is None else list(argv)
+  report = {"note": flags.note, **_common.run_metadata([os.path.abspath(__file__), *argv]),
             "data_dir": flags.data_dir, "dataset": dataset.stats()}
   start = time.time()
   report["popularity"] = popularity.evaluate(dataset)

@@ -19,12 +19,9 @@ cores were busy); projecting them once per user runs 112 users/s (69 when busy).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import os
-import platform
-import sys
 import time
 
 
@@ -33,6 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from tiger_jax import vocab  # noqa: E402
 from tiger_jax import decoding, network  # noqa: E402
 
@@ -120,10 +118,7 @@ def main() -> None:
     return jnp.sum(encoded.astype(jnp.float32), axis=(1, 2))
 
   meta = {
-      'command': ' '.join(sys.argv), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-      'host': platform.node(), 'python': platform.python_version(), 'jax': jax.__version__,
-      'flax': flax.__version__, 'backend': jax.default_backend(),
-      'devices': [d.device_kind for d in jax.devices()], 'num_users': args.num_users,
+      **_common.run_metadata(), 'flax': flax.__version__, 'num_users': args.num_users,
       'num_items': args.num_items, 'input_length': args.input_length,
       'num_beams': args.num_beams, 'batch_size': args.batch_size, 'num_batches': num_batches,
       'dtype': args.dtype, 'score_eos': args.score_eos, 'params': network.count_params(params),

@@ -23,12 +23,10 @@ Writes train_speed.json (and prints a summary) under --out_dir.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gzip
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -39,6 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks import _common  # noqa: E402
 from tiger_jax import gin_utils  # noqa: E402
 from tiger_jax import partitioning  # noqa: E402
 from tiger_jax import train as train_lib  # noqa: E402
@@ -296,9 +295,7 @@ def main() -> None:
     jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   buckets = [int(b) for b in args.buckets.split(",") if b]
-  report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-            "devices": [str(d) for d in jax.devices()], "device_kind": jax.devices()[0].device_kind,
-            "jax": jax.__version__, "args": vars(args)}
+  report = {**_common.run_metadata(), "devices": [str(d) for d in jax.devices()], "args": vars(args)}
 
   tmp_cache = None
   cache_root = args.cache_dir

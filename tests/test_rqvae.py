@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tiger_jax import compilation
 from tiger_jax import rqvae
 from tiger_jax import semantic_ids as sid
 
@@ -278,3 +279,13 @@ def test_one_off_programs_take_their_own_compiler_options_and_the_epoch_loop_doe
     with pytest.raises(Exception, match="xla_no_such_option"):
       program()
   trainer.run_epochs(params, trainer.tx.init(params), x, key, 1)  # the epoch loop compiles without them
+
+
+def test_the_epoch_loop_takes_the_device_loop_compiler_options(monkeypatch):
+  x, key = jnp.array(_data()), jax.random.PRNGKey(0)
+  params = rqvae.Trainer(12, 200, TINY).init(x, key).params
+  monkeypatch.setattr(compilation, "DEVICE_LOOP_COMPILER_OPTIONS", {"xla_no_such_loop_option": True})
+  trainer = rqvae.Trainer(12, 200, TINY)
+  with pytest.raises(Exception, match="xla_no_such_loop_option"):
+    trainer.run_epochs(params, trainer.tx.init(params), x, key, 1)
+  trainer.evaluate(params, x)  # the one-off programs compile without them

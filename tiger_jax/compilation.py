@@ -22,6 +22,14 @@ import os
 import sys
 from typing import Mapping, Optional
 
+# XLA options of a program that loops over many small steps on the device (the RQ-VAE's epochs): the whole
+# loop, while loops included, becomes one CUDA graph, and the graph launches the kernels that do not depend on
+# each other side by side instead of one after another. Backends without CUDA graphs ignore them.
+DEVICE_LOOP_COMPILER_OPTIONS = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL",
+    "xla_gpu_graph_min_graph_size": 1,
+    "xla_gpu_command_buffer_scheduling_mode": "CONCURRENT",
+}
 ENV_VAR = "TIGER_COMPILATION_CACHE_DIR"
 JAX_ENV_VAR = "JAX_COMPILATION_CACHE_DIR"
 OFF_VALUES = ("off", "none", "0", "false", "no")

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tiger_jax import compilation
 from tiger_jax.embed import check_embeddings
 
 Array = jax.Array
@@ -284,7 +285,8 @@ class Trainer:
     donate = () if jax.default_backend() == "cpu" else (0, 1)  # CPU cannot donate; avoid warnings.
     # The compiled loop of `num_epochs` epochs: (params, opt_state, x, rng, num_epochs) -> (params, opt_state,
     # per-epoch metrics); params and opt_state are donated on accelerators.
-    self.run_epochs = jax.jit(self._run_epochs, static_argnums=(4,), donate_argnums=donate)
+    self.run_epochs = jax.jit(self._run_epochs, static_argnums=(4,), donate_argnums=donate,
+                              compiler_options=compilation.DEVICE_LOOP_COMPILER_OPTIONS)
     self._init = one_off_jit(self._init_impl)
     self._evaluate = one_off_jit(self._evaluate_impl)
     self._reset = one_off_jit(self._reset_dead_codes)

@@ -9,7 +9,8 @@ device kernels by name. Needs jax, flax, optax, numpy and gin-config only (so it
 
 Prints, per variant and length: ms/step, device-busy ms/step (the rest is launch gaps and host
 work), kernels per step and the top kernels; writes profile_step[_TAG].json under --out_dir.
-Set XLA_FLAGS before starting (and --tag) to compare compiler options.
+Set XLA_FLAGS before starting (and --tag) to compare compiler options. `--dispatch_inputs fresh` hands each timed
+dispatch newly transferred index arrays, as train() does, instead of reusing one set.
 """
 from __future__ import annotations
 
@@ -66,7 +67,11 @@ def variant_model(name: str, model_gin: str, bindings=()):
 
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
-                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None) -> dict:
+                    hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None,
+                    fresh_inputs: bool = False) -> dict:
+  """Times (and traces) `name`'s loop per length. `fresh_inputs`: every timed dispatch gets newly transferred
+  index and step-count arrays, as `train()` passes them, instead of the same device arrays each time; a program
+  whose CUDA graphs must follow moved buffers pays for that only in the fresh case."""
   model, tx, lr_fn = variant_model(name, model_gin)
   partitioner = partitioning.PjitPartitioner()
   feats = {f: arrays[f] for f in utils.MODEL_FEATURES}
@@ -82,9 +87,11 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
   order = np.random.default_rng(0).permutation(len(nonpad))
   n = partitioner.replicate(np.asarray(k, np.int32))
   idx_for = {}
+  idx_host = {}
   for length in lengths:
     pool = order[nonpad[order] <= length]
-    idx_for[length] = partitioner.replicate(np.resize(pool, k * 256).reshape(k, 256).astype(np.int32))
+    idx_host[length] = np.resize(pool, k * 256).reshape(k, 256).astype(np.int32)
+    idx_for[length] = partitioner.replicate(idx_host[length])
   # Every length's loop before the first step, as train() compiles them.
   start = time.perf_counter()
   runner.precompile(lengths, lambda length: (partitioner.replicate(init_state), data, idx_for[length], n, rng))
@@ -104,6 +111,8 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
     first_losses = np.asarray(jax.device_get(outs["loss"]), np.float64)
     start = time.perf_counter()
     for _ in range(reps):
+      if fresh_inputs:
+        idx, n = partitioner.replicate(idx_host[length].copy()), partitioner.replicate(np.asarray(k, np.int32))
       state, outs = fn(state, data, idx, n, rng)
     jax.block_until_ready(outs)
     ms = 1000 * (time.perf_counter() - start) / (reps * k)
@@ -149,6 +158,9 @@ def main() -> None:
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--tag", default="")
   p.add_argument("--dump_hlo", action="store_true", help="write each compiled loop's HLO (gzip)")
+  p.add_argument("--dispatch_inputs", choices=("same", "fresh"), default="same",
+                 help="same: the timed dispatches reuse one set of index arrays; fresh: each gets new ones, as "
+                      "in train()")
   args = p.parse_args()
   os.makedirs(args.out_dir, exist_ok=True)
   arrays = train_speed.build_examples_in_memory(args.data_dir)["train"]
@@ -167,7 +179,7 @@ def main() -> None:
       key = name if len(loops) == 1 else f"{name}/{loop}"
       result = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps, args.top,
                                args.model_gin, args.out_dir if args.dump_hlo else None,
-                               loop == "fixed", trace_lengths)
+                               loop == "fixed", trace_lengths, args.dispatch_inputs == "fresh")
       result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
       report["variants"][key] = result
       print(f"\n== {key}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)

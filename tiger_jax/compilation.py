@@ -30,6 +30,7 @@ DEVICE_LOOP_COMPILER_OPTIONS = {
     "xla_gpu_graph_min_graph_size": 1,
     "xla_gpu_command_buffer_scheduling_mode": "CONCURRENT",
 }
+
 ENV_VAR = "TIGER_COMPILATION_CACHE_DIR"
 JAX_ENV_VAR = "JAX_COMPILATION_CACHE_DIR"
 OFF_VALUES = ("off", "none", "0", "false", "no")

@@ -57,6 +57,8 @@ def run_metadata(argv: Optional[Sequence[str]] = None, **extra: Any) -> dict:
   meta = {"command": command_line(argv),
           "date": datetime.datetime.now().isoformat(timespec="seconds"), "git_revision": git_revision()}
   meta.update(device_info())
+  if os.environ.get("XLA_FLAGS"):  # numbers measured under non-default compiler flags say so
+    meta["xla_flags"] = os.environ["XLA_FLAGS"]
   meta.update(extra)
   return meta
 

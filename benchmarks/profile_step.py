@@ -168,7 +168,7 @@ def main() -> None:
   trace_lengths = (None if args.trace_lengths is None
                    else [int(x) for x in args.trace_lengths.split(",") if x])
   mix = bucket_mix(arrays, lengths)
-  report = {**_common.run_metadata(xla_flags=os.environ.get("XLA_FLAGS", "")), "args": vars(args),
+  report = {**_common.run_metadata(), "args": vars(args),
             "bucket_mix": mix, "variants": {}}
   path = os.path.join(args.out_dir, f"profile_step{'_' + args.tag if args.tag else ''}.json")
   loops = [x for x in args.loop.split(",") if x]

@@ -1,6 +1,7 @@
 """What every benchmark stores beside its numbers: the command, date, revision and card."""
 from __future__ import annotations
 
+import ast
 import datetime
 import os
 import platform
@@ -61,6 +62,14 @@ def run_metadata(argv: Optional[Sequence[str]] = None, **extra: Any) -> dict:
     meta["xla_flags"] = os.environ["XLA_FLAGS"]
   meta.update(extra)
   return meta
+
+
+def literal_or_string(text: str) -> Any:
+  """A command-line override's value: a Python literal (64, 0.2, (8, 4), True), else the text itself (a bare word)."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def parse_stages(parser, text: str, known: Sequence[str]) -> list[str]:

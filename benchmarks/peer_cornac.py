@@ -66,7 +66,6 @@ Tiny CPU run (the first 64 users, one epoch; --tiger_gin=FILE and --cornac_arg=d
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime
 import gzip
 import importlib
@@ -427,10 +426,7 @@ def parse_cornac_args(specs: Sequence[str]) -> dict:
     name, sep, value = spec.partition("=")
     if not sep:
       raise ValueError(f"--cornac_arg {spec!r}: expected NAME=VALUE")
-    try:
-      out[name] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[name] = value
+    out[name] = _common.literal_or_string(value)
   return out
 
 

@@ -17,7 +17,6 @@ step, and the top kernels.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import os
@@ -50,10 +49,7 @@ def _overrides(text: str) -> dict:
     if "=" not in item:
       raise SystemExit(f"rqvae_speed: {item!r} in --set or --variant is not key=value")
     key, value = item.split("=", 1)
-    try:
-      out[key.strip()] = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-      out[key.strip()] = value.strip()
+    out[key.strip()] = _common.literal_or_string(value.strip())
   return out
 
 

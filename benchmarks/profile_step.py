@@ -9,8 +9,10 @@ device kernels by name. Needs jax, flax, optax, numpy and gin-config only (so it
 
 Prints, per variant and length: ms/step, device-busy ms/step (the rest is launch gaps and host
 work), kernels per step and the top kernels; writes profile_step[_TAG].json under --out_dir.
-Set XLA_FLAGS before starting (and --tag) to compare compiler options. `--dispatch_inputs fresh` hands each timed
-dispatch newly transferred index arrays, as train() does, instead of reusing one set.
+The loops compile with the trainer's options (one CUDA graph per loop, its independent kernels side by side;
+compilation.DEVICE_LOOP_COMPILER_OPTIONS); `--loop_compiler_options xla_default` compiles them with XLA's
+defaults. Set XLA_FLAGS before starting (and --tag) to compare other compiler flags. `--dispatch_inputs fresh`
+hands each timed dispatch newly transferred index arrays, as train() does, instead of reusing one set.
 """
 from __future__ import annotations
 
@@ -68,10 +70,11 @@ def variant_model(name: str, model_gin: str, bindings=()):
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
                     hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None,
-                    fresh_inputs: bool = False) -> dict:
+                    fresh_inputs: bool = False, compiler_options=None) -> dict:
   """Times (and traces) `name`'s loop per length. `fresh_inputs`: every timed dispatch gets newly transferred
   index and step-count arrays, as `train()` passes them, instead of the same device arrays each time; a program
-  whose CUDA graphs must follow moved buffers pays for that only in the fresh case."""
+  whose CUDA graphs must follow moved buffers pays for that only in the fresh case. `compiler_options`: the
+  loops' XLA options (None: the trainer's)."""
   model, tx, lr_fn = variant_model(name, model_gin)
   partitioner = partitioning.PjitPartitioner()
   feats = {f: arrays[f] for f in utils.MODEL_FEATURES}
@@ -82,7 +85,7 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
                 "opt_state": jax.device_get(tx.init(params))}
   rng = partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
   runner = train_lib.StepRunner(model, tx, lr_fn, partitioner, k, resident=True,
-                                fixed_trip_count=fixed_trip_count)
+                                fixed_trip_count=fixed_trip_count, compiler_options=compiler_options)
   nonpad = utils.nonpad_lengths(feats[utils.ENCODER_INPUT])
   order = np.random.default_rng(0).permutation(len(nonpad))
   n = partitioner.replicate(np.asarray(k, np.int32))
@@ -161,6 +164,8 @@ def main() -> None:
   p.add_argument("--dispatch_inputs", choices=("same", "fresh"), default="same",
                  help="same: the timed dispatches reuse one set of index arrays; fresh: each gets new ones, as "
                       "in train()")
+  p.add_argument("--loop_compiler_options", choices=("device_loop", "xla_default"), default="device_loop",
+                 help="device_loop: the trainer's (compilation.DEVICE_LOOP_COMPILER_OPTIONS); xla_default: none")
   args = p.parse_args()
   os.makedirs(args.out_dir, exist_ok=True)
   arrays = train_speed.build_examples_in_memory(args.data_dir)["train"]
@@ -179,7 +184,8 @@ def main() -> None:
       key = name if len(loops) == 1 else f"{name}/{loop}"
       result = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps, args.top,
                                args.model_gin, args.out_dir if args.dump_hlo else None,
-                               loop == "fixed", trace_lengths, args.dispatch_inputs == "fresh")
+                               loop == "fixed", trace_lengths, args.dispatch_inputs == "fresh",
+                               {} if args.loop_compiler_options == "xla_default" else None)
       result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
       report["variants"][key] = result
       print(f"\n== {key}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)

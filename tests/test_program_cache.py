@@ -44,6 +44,18 @@ def test_a_stored_loop_is_loaded_by_a_new_cache_and_computes_the_same(tmp_path):
   assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(expected_state)
 
 
+def test_a_loop_is_compiled_with_the_callers_compiler_options(tmp_path, caplog):
+  x, n = jnp.arange(4.0), jnp.asarray(2.0)
+  cache = program_cache.ProgramCache(str(tmp_path), "A = 1")
+  run, _ = cache.compile(jax.jit(_loop), _state(), (x, n), (17,), compiler_options={"xla_no_such_option": True})
+  assert run is None and "xla_no_such_option" in caplog.text  # falls back to tracing, with a warning
+  run, loaded = cache.compile(jax.jit(_loop), _state(), (x, n), (17,),
+                              compiler_options={"xla_gpu_graph_min_graph_size": 1})
+  assert loaded  # the module stored by the first call; only its compile differs
+  for a, b in zip(jax.tree_util.tree_leaves(run(_state(), x, n)), jax.tree_util.tree_leaves(jax.jit(_loop)(_state(), x, n))):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_outputs_other_than_a_state_and_a_flat_dict_are_not_stored(tmp_path):
   run, loaded = program_cache.ProgramCache(str(tmp_path), "").compile(
       jax.jit(lambda s, x: (s, x * 2)), _state(), (jnp.ones(2),), ())

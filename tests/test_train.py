@@ -24,6 +24,7 @@ import optax
 import pytest
 
 from tiger_jax import checkpoints
+from tiger_jax import compilation
 from tiger_jax import model_dir_lock
 from tiger_jax import models
 from tiger_jax import network
@@ -289,6 +290,33 @@ def test_fixed_trip_count_loop_runs_the_same_steps_as_the_run_time_loop(cache_di
     np.testing.assert_array_equal(outs[True, n][0], outs[False, n][0])
     jax.tree_util.tree_map(np.testing.assert_array_equal, outs[True, n][1], outs[False, n][1])
   assert not np.array_equal(outs[True, 3][0][:2], np.zeros(2))
+
+
+@pytest.mark.parametrize("traced_cache", [False, True])
+def test_the_training_loops_are_compiled_with_the_device_loop_options(cache_dir, tmp_path, monkeypatch, caplog,
+                                                                      traced_cache):
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  partitioner = partitioning.PjitPartitioner()
+  lr_fn = utils.create_learning_rate_scheduler()
+  tx = utils.adafactor(lr_fn)
+  arrays = utils.get_dataset_arrays(_cfg(cache_dir), utils.MODEL_FEATURES)
+  params = model.get_initial_variables(jax.random.PRNGKey(0), {f: (1, a.shape[1]) for f, a in arrays.items()})
+  state = {"step": np.zeros((), np.int32), "params": params["params"], "opt_state": tx.init(params["params"])}
+  args = (partitioner.replicate(arrays), partitioner.replicate(np.zeros((2, 8), np.int32)),
+          partitioner.replicate(np.asarray(2, np.int32)), partitioner.replicate(np.asarray(jax.random.PRNGKey(1))))
+  # An option XLA rejects shows that the loop's compile (from a stored module too) is given these options.
+  monkeypatch.setattr(compilation, "DEVICE_LOOP_COMPILER_OPTIONS", {"xla_no_such_loop_option": True})
+  cache = program_cache.ProgramCache(str(tmp_path), "A = 1") if traced_cache else None
+  runner = train.StepRunner(model, tx, lr_fn, partitioner, 2, resident=True, program_cache=cache)
+  with pytest.raises(Exception, match="xla_no_such_loop_option"):
+    runner.get(17, state, *args)
+  default_xla = train.StepRunner(model, tx, lr_fn, partitioner, 2, resident=True, program_cache=cache,
+                                 compiler_options={})
+  _, out = default_xla.get(17, state, *args)(state, *args)  # XLA's own options: it compiles and trains
+  assert np.all(np.isfinite(np.asarray(out["loss"])))
+  if traced_cache:  # the stored module's compile failed on the option before the traced path's did
+    assert os.listdir(tmp_path / program_cache.SUBDIR)
+    assert "traced program cache unusable" in caplog.text and "xla_no_such_loop_option" in caplog.text
 
 
 def _raw_states(model_dir, steps):

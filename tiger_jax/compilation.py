@@ -22,9 +22,10 @@ import os
 import sys
 from typing import Mapping, Optional
 
-# XLA options of a program that loops over many small steps on the device (the RQ-VAE's epochs): the whole
-# loop, while loops included, becomes one CUDA graph, and the graph launches the kernels that do not depend on
-# each other side by side instead of one after another. Backends without CUDA graphs ignore them.
+# XLA options of a program that loops over many small steps on the device (the trainer's multi-step loops,
+# the RQ-VAE's epochs): the whole loop, while loops included, becomes one CUDA graph, and the graph launches
+# the kernels that do not depend on each other side by side instead of one after another. Backends without
+# CUDA graphs ignore them.
 DEVICE_LOOP_COMPILER_OPTIONS = {
     "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL",
     "xla_gpu_graph_min_graph_size": 1,

@@ -103,14 +103,16 @@ class ProgramCache:
     return h.hexdigest()[:40]
 
   def compile(self, fn: Callable, state: Any, args: Sequence[Any], key_parts: Sequence[Any],
-              in_shardings: Optional[Sequence[Any]] = None, out_shardings: Optional[Sequence[Any]] = None
-              ) -> tuple[Optional[Callable], bool]:
+              in_shardings: Optional[Sequence[Any]] = None, out_shardings: Optional[Sequence[Any]] = None,
+              compiler_options: Optional[dict] = None) -> tuple[Optional[Callable], bool]:
     """(a callable with `fn`'s signature and results, whether it came from disk): compiled from the stored
     module when there is one, else exported now (which traces once) and stored; (None, False) when this
     program cannot be cached. The state is donated, as the trainer's loop donates it.
 
     `in_shardings` and `out_shardings` are those `fn` was jitted with, as prefixes of (state, *args) and of
     (state, outputs) with one sharding for all outputs; a program over several devices needs them.
+    `compiler_options` are XLA's for this program (the stored module does not depend on them; the XLA
+    cache's key does).
     """
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_count() != 1 or (in_shardings is None and jax.device_count() != 1):
@@ -141,7 +143,8 @@ class ProgramCache:
       if found is None:
         return None, False
       exported, meta, loaded = found
-      compiled = jax.jit(exported.call, donate_argnums=(0,), **jit_shardings).lower(leaves, *args).compile()
+      compiled = jax.jit(exported.call, donate_argnums=(0,), **jit_shardings).lower(leaves, *args).compile(
+          compiler_options)
     except Exception as e:  # pylint: disable=broad-except
       log.warning("traced program cache unusable for %s (%s: %s); tracing instead", list(key_parts),
                   type(e).__name__, e)

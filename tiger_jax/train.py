@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from tiger_jax import checkpoints as checkpoints_lib
+from tiger_jax import compilation
 from tiger_jax import gin_utils
 from tiger_jax import model_dir_lock
 from tiger_jax import partitioning
@@ -227,6 +228,9 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
 class StepRunner:
   """Builds and caches one compiled multi-step function per encoder length.
 
+  Each loop is compiled with `compiler_options`, by default `compilation.DEVICE_LOOP_COMPILER_OPTIONS`: on a
+  GPU the whole loop is one CUDA graph whose independent kernels run side by side; {} keeps XLA's defaults.
+
   `fixed_trip_count` compiles full dispatches as a loop of exactly steps_per_dispatch steps (a partial
   dispatch then needs a second program); off, one program per length loops a run-time number of steps.
   The trainer leaves it off; benchmarks/profile_step.py --loop fixed,dynamic compares the two.
@@ -234,7 +238,8 @@ class StepRunner:
 
   def __init__(self, model, tx, learning_rate_fn, partitioner: partitioning.PjitPartitioner,
                steps_per_dispatch: int, resident: bool, ema_decay: Optional[float] = None,
-               fixed_trip_count: bool = False, program_cache: Optional[Any] = None):
+               fixed_trip_count: bool = False, program_cache: Optional[Any] = None,
+               compiler_options: Optional[Mapping[str, Any]] = None):
     self.model = model
     self.ema_decay = ema_decay
     self.tx = tx
@@ -244,6 +249,8 @@ class StepRunner:
     self.resident = resident
     self.fixed_trip_count = fixed_trip_count
     self.program_cache = program_cache  # program_cache.ProgramCache: traced loops kept on disk
+    self.compiler_options = dict(compilation.DEVICE_LOOP_COMPILER_OPTIONS if compiler_options is None
+                                 else compiler_options)
     self._compiled: dict[tuple[int, bool], Any] = {}
     self.compile_seconds: dict[int, float] = {}
     self.lower_seconds: dict[int, float] = {}
@@ -314,11 +321,12 @@ class StepRunner:
       compiled, from_disk = None, False
       if self.program_cache is not None:
         compiled, from_disk = self.program_cache.compile(loop, state, (data, idx, n, dropout_base),
-                                                         (length, full, self.k), *self._shardings())
+                                                         (length, full, self.k), *self._shardings(),
+                                                         compiler_options=self.compiler_options)
       if compiled is None:
         lowered = loop.lower(state, data, idx, n, dropout_base)
         lowered_at = time.time()
-        compiled = lowered.compile()
+        compiled = lowered.compile(self.compiler_options)
         self.lower_seconds[length] = self.lower_seconds.get(length, 0.0) + lowered_at - start
         # Tracing and lowering run in Python; the XLA compilation cache serves only what follows them.
         how = f"{lowered_at - start:.1f}s tracing and lowering"

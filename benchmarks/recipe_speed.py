@@ -151,6 +151,9 @@ _COMPILED = re.compile(r"compiled the .*? loop for encoder length (\d+) in ([\d.
 _TRAINED = re.compile(r"trained steps (\d+)\.\.(\d+) in \S+: ([\d.]+) steps/s while training \(([\d.]+) ms/step\); "
                       r"(\S+) compiling, evaluating and checkpointing")
 _EVAL = re.compile(r"eval at step (\d+) \(([\d.]+)s\): .*")
+_EPOCH = re.compile(r"epoch (\d+)/(\d+) .*\(([\d.]+)s\)")
+_IDS_WRITTEN = re.compile(r"wrote \S+semantic_ids\.npz: (\{.*\})")
+_BY_LENGTH = re.compile(r"(\d+): ([\d.]+) \((\d+) steps\)")
 _BEAM_SEARCH = re.compile(r"compiled the beam search for encoder length (\d+) \((traced program from disk|traced and stored)\)")
 
 
@@ -170,12 +173,33 @@ def parse_train_log(text: str) -> dict:
     first, last, rate, ms, paused = trained[-1]
     out.update(steps=int(last) - int(first), steps_per_second=float(rate), ms_per_step=float(ms),
                paused=paused)
+  by_length = [line for line in text.splitlines() if "ms/step by encoder length: " in line]
+  if by_length:
+    out["ms_per_step_by_length"] = {int(length): float(ms) for length, ms, _ in
+                                    _BY_LENGTH.findall(by_length[-1].split("ms/step by encoder length: ", 1)[1])}
   for line in _EVAL.finditer(text):
     entry = {"step": int(line.group(1)), "seconds": float(line.group(2))}
     ndcg = re.search(r"validation/ndcg@10 ([\d.]+)", line.group(0))
     if ndcg:
       entry["validation_ndcg@10"] = float(ndcg.group(1))
     out["evals"].append(entry)
+  return out
+
+
+def parse_ids_log(text: str) -> dict:
+  """The ids stage's RQ-VAE: epochs and seconds of its training loop (first compile included) as its last
+  progress line gives them, and the statistics of the Semantic IDs it wrote."""
+  out: dict = {}
+  epochs = _EPOCH.findall(text)
+  if epochs:
+    done, total, seconds = epochs[-1]
+    out.update(epochs=int(done), loop_seconds=float(seconds))
+  written = _IDS_WRITTEN.findall(text)
+  if written:
+    try:
+      out.update(json.loads(written[-1]))
+    except ValueError:
+      pass
   return out
 
 
@@ -200,6 +224,10 @@ def summarise(results: list[StageResult], model_dir: str, num_stages: int = len(
   out = {"stages": stages, "total_seconds": round(sum(r.seconds for r in results), 1),
          "complete": len(results) == num_stages and all(r.returncode == 0 for r in results)}
   # select_refit's log holds every candidate's training and the refit's; the last summary line is the refit's.
+  ids = next((r for r in results if r.name == "ids" and not r.given), None)
+  if ids is not None and os.path.exists(ids.log):
+    with open(ids.log) as f:
+      out["ids"] = parse_ids_log(f.read())
   train = next((r for r in results if r.name in ("train", "select_refit")), None)
   if train is not None:
     with open(train.log) as f:
@@ -236,11 +264,21 @@ def print_table(report: dict) -> None:
       print(f"  {stage:<8}" + "".join(f"{x:>12}" for x in cells))
     print(f"  {'total':<8}" + "".join(f"{runs[c]['total_seconds']:>10.1f} s" for c in caches))
     for c in caches:
+      ids = runs[c].get("ids") or {}
+      if "loop_seconds" in ids:
+        print(f"  {c}: RQ-VAE {ids['epochs']} epochs in {ids['loop_seconds']:.1f} s (first compile included)"
+              + (f"; codebook usage {ids['codebook_usage']}, {ids['unique_prefixes']} unique prefixes, largest "
+                 f"bucket {ids['largest_bucket']}, {ids['items_in_collisions']} items in collisions"
+                 if "unique_prefixes" in ids else ""))
+    for c in caches:
       train = runs[c].get("train", {})
       test = runs[c].get("test") or {}
       line = f"  {c}: "
       if "ms_per_step" in train:
-        line += (f"{train['steps']} steps at {train['ms_per_step']:.2f} ms/step, {train['paused']} compiling, "
+        by_length = train.get("ms_per_step_by_length") or {}
+        line += (f"{train['steps']} steps at {train['ms_per_step']:.2f} ms/step"
+                 + (" (" + ", ".join(f"length {k}: {v:.2f}" for k, v in sorted(by_length.items())) + ")"
+                    if by_length else "") + f", {train['paused']} compiling, "
                  f"evaluating and checkpointing; the slowest of the loops compiled side by side took "
                  f"{max(train['loop_compile_seconds'].values(), default=0.0):.1f} s")
       if test:

@@ -109,11 +109,25 @@ def test_parse_train_log_reads_what_the_trainer_logs():
       2026-12-05 10:04:00,000 INFO tiger_jax.train] compiled the fixed 100-step loop for encoder length 17 in 5.0s
       2026-12-05 10:05:21,711 INFO tiger_jax.train] eval at step 40 (56.6s): validation/loss 3.818 validation/ndcg@10 0.0312 | best
       2026-12-05 10:05:23,853 INFO tiger_jax.train] trained steps 0..40 in 2m59s: 0.9 steps/s while training (1168.62 ms/step); 2m12s compiling, evaluating and checkpointing
+      2026-12-05 10:05:23,854 INFO tiger_jax.train] ms/step by encoder length: 17: 905.10 (20 steps), 33: 1370.00 (16 steps)
       """)
   parsed = recipe_speed.parse_train_log(text)
+  assert parsed["ms_per_step_by_length"] == {17: 905.1, 33: 1370.0}
   assert parsed["loop_compile_seconds"] == {33: 61.7, 17: pytest.approx(78.9)}
   assert parsed["steps"] == 40 and parsed["ms_per_step"] == 1168.62 and parsed["paused"] == "2m12s"
   assert parsed["evals"] == [{"step": 40, "seconds": 56.6, "validation_ndcg@10": 0.0312}]
+
+
+def test_parse_ids_log_reads_the_rqvae_loop_and_the_ids_statistics():
+  text = textwrap.dedent("""\
+      epoch 100/20000 loss 0.646313 recon 0.590246 rq 0.056067 usage [0.352, 0.695, 0.855] (9.5s)
+      epoch 20000/20000 loss 0.699409 recon 0.287643 rq 0.411766 usage [1.0, 1.0, 1.0] (52.5s)
+      wrote /w/paper_cold/semantic_ids.npz: {"codebook_usage": [1.0, 1.0, 1.0, 0.07421875], "unique_prefixes": 11225, "largest_bucket": 19, "items_in_collisions": 1532, "reconstruction_loss": 0.287}
+      """)
+  parsed = recipe_speed.parse_ids_log(text)
+  assert parsed["epochs"] == 20000 and parsed["loop_seconds"] == 52.5
+  assert parsed["unique_prefixes"] == 11225 and parsed["codebook_usage"] == [1.0, 1.0, 1.0, 0.07421875]
+  assert recipe_speed.parse_ids_log("no such lines") == {}
 
 
 def test_parse_beam_search_sources_reads_what_eval_logs():
@@ -133,13 +147,18 @@ def test_the_table_gives_each_run_its_stages_step_time_and_validation(capsys):
             for i, name in enumerate(recipe_speed.STAGES)}
   run = {"stages": stages, "total_seconds": 100.0,
          "train": {"steps": 20000, "ms_per_step": 5.01, "paused": "1m58s", "loop_compile_seconds": {17: 77.6},
-                   "evals": evals},
+                   "evals": evals, "ms_per_step_by_length": {81: 6.9, 17: 3.12}},
+         "ids": {"epochs": 20000, "loop_seconds": 43.2, "codebook_usage": [1.0, 1.0, 1.0, 0.07],
+                 "unique_prefixes": 11185, "largest_bucket": 19, "items_in_collisions": 1619},
          "test": {"ndcg@10": 0.0315, "num_users": 22363, "seconds": 13.55,
                   "beam_search": {17: "disk", 33: "disk", 81: "traced"}}}
   recipe_speed.print_table({"dataset": "beauty", "device_kind": "card", "jax": "0", "git_revision": "abc",
                             "gin_files": {"paper": "gin/beauty.gin"}, "recipes": {"paper": {"cold": run}}})
   out = capsys.readouterr().out
-  assert "20000 steps at 5.01 ms/step, 1m58s compiling" in out and "took 77.6 s" in out
+  assert "20000 steps at 5.01 ms/step (length 17: 3.12, length 81: 6.90), 1m58s compiling" in out
+  assert "took 77.6 s" in out
+  assert ("RQ-VAE 20000 epochs in 43.2 s (first compile included); codebook usage [1.0, 1.0, 1.0, 0.07], 11185 "
+          "unique prefixes, largest bucket 19, 1619 items in collisions") in out
   assert "test ndcg@10 0.0315 (22363 users, 13.55 s, beam search of 2/3 lengths from disk)" in out
   assert "validation ndcg@10 0.0438 at step 20000; the first validation took 38.6 s, the last 0.8 s" in out
   rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ") and line.split()}

@@ -272,7 +272,7 @@ def test_one_off_programs_take_their_own_compiler_options_and_the_epoch_loop_doe
   x, key = jnp.array(_data()), jax.random.PRNGKey(0)
   params = rqvae.Trainer(12, 200, TINY).init(x, key).params
   # An option XLA rejects shows which programs are built with the one-off options.
-  monkeypatch.setattr(rqvae, "ONE_OFF_COMPILER_OPTIONS", {"xla_no_such_option": True})
+  monkeypatch.setattr(compilation, "ONE_OFF_COMPILER_OPTIONS", {"xla_no_such_option": True})
   trainer = rqvae.Trainer(12, 200, TINY)
   for program in (lambda: trainer.init(x, key), lambda: trainer.evaluate(params, x),
                   lambda: trainer._reset(params, x, key), lambda: rqvae.assign_codes(params, _data(), TINY)):

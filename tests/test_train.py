@@ -193,6 +193,20 @@ def test_bucketed_schedule_groups_chunks_by_length():
   assert {int(v) for v in s.steps(0, s.steps_per_epoch)[1]} == {17, 33, 81}
 
 
+def test_step_time_is_reported_per_encoder_length(cache_dir, tmp_path, caplog):
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  caplog.set_level("INFO", logger="tiger_jax.train")
+  r = train.train(model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),
+                  model_dir=str(tmp_path / "m"), total_steps=24, eval_period=12, steps_per_dispatch=4,
+                  length_buckets=[17, 33], use_tensorboard=False, eval_metric_fns=(), best_metric=None)
+  by_length = r.ms_per_step_by_length
+  assert set(by_length) <= {17, 33, 81} and len(by_length) >= 2
+  assert all(ms > 0 for ms, _ in by_length.values())
+  assert sum(steps for _, steps in by_length.values()) == 24 - 4  # every dispatch but the run's first
+  line = next(m for m in caplog.messages if m.startswith("ms/step by encoder length"))
+  assert all(f"{length}: {ms:.2f} ({steps} steps)" in line for length, (ms, steps) in by_length.items())
+
+
 def test_dataset_arrays_read_fit_and_errors(cache_dir, tmp_path):
   arrays = utils.get_dataset_arrays(_cfg(cache_dir))
   assert arrays[utils.ENCODER_INPUT].shape[1] == 81 and arrays[utils.ENCODER_INPUT].dtype == np.int32

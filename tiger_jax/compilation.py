@@ -14,6 +14,9 @@ The value `off` (or `none`, `0`, `false`) turns the cache off. Entries are keyed
 compiler flags, the device kind and the jax version, so one directory serves every run and card; delete it
 to reclaim the space. The trainer keeps its traced loops there too, and eval, validation and infer their
 traced beam searches (tiger_jax/program_cache.py), so a warm start skips Python tracing as well.
+
+It also holds the XLA options that two kinds of program are compiled with (below): loops of many small steps
+on the device, and programs that run only a few times.
 """
 from __future__ import annotations
 
@@ -31,6 +34,11 @@ DEVICE_LOOP_COMPILER_OPTIONS = {
     "xla_gpu_graph_min_graph_size": 1,
     "xla_gpu_command_buffer_scheduling_mode": "CONCURRENT",
 }
+
+# XLA options of a program that runs a few times per training (the RQ-VAE's k-means initialisation, evaluation,
+# dead-code resets, code assignment): matrix products as cuBLAS calls, so that compiling it does not time Triton
+# candidates for each of them.
+ONE_OFF_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 
 ENV_VAR = "TIGER_COMPILATION_CACHE_DIR"
 JAX_ENV_VAR = "JAX_COMPILATION_CACHE_DIR"

@@ -254,16 +254,12 @@ def validate_embeddings(x: np.ndarray, codebook_size: int, name: str = "embeddin
   return x
 
 
-# XLA options of `one_off_jit`'s programs.
-ONE_OFF_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
-
-
 def one_off_jit(fn: Callable, **kwargs) -> Callable:
   """`jax.jit` for programs that run a few times per training (k-means initialisation, evaluation, dead-code
   resets, code assignment): their matrix products are cuBLAS calls. On a GPU, XLA would otherwise time Triton
   candidates for each product while compiling, seconds of compile for microseconds of run time; the epoch
   loop, which runs every training step, keeps the autotuned kernels. Other backends ignore the option."""
-  return jax.jit(fn, compiler_options=ONE_OFF_COMPILER_OPTIONS, **kwargs)
+  return jax.jit(fn, compiler_options=compilation.ONE_OFF_COMPILER_OPTIONS, **kwargs)
 
 
 class Trainer:

@@ -368,6 +368,9 @@ class TrainResult:
   steps_per_second: float  # while training: compile, eval and checkpoint time excluded
   seconds: float = 0.0  # wall time of the loop, everything included
   compile_seconds: Optional[dict] = None  # per encoder length
+  # encoder length -> (ms per step, steps timed) while training; a dispatch is timed from the end of the one
+  # before it, so the first dispatch of the run is not counted.
+  ms_per_step_by_length: Optional[dict] = None
   stopped_by_signal: Optional[int] = None  # SIGTERM or SIGINT ended the run early (after a checkpoint)
   stopped_early: bool = False  # best_metric had not improved for early_stopping_steps (after a checkpoint)
 
@@ -652,6 +655,10 @@ def train(*,
 
   # Main loop. Metrics of a dispatch are read after the next one is queued, so the device never waits.
   clock = {"paused": 0.0}  # seconds spent compiling, evaluating and checkpointing (not training)
+  # Per encoder length, [seconds, steps] of the dispatches timed between the ends of consecutive ones (the
+  # device runs them back to back), paused time excluded.
+  by_length: dict[int, list] = {}
+  last_drain: dict[str, float] = {}
   stats = {"sum": {}, "n": 0}
   # (time, paused seconds, step) at recent log lines: the rate is taken over the last few of them because
   # metrics arrive one dispatch late, and in pairs at eval/checkpoint steps.
@@ -677,8 +684,14 @@ def train(*,
 
   def drain(entry) -> None:
     """Fetches a dispatch's per-step metrics; stops on a non-finite loss; logs at stats_period."""
-    first, n, outs = entry
+    first, n, length, outs = entry
     host = jax.device_get(outs)
+    now = time.time()
+    if last_drain:
+      spent = by_length.setdefault(length, [0.0, 0])
+      spent[0] += now - last_drain["time"] - (clock["paused"] - last_drain["paused"])
+      spent[1] += n
+    last_drain.update(time=now, paused=clock["paused"])
     host = {k: np.asarray(v)[:n] for k, v in host.items()}
     bad = np.flatnonzero(~np.isfinite(host["loss"]))
     if len(bad):
@@ -769,7 +782,7 @@ def train(*,
       state, outs = fn(state, data, idx_dev, n_dev, dropout_base)
       if pending is not None:
         drain(pending)
-      pending = (step, n, outs)
+      pending = (step, n, length, outs)
       step += n
       if stop.requested():
         break  # the step just dispatched is the last finished one: checkpoint_on_stop saves it
@@ -801,17 +814,21 @@ def train(*,
   steps_done = step - start_step
   busy = elapsed - clock["paused"]
   rate = steps_done / busy if busy > 0 and steps_done else 0.0
+  per_length = {length: (1000.0 * seconds / steps, steps) for length, (seconds, steps) in sorted(by_length.items())}
   if steps_done:
     log.info("trained steps %d..%d in %s: %.1f steps/s while training (%.2f ms/step); %s compiling, "
              "evaluating and checkpointing", start_step, step, utils.format_duration(elapsed), rate,
              1000.0 / max(rate, 1e-9), utils.format_duration(clock["paused"]))
+    if per_length:
+      log.info("ms/step by encoder length: %s", ", ".join(f"{length}: {ms:.2f} ({steps} steps)"
+                                                          for length, (ms, steps) in per_length.items()))
   elif stopped_by is None and not stopped_early:
     log.info("nothing to train: the checkpoint is at step %d >= total_steps %d", step, total_steps)
   return TrainResult(step=step, state=state, start_step=start_step,
                      losses=np.concatenate(losses) if losses else np.zeros([0], np.float32), evals=evals,
                      best=best, steps_per_second=rate, seconds=elapsed,
-                     compile_seconds=dict(runner.compile_seconds), stopped_by_signal=stopped_by,
-                     stopped_early=stopped_early)
+                     compile_seconds=dict(runner.compile_seconds), ms_per_step_by_length=per_length,
+                     stopped_by_signal=stopped_by, stopped_early=stopped_early)
 
 
 def _cast_state_params(state, dtype: str):

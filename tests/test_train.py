@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -328,6 +329,8 @@ def test_the_training_loops_are_compiled_with_the_device_loop_options(cache_dir,
                                  compiler_options={})
   _, out = default_xla.get(17, state, *args)(state, *args)  # XLA's own options: it compiles and trains
   assert np.all(np.isfinite(np.asarray(out["loss"])))
+  two_devices = types.SimpleNamespace(mesh=types.SimpleNamespace(size=2))
+  assert train.StepRunner(model, tx, lr_fn, two_devices, 2, resident=True).compiler_options == {}
   if traced_cache:  # the stored module's compile failed on the option before the traced path's did
     assert os.listdir(tmp_path / program_cache.SUBDIR)
     assert "traced program cache unusable" in caplog.text and "xla_no_such_loop_option" in caplog.text

@@ -228,8 +228,10 @@ def _scalar_metrics(metrics: Any) -> dict[str, Any]:
 class StepRunner:
   """Builds and caches one compiled multi-step function per encoder length.
 
-  Each loop is compiled with `compiler_options`, by default `compilation.DEVICE_LOOP_COMPILER_OPTIONS`: on a
-  GPU the whole loop is one CUDA graph whose independent kernels run side by side; {} keeps XLA's defaults.
+  Each loop is compiled with `compiler_options`. By default a loop on one device takes
+  `compilation.DEVICE_LOOP_COMPILER_OPTIONS` (on a GPU the whole loop is one CUDA graph whose independent
+  kernels run side by side); a loop over several devices, whose steps hold collectives and have not been
+  timed that way, keeps XLA's defaults, as {} does.
 
   `fixed_trip_count` compiles full dispatches as a loop of exactly steps_per_dispatch steps (a partial
   dispatch then needs a second program); off, one program per length loops a run-time number of steps.
@@ -249,8 +251,9 @@ class StepRunner:
     self.resident = resident
     self.fixed_trip_count = fixed_trip_count
     self.program_cache = program_cache  # program_cache.ProgramCache: traced loops kept on disk
-    self.compiler_options = dict(compilation.DEVICE_LOOP_COMPILER_OPTIONS if compiler_options is None
-                                 else compiler_options)
+    if compiler_options is None:
+      compiler_options = compilation.DEVICE_LOOP_COMPILER_OPTIONS if partitioner.mesh.size == 1 else {}
+    self.compiler_options = dict(compiler_options)
     self._compiled: dict[tuple[int, bool], Any] = {}
     self.compile_seconds: dict[int, float] = {}
     self.lower_seconds: dict[int, float] = {}

@@ -52,7 +52,8 @@ def test_a_loop_is_compiled_with_the_callers_compiler_options(tmp_path, caplog):
   run, loaded = cache.compile(jax.jit(_loop), _state(), (x, n), (17,),
                               compiler_options={"xla_gpu_graph_min_graph_size": 1})
   assert loaded  # the module stored by the first call; only its compile differs
-  for a, b in zip(jax.tree_util.tree_leaves(run(_state(), x, n)), jax.tree_util.tree_leaves(jax.jit(_loop)(_state(), x, n))):
+  expected = jax.jit(_loop)(_state(), x, n)
+  for a, b in zip(jax.tree_util.tree_leaves(run(_state(), x, n)), jax.tree_util.tree_leaves(expected)):
     np.testing.assert_array_equal(a, b)
 
 

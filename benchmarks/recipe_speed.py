@@ -153,6 +153,7 @@ _TRAINED = re.compile(r"trained steps (\d+)\.\.(\d+) in \S+: ([\d.]+) steps/s wh
 _EVAL = re.compile(r"eval at step (\d+) \(([\d.]+)s\): .*")
 _EPOCH = re.compile(r"epoch (\d+)/(\d+) .*\(([\d.]+)s\)")
 _IDS_WRITTEN = re.compile(r"wrote \S+semantic_ids\.npz: (\{.*\})")
+_BY_LENGTH_LINE = re.compile(r"ms/step by encoder length: (.*)")
 _BY_LENGTH = re.compile(r"(\d+): ([\d.]+) \((\d+) steps\)")
 _BEAM_SEARCH = re.compile(r"compiled the beam search for encoder length (\d+) \((traced program from disk|traced and stored)\)")
 
@@ -173,10 +174,9 @@ def parse_train_log(text: str) -> dict:
     first, last, rate, ms, paused = trained[-1]
     out.update(steps=int(last) - int(first), steps_per_second=float(rate), ms_per_step=float(ms),
                paused=paused)
-  by_length = [line for line in text.splitlines() if "ms/step by encoder length: " in line]
+  by_length = _BY_LENGTH_LINE.findall(text)
   if by_length:
-    out["ms_per_step_by_length"] = {int(length): float(ms) for length, ms, _ in
-                                    _BY_LENGTH.findall(by_length[-1].split("ms/step by encoder length: ", 1)[1])}
+    out["ms_per_step_by_length"] = {int(length): float(ms) for length, ms, _ in _BY_LENGTH.findall(by_length[-1])}
   for line in _EVAL.finditer(text):
     entry = {"step": int(line.group(1)), "seconds": float(line.group(2))}
     ndcg = re.search(r"validation/ndcg@10 ([\d.]+)", line.group(0))

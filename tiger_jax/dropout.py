@@ -4,14 +4,14 @@ Why: flax's `nn.Dropout` draws each site's bits with its own random-number call,
 a kernel launch of its own (the paper's network has 44 dropout sites; about 120 of a training step's ~1,050
 kernels were dropout). Here a site mixes the apply's `dropout` key, a hash of the site's place in the module
 tree (computed in Python while tracing) and the element's flat index through an integer hash, which XLA fuses
-into the kernel that uses the mask. The masks are as independent across elements, sites and steps as the hash makes them (a 32-bit
-avalanche mixer), not a cryptographic stream; the expected keep rate is exact up to 2^-32.
+into the kernel that uses the mask. The masks are as independent across elements, sites and steps as the hash
+makes them (a 32-bit avalanche mixer), not a cryptographic stream; the expected keep rate is exact up to 2^-32.
 
 `make_dropout(rate, broadcast_dims, impl)` returns `nn.Dropout` for impl 'rng' (the default everywhere) and
 `HashDropout` for 'hash' (`network.T5Config.dropout_impl`). 'hash' trains to the same quality with about 90
-fewer kernels per step, but on a GPU it is slower at long sequences, where XLA fuses the hash into a slow kernel
-(on an H100: 3.6 % faster at encoder length 17, 15 % slower at 81, 9 % slower over Beauty's lengths); so it is
-opt-in.
+fewer kernels per step and compiles faster, but on a GPU it is slower at long sequences, also when each mask is
+computed once in a kernel of its own (on an H100: 2-4 % faster at encoder length 17, 15-16 % slower at 81, 7-9 %
+slower over Beauty's lengths); so it is opt-in.
 """
 from __future__ import annotations
 

@@ -13,6 +13,12 @@ The loops compile with the trainer's options (one CUDA graph per loop, its indep
 compilation.DEVICE_LOOP_COMPILER_OPTIONS); `--loop_compiler_options xla_default` compiles them with XLA's
 defaults. Set XLA_FLAGS before starting (and --tag) to compare other compiler flags. `--dispatch_inputs fresh`
 hands each timed dispatch newly transferred index arrays, as train() does, instead of reusing one set.
+
+Compiling: by default every length's loop compiles side by side with no persistent cache, so each run compiles
+from nothing. `--compile_order first_alone` compiles the first length's loop before the others (which can then
+reuse its autotuning of the products every length shares), `one_by_one` each in turn. `--compilation_cache_dir
+DIR` compiles as train() does with its cache on: JAX's persistent cache (and XLA's autotuning cache) in DIR, and
+each loop exported to and compiled from the traced-program cache there.
 """
 from __future__ import annotations
 
@@ -23,13 +29,16 @@ import os
 import time
 
 
+import gin  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import _common  # noqa: E402  (benchmarks/_common.py: command, date, revision, card)
 from benchmarks import kernel_trace  # noqa: E402
 from benchmarks import train_speed  # noqa: E402  (benchmarks/train_speed.py: data and model builders)
+from tiger_jax import compilation  # noqa: E402
 from tiger_jax import partitioning  # noqa: E402
+from tiger_jax import program_cache as program_cache_lib  # noqa: E402
 from tiger_jax import train as train_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
@@ -55,6 +64,9 @@ VARIANT_BINDINGS = {
     "bf16_onehot_hashdrop_castonce": ["network.T5Config.cast_weights_once = True"],
 }
 
+# How the loops of several lengths are compiled before the first step (module docstring).
+COMPILE_ORDERS = ("side_by_side", "first_alone", "one_by_one")
+
 
 def variant_model(name: str, model_gin: str, bindings=()):
   """(model, optimizer, learning-rate schedule) of variant `name`, with its PRNG implementation set for the
@@ -70,12 +82,20 @@ def variant_model(name: str, model_gin: str, bindings=()):
 
 def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: int, model_gin: str,
                     hlo_dir: str | None, fixed_trip_count: bool = False, trace_lengths=None,
-                    fresh_inputs: bool = False, compiler_options=None) -> dict:
+                    fresh_inputs: bool = False, compiler_options=None, compile_order: str = "side_by_side",
+                    traced_program_cache: bool = False) -> dict:
   """Times (and traces) `name`'s loop per length. `fresh_inputs`: every timed dispatch gets newly transferred
   index and step-count arrays, as `train()` passes them, instead of the same device arrays each time; a program
   whose CUDA graphs must follow moved buffers pays for that only in the fresh case. `compiler_options`: the
-  loops' XLA options (None: the trainer's)."""
+  loops' XLA options (None: the trainer's). `compile_order`: one of COMPILE_ORDERS (module docstring);
+  `traced_program_cache`: export the loops to and compile them from the traced-program cache beside JAX's
+  persistent cache (which must be on), as train() does."""
+  if compile_order not in COMPILE_ORDERS:
+    raise ValueError(f"compile_order {compile_order!r} is not one of {COMPILE_ORDERS}")
   model, tx, lr_fn = variant_model(name, model_gin)
+  program_cache = program_cache_lib.for_config(gin.config_str()) if traced_program_cache else None
+  if traced_program_cache and program_cache is None:
+    raise ValueError("traced_program_cache needs JAX's persistent compilation cache on (compilation.py)")
   partitioner = partitioning.PjitPartitioner()
   feats = {f: arrays[f] for f in utils.MODEL_FEATURES}
   data = partitioner.replicate(feats)
@@ -85,7 +105,8 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
                 "opt_state": jax.device_get(tx.init(params))}
   rng = partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
   runner = train_lib.StepRunner(model, tx, lr_fn, partitioner, k, resident=True,
-                                fixed_trip_count=fixed_trip_count, compiler_options=compiler_options)
+                                fixed_trip_count=fixed_trip_count, compiler_options=compiler_options,
+                                program_cache=program_cache)
   nonpad = utils.nonpad_lengths(feats[utils.ENCODER_INPUT])
   order = np.random.default_rng(0).permutation(len(nonpad))
   n = partitioner.replicate(np.asarray(k, np.int32))
@@ -95,13 +116,19 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
     pool = order[nonpad[order] <= length]
     idx_host[length] = np.resize(pool, k * 256).reshape(k, 256).astype(np.int32)
     idx_for[length] = partitioner.replicate(idx_host[length])
-  # Every length's loop before the first step, as train() compiles them.
+  # Every length's loop before the first step, as train() compiles them (side by side).
+  def args_for(length):
+    return partitioner.replicate(init_state), data, idx_for[length], n, rng
   start = time.perf_counter()
-  runner.precompile(lengths, lambda length: (partitioner.replicate(init_state), data, idx_for[length], n, rng))
+  groups = {"side_by_side": [list(lengths)], "first_alone": [list(lengths[:1]), list(lengths[1:])],
+            "one_by_one": [[length] for length in lengths]}[compile_order]
+  for group in filter(None, groups):
+    runner.precompile(group, args_for)
   all_compile_s = time.perf_counter() - start
   print(f"\n== {name}: compiled the loops of lengths {list(lengths)} in {all_compile_s:.1f} s "
-        f"({'fixed' if fixed_trip_count else 'dynamic'} trip count)", flush=True)
-  out = {"compile_all_lengths_s": all_compile_s, "fixed_trip_count": fixed_trip_count}
+        f"({'fixed' if fixed_trip_count else 'dynamic'} trip count, {compile_order})", flush=True)
+  out = {"compile_all_lengths_s": all_compile_s, "fixed_trip_count": fixed_trip_count,
+         "compile_order": compile_order}
   for length in lengths:
     state = partitioner.replicate(init_state)
     idx = idx_for[length]
@@ -166,8 +193,15 @@ def main() -> None:
                       "in train()")
   p.add_argument("--loop_compiler_options", choices=("device_loop", "xla_default"), default="device_loop",
                  help="device_loop: the trainer's (compilation.DEVICE_LOOP_COMPILER_OPTIONS); xla_default: none")
+  p.add_argument("--compile_order", choices=COMPILE_ORDERS, default="side_by_side",
+                 help="side_by_side: all lengths' loops at once, as train(); first_alone: the first length's, "
+                      "then the others side by side; one_by_one: each in turn")
+  p.add_argument("--compilation_cache_dir", default="off",
+                 help="off (default): compile from nothing; DIR: JAX's persistent cache and the traced-program "
+                      "cache in DIR, as train() uses them")
   args = p.parse_args()
   os.makedirs(args.out_dir, exist_ok=True)
+  cache_dir = compilation.enable_compilation_cache(args.compilation_cache_dir)
   arrays = train_speed.build_examples_in_memory(args.data_dir)["train"]
   lengths = [int(x) for x in args.lengths.split(",")]
   trace_lengths = (None if args.trace_lengths is None
@@ -185,7 +219,8 @@ def main() -> None:
       result = profile_variant(name, arrays, lengths, args.steps_per_dispatch, args.reps, args.top,
                                args.model_gin, args.out_dir if args.dump_hlo else None,
                                loop == "fixed", trace_lengths, args.dispatch_inputs == "fresh",
-                               {} if args.loop_compiler_options == "xla_default" else None)
+                               {} if args.loop_compiler_options == "xla_default" else None, args.compile_order,
+                               cache_dir is not None)
       result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
       report["variants"][key] = result
       print(f"\n== {key}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)

@@ -194,6 +194,41 @@ def test_bucketed_schedule_groups_chunks_by_length():
   assert {int(v) for v in s.steps(0, s.steps_per_epoch)[1]} == {17, 33, 81}
 
 
+def test_partial_chunks_train_every_example_once_per_epoch_at_its_own_length():
+  rng = np.random.default_rng(2)
+  lengths = 1 + 4 * rng.integers(1, 21, 1000)
+  s = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81, partial_chunks=True)
+  own = np.array([utils.bucket_length(int(n), [17, 33], 81) for n in lengths])
+  per_bucket = {b: int((own == b).sum()) for b in (17, 33, 81)}
+  assert s.steps_per_epoch == sum(-(-n // 8) for n in per_bucket.values())
+  for epoch in range(3):
+    idx, lens = s.steps(epoch * s.steps_per_epoch, s.steps_per_epoch)
+    assert (own[idx] == lens[:, None]).all()  # no example moves up to a longer bucket
+    counts = np.bincount(idx.reshape(-1), minlength=1000)
+    assert counts.min() == 1  # every example once ...
+    for b, n in per_bucket.items():  # ... and repeats only to fill its bucket's last batch
+      assert counts[own == b].sum() == -(-n // 8) * 8
+    assert {b: int((lens == b).sum()) for b in per_bucket} == {b: -(-n // 8) for b, n in per_bucket.items()}
+  full = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81)
+  assert "partial_chunks" not in full.fingerprint() and s.fingerprint()["partial_chunks"] is True
+  assert s.steps_per_epoch <= -(-1000 // 8) + 2  # at most one short batch per bucket beyond the minimum
+  assert (s.steps(0, s.steps_per_epoch)[1] == 81).sum() < (full.steps(0, full.steps_per_epoch)[1] == 81).sum()
+
+
+def test_training_with_partial_chunks_runs_their_epoch(cache_dir, tmp_path, caplog):
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  lengths = utils.nonpad_lengths(utils.get_dataset_arrays(_cfg(cache_dir))[utils.ENCODER_INPUT])
+  schedule = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=4, max_length=81,
+                                 partial_chunks=True)
+  caplog.set_level("INFO", logger="tiger_jax.train")
+  r = train.train(model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),
+                  model_dir=str(tmp_path / "m"), total_steps=schedule.steps_per_epoch + 3, eval_period=0,
+                  steps_per_dispatch=4, length_buckets=[17, 33], bucket_partial_chunks=True,
+                  use_tensorboard=False, eval_metric_fns=(), best_metric=None)
+  assert r.step == schedule.steps_per_epoch + 3 and np.isfinite(r.losses).all()
+  assert any(f"{schedule.steps_per_epoch} steps per epoch" in m for m in caplog.messages)
+
+
 def test_step_time_is_reported_per_encoder_length(cache_dir, tmp_path, caplog):
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
   caplog.set_level("INFO", logger="tiger_jax.train")

@@ -473,6 +473,7 @@ def train(*,
           optimizer_fn: Callable[..., optax.GradientTransformation] = utils.adafactor,
           steps_per_dispatch: int = 100,
           length_buckets: Optional[Sequence[int]] = None,
+          bucket_partial_chunks: bool = False,
           resident_data: bool = True,
           eval_metric_fns: Sequence[EvalMetricFn] = (validation_loss,),
           best_metric: Optional[str] = "validation/loss",
@@ -490,6 +491,9 @@ def train(*,
     optimizer_fn: learning_rate_fn -> optax transformation (default Adafactor with t5x's settings).
     steps_per_dispatch: optimizer steps per jitted call (K); dispatches stop at eval/checkpoint steps.
     length_buckets: encoder lengths (e.g. [17, 33, 81]) to trim batches to; None trains at full length.
+    bucket_partial_chunks: a bucket's last run of steps may be shorter than steps_per_dispatch, so every
+      example trains once per epoch at its own bucket's length; by default leftovers move up to the next
+      longer bucket and the longest one repeats examples to fill its last run (utils.BatchSchedule).
     resident_data: keep the training split on the devices and gather batches there.
     eval_metric_fns: called every `eval_period` steps with an EvalContext; their merged dict is logged.
     best_metric / best_mode: which eval metric picks the checkpoint kept under MODEL_DIR/best.
@@ -531,7 +535,8 @@ def train(*,
   data_seed = random_seed if train_dataset_cfg.seed is None else int(train_dataset_cfg.seed)
   schedule = utils.BatchSchedule(utils.nonpad_lengths(arrays[utils.ENCODER_INPUT]), batch_size,
                                  seed=data_seed, shuffle=train_dataset_cfg.shuffle,
-                                 buckets=length_buckets, chunk_steps=steps_per_dispatch, max_length=width)
+                                 buckets=length_buckets, chunk_steps=steps_per_dispatch, max_length=width,
+                                 partial_chunks=bucket_partial_chunks)
   log.info("train split: %d examples, batch %d, %d steps per epoch, encoder buckets %s",
            schedule.num_examples, batch_size, schedule.steps_per_epoch, list(schedule.buckets))
   device_data = None

@@ -8,7 +8,8 @@ device kernels by name. Needs jax, flax, optax, numpy and gin-config only (so it
       --variants bf16,bf16_onehot,bf16_onehot_rbg --lengths 81,17
 
 Prints, per variant and length: ms/step, device-busy ms/step (the rest is launch gaps and host
-work), kernels per step and the top kernels; writes profile_step[_TAG].json under --out_dir.
+work), kernels per step and the top kernels; per variant, the step time weighed by the examples' lengths and by
+the trainer's steps (its batch schedule, full or partial chunks); writes profile_step[_TAG].json under --out_dir.
 The loops compile with the trainer's options (one CUDA graph per loop, its independent kernels side by side;
 compilation.DEVICE_LOOP_COMPILER_OPTIONS); `--loop_compiler_options xla_default` compiles them with XLA's
 defaults. Set XLA_FLAGS before starting (and --tag) to compare other compiler flags. `--dispatch_inputs fresh`
@@ -172,6 +173,16 @@ def bucket_mix(arrays: dict, lengths) -> dict[int, float]:
   return {int(b): float(np.mean(padded == b)) for b in sorted(lengths)}
 
 
+def schedule_mix(arrays: dict, lengths, steps_per_dispatch: int, partial_chunks: bool) -> dict[int, float]:
+  """Share of the trainer's steps at each length in an epoch of its batch schedule (utils.BatchSchedule, batch
+  256): chunks of steps_per_dispatch steps, full by default, so leftovers run at longer lengths."""
+  schedule = utils.BatchSchedule(utils.nonpad_lengths(arrays[utils.ENCODER_INPUT]), 256, seed=0, buckets=lengths,
+                                 chunk_steps=steps_per_dispatch, max_length=max(lengths),
+                                 partial_chunks=partial_chunks)
+  _, per_step = schedule.steps(0, schedule.steps_per_epoch)
+  return {int(b): float(np.mean(per_step == b)) for b in sorted(lengths)}
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--out_dir", required=True)
@@ -207,8 +218,10 @@ def main() -> None:
   trace_lengths = (None if args.trace_lengths is None
                    else [int(x) for x in args.trace_lengths.split(",") if x])
   mix = bucket_mix(arrays, lengths)
+  trainer_mixes = {name: schedule_mix(arrays, lengths, args.steps_per_dispatch, partial)
+                   for name, partial in (("full_chunks", False), ("partial_chunks", True))}
   report = {**_common.run_metadata(), "args": vars(args),
-            "bucket_mix": mix, "variants": {}}
+            "bucket_mix": mix, "trainer_step_mix": trainer_mixes, "variants": {}}
   path = os.path.join(args.out_dir, f"profile_step{'_' + args.tag if args.tag else ''}.json")
   loops = [x for x in args.loop.split(",") if x]
   if not loops or set(loops) - {"fixed", "dynamic"}:
@@ -222,8 +235,12 @@ def main() -> None:
                                {} if args.loop_compiler_options == "xla_default" else None, args.compile_order,
                                cache_dir is not None)
       result["bucket_mean_ms_per_step"] = sum(mix[l] * result[l]["ms_per_step"] for l in lengths)
+      for name, shares in trainer_mixes.items():
+        result[f"trainer_{name}_ms_per_step"] = sum(shares[l] * result[l]["ms_per_step"] for l in lengths)
       report["variants"][key] = result
       print(f"\n== {key}: {result['bucket_mean_ms_per_step']:.3f} ms/step over the bucket mix {mix}", flush=True)
+      print(f"== {key}: over the trainer's steps {result['trainer_full_chunks_ms_per_step']:.3f} ms/step "
+            f"(full chunks), {result['trainer_partial_chunks_ms_per_step']:.3f} (partial chunks)", flush=True)
       with open(path, "w") as f:  # after every variant, so a cut-off run keeps what it measured
         json.dump(report, f, indent=1)
   print(f"\nwrote {path}")

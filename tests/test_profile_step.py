@@ -58,3 +58,13 @@ def test_an_unknown_compile_order_is_refused_before_compiling():
   with pytest.raises(ValueError, match="compile_order 'sequential' is not one of"):
     profile_step.profile_variant("bf16_onehot_rbg_castonce", {}, [17], k=1, reps=1, top=1, model_gin="x.gin",
                                  hlo_dir=None, compile_order="sequential")
+
+
+def test_the_trainer_step_mix_follows_its_schedule_not_the_examples():
+  arrays = train_speed.build_examples_in_memory(os.path.join(REPO, "data", "beauty"))["train"]
+  examples = profile_step.bucket_mix(arrays, [17, 33, 81])
+  full = profile_step.schedule_mix(arrays, [17, 33, 81], 100, partial_chunks=False)
+  partial = profile_step.schedule_mix(arrays, [17, 33, 81], 100, partial_chunks=True)
+  assert full == {17: 200 / 600, 33: 100 / 600, 81: 300 / 600}  # leftovers padded up, length 81 repeated
+  assert partial == {17: 277 / 514, 33: 95 / 514, 81: 142 / 514}
+  assert abs(partial[81] - examples[81]) < 0.01 < full[81] - examples[81]

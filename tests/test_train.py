@@ -215,18 +215,37 @@ def test_partial_chunks_train_every_example_once_per_epoch_at_its_own_length():
   assert (s.steps(0, s.steps_per_epoch)[1] == 81).sum() < (full.steps(0, full.steps_per_epoch)[1] == 81).sum()
 
 
-def test_training_with_partial_chunks_runs_their_epoch(cache_dir, tmp_path, caplog):
+def test_training_runs_partial_chunks_by_default(cache_dir, tmp_path, caplog):
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
   lengths = utils.nonpad_lengths(utils.get_dataset_arrays(_cfg(cache_dir))[utils.ENCODER_INPUT])
   schedule = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=4, max_length=81,
                                  partial_chunks=True)
+  full = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=4, max_length=81)
+  assert schedule.steps_per_epoch != full.steps_per_epoch  # the log line below tells them apart
   caplog.set_level("INFO", logger="tiger_jax.train")
   r = train.train(model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),
                   model_dir=str(tmp_path / "m"), total_steps=schedule.steps_per_epoch + 3, eval_period=0,
-                  steps_per_dispatch=4, length_buckets=[17, 33], bucket_partial_chunks=True,
+                  steps_per_dispatch=4, length_buckets=[17, 33],
                   use_tensorboard=False, eval_metric_fns=(), best_metric=None)
   assert r.step == schedule.steps_per_epoch + 3 and np.isfinite(r.losses).all()
   assert any(f"{schedule.steps_per_epoch} steps per epoch" in m for m in caplog.messages)
+
+
+def test_a_run_checkpointed_with_full_chunks_resumes_with_full_chunks(cache_dir, tmp_path, caplog):
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  run = lambda d, steps, **kw: train.train(
+      model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),
+      model_dir=str(tmp_path / d), total_steps=steps, eval_period=0, steps_per_dispatch=4,
+      length_buckets=[17, 33], use_tensorboard=False, eval_metric_fns=(), best_metric=None, **kw)
+  whole = run("whole", 24, bucket_partial_chunks=False)
+  run("cut", 12, bucket_partial_chunks=False)
+  caplog.set_level("INFO", logger="tiger_jax.train")
+  resumed = run("cut", 24)  # the default is partial chunks; the checkpoint says full
+  assert any("resuming with full chunks" in m for m in caplog.messages)
+  assert not any("data schedule differs" in m for m in caplog.messages)
+  np.testing.assert_allclose(resumed.losses, whole.losses[12:], rtol=2e-5)
+  partial = run("partial", 24)
+  assert not np.allclose(partial.losses[12:], whole.losses[12:], rtol=2e-5)  # the chunkings differ here
 
 
 def test_step_time_is_reported_per_encoder_length(cache_dir, tmp_path, caplog):

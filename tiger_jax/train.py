@@ -456,6 +456,19 @@ def _holding_the_model_dir_lock(fn):
   return wrapper
 
 
+def _schedule_of_checkpoint(schedule: utils.BatchSchedule, recorded: dict) -> utils.BatchSchedule:
+  """The configured schedule, with the chunking (full or partial chunks) the checkpoint was trained with.
+
+  A run checkpointed under the other chunking (before the default changed, or with another binding) resumes
+  on its own batches instead of switching schedules half way.
+  """
+  recorded_partial = bool(recorded.get("partial_chunks", False))
+  if recorded_partial == schedule.partial_chunks or len(schedule.buckets) < 2:
+    return schedule
+  log.info("resuming with %s chunks, as the checkpoint was trained", "partial" if recorded_partial else "full")
+  return schedule.with_partial_chunks(recorded_partial)
+
+
 @_holding_the_model_dir_lock
 def train(*,
           model: Any,
@@ -473,7 +486,7 @@ def train(*,
           optimizer_fn: Callable[..., optax.GradientTransformation] = utils.adafactor,
           steps_per_dispatch: int = 100,
           length_buckets: Optional[Sequence[int]] = None,
-          bucket_partial_chunks: bool = False,
+          bucket_partial_chunks: bool = True,
           resident_data: bool = True,
           eval_metric_fns: Sequence[EvalMetricFn] = (validation_loss,),
           best_metric: Optional[str] = "validation/loss",
@@ -492,8 +505,9 @@ def train(*,
     steps_per_dispatch: optimizer steps per jitted call (K); dispatches stop at eval/checkpoint steps.
     length_buckets: encoder lengths (e.g. [17, 33, 81]) to trim batches to; None trains at full length.
     bucket_partial_chunks: a bucket's last run of steps may be shorter than steps_per_dispatch, so every
-      example trains once per epoch at its own bucket's length; by default leftovers move up to the next
-      longer bucket and the longest one repeats examples to fill its last run (utils.BatchSchedule).
+      example trains once per epoch at its own bucket's length (the default: fewer steps at the longest
+      length); False moves leftovers up to the next longer bucket and repeats examples of the longest one
+      to fill its last run (utils.BatchSchedule). A resumed run keeps the choice its checkpoint was made with.
     resident_data: keep the training split on the devices and gather batches there.
     eval_metric_fns: called every `eval_period` steps with an EvalContext; their merged dict is logged.
     best_metric / best_mode: which eval metric picks the checkpoint kept under MODEL_DIR/best.
@@ -579,6 +593,8 @@ def train(*,
             f"({os.path.join(model_dir, 'config.gin')}, left unchanged), or train into a new MODEL_DIR") from e
       eval_pending = bool(meta.get("eval_pending", False))
       state = _cast_state_params(state, "float32")
+      if meta.get("schedule"):
+        schedule = _schedule_of_checkpoint(schedule, meta["schedule"])
       if meta.get("schedule") and meta["schedule"] != schedule.fingerprint():
         log.warning("the data schedule differs from the checkpoint's (%s vs %s): the resumed run will not "
                     "see the same batches as an uninterrupted one", schedule.fingerprint(), meta["schedule"])

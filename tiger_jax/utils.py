@@ -415,6 +415,7 @@ class BatchSchedule:
                buckets: Optional[Sequence[int]] = None, chunk_steps: int = 1,
                max_length: Optional[int] = None, partial_chunks: bool = False):
     input_lengths = np.asarray(input_lengths)
+    self._input_lengths = input_lengths
     self.num_examples = len(input_lengths)
     if self.num_examples == 0:
       raise ValueError("BatchSchedule: empty dataset")
@@ -449,6 +450,11 @@ class BatchSchedule:
       self._plan.append((chunks, used))
       carried = available - used
     self.steps_per_epoch = sum(c for c, _ in self._plan) * self.chunk_steps
+
+  def with_partial_chunks(self, partial_chunks: bool) -> "BatchSchedule":
+    """The same schedule with the other chunking (a resumed run follows its checkpoint's)."""
+    return BatchSchedule(self._input_lengths, self.batch_size, self.seed, self.shuffle, self.buckets,
+                         self.chunk_steps, self.max_length, partial_chunks=partial_chunks)
 
   def fingerprint(self) -> dict:
     """What must match for a resumed run to see the same batches."""

@@ -175,7 +175,7 @@ def bucket_mix(arrays: dict, lengths) -> dict[int, float]:
 
 def schedule_mix(arrays: dict, lengths, steps_per_dispatch: int, partial_chunks: bool) -> dict[int, float]:
   """Share of the trainer's steps at each length in an epoch of its batch schedule (utils.BatchSchedule, batch
-  256): chunks of steps_per_dispatch steps, full by default, so leftovers run at longer lengths."""
+  256): chunks of steps_per_dispatch steps; full chunks move each bucket's leftovers to longer lengths."""
   schedule = utils.BatchSchedule(utils.nonpad_lengths(arrays[utils.ENCODER_INPUT]), 256, seed=0, buckets=lengths,
                                  chunk_steps=steps_per_dispatch, max_length=max(lengths),
                                  partial_chunks=partial_chunks)

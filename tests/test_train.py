@@ -181,7 +181,7 @@ def test_schedule_is_a_pure_function_of_seed_and_step():
 def test_bucketed_schedule_groups_chunks_by_length():
   rng = np.random.default_rng(1)
   lengths = 1 + 4 * rng.integers(1, 21, 1000)
-  s = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81)
+  s = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81, partial_chunks=False)
   assert s.buckets == (17, 33, 81)
   assert s.steps_per_epoch % 5 == 0
   for epoch in range(3):
@@ -197,7 +197,7 @@ def test_bucketed_schedule_groups_chunks_by_length():
 def test_partial_chunks_train_every_example_once_per_epoch_at_its_own_length():
   rng = np.random.default_rng(2)
   lengths = 1 + 4 * rng.integers(1, 21, 1000)
-  s = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81, partial_chunks=True)
+  s = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81)
   own = np.array([utils.bucket_length(int(n), [17, 33], 81) for n in lengths])
   per_bucket = {b: int((own == b).sum()) for b in (17, 33, 81)}
   assert s.steps_per_epoch == sum(-(-n // 8) for n in per_bucket.values())
@@ -209,7 +209,8 @@ def test_partial_chunks_train_every_example_once_per_epoch_at_its_own_length():
     for b, n in per_bucket.items():  # ... and repeats only to fill its bucket's last batch
       assert counts[own == b].sum() == -(-n // 8) * 8
     assert {b: int((lens == b).sum()) for b in per_bucket} == {b: -(-n // 8) for b, n in per_bucket.items()}
-  full = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81)
+  full = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=5, max_length=81,
+                             partial_chunks=False)
   assert "partial_chunks" not in full.fingerprint() and s.fingerprint()["partial_chunks"] is True
   assert s.steps_per_epoch <= -(-1000 // 8) + 2  # at most one short batch per bucket beyond the minimum
   assert (s.steps(0, s.steps_per_epoch)[1] == 81).sum() < (full.steps(0, full.steps_per_epoch)[1] == 81).sum()
@@ -218,9 +219,9 @@ def test_partial_chunks_train_every_example_once_per_epoch_at_its_own_length():
 def test_training_runs_partial_chunks_by_default(cache_dir, tmp_path, caplog):
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
   lengths = utils.nonpad_lengths(utils.get_dataset_arrays(_cfg(cache_dir))[utils.ENCODER_INPUT])
-  schedule = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=4, max_length=81,
-                                 partial_chunks=True)
-  full = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=4, max_length=81)
+  schedule = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=4, max_length=81)
+  full = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=4, max_length=81,
+                             partial_chunks=False)
   assert schedule.steps_per_epoch != full.steps_per_epoch  # the log line below tells them apart
   caplog.set_level("INFO", logger="tiger_jax.train")
   r = train.train(model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),

@@ -403,17 +403,17 @@ class BatchSchedule:
   permutation of all examples cut into batches (the last batch wraps around to the epoch's start). With
   length buckets (by non-pad encoder tokens), examples are grouped per bucket into chunks of `chunk_steps`
   batches that share one trimmed encoder length, so that a jitted multi-step loop can run a whole chunk on
-  one shape, and chunk order is shuffled per epoch. Every chunk is full by default: the leftovers of a bucket
-  move up to the next longer bucket, and the longest bucket wraps around to fill its last chunk. With
-  `partial_chunks`, each bucket's last chunk is shorter instead, so every example trains at its own bucket's
-  length once per epoch (only each bucket's last batch wraps around): on Beauty's [17, 33, 81] buckets and
-  100-step chunks, 514 instead of 600 steps an epoch, 142 instead of 300 of them at length 81.
+  one shape, and chunk order is shuffled per epoch. With `partial_chunks` (the default) each bucket's last chunk
+  may be shorter, so every example trains at its own bucket's length once per epoch (only each bucket's last
+  batch wraps around). Without, every chunk is full: the leftovers of a bucket move up to the next longer
+  bucket, and the longest bucket wraps around to fill its last chunk; on Beauty's [17, 33, 81] buckets and
+  100-step chunks that is 600 instead of 514 steps an epoch, 300 instead of 142 of them at length 81.
   The number of steps per epoch does not depend on the epoch.
   """
 
   def __init__(self, input_lengths: np.ndarray, batch_size: int, seed: int, shuffle: bool = True,
                buckets: Optional[Sequence[int]] = None, chunk_steps: int = 1,
-               max_length: Optional[int] = None, partial_chunks: bool = False):
+               max_length: Optional[int] = None, partial_chunks: bool = True):
     input_lengths = np.asarray(input_lengths)
     self._input_lengths = input_lengths
     self.num_examples = len(input_lengths)
@@ -460,7 +460,7 @@ class BatchSchedule:
     """What must match for a resumed run to see the same batches."""
     out = {"num_examples": self.num_examples, "batch_size": self.batch_size, "seed": self.seed,
            "shuffle": self.shuffle, "buckets": list(self.buckets), "chunk_steps": self.chunk_steps}
-    if self.partial_chunks:  # absent otherwise, so runs from before the option resume as they were
+    if self.partial_chunks:  # absent for full chunks, as in checkpoints from before the option
       out["partial_chunks"] = True
     return out
 

@@ -43,6 +43,7 @@ from tiger_jax import program_cache as program_cache_lib  # noqa: E402
 from tiger_jax import train as train_lib  # noqa: E402
 from tiger_jax import utils  # noqa: E402
 
+BATCH_SIZE = 256  # the paper's batch, for every timed loop and schedule
 # name -> (activation dtype, one-hot lookups, PRNG implementation for dropout, dropout rate,
 #          Adafactor over stacks of same-shaped tensors (utils.per_shape_group) rather than per tensor,
 #          dropout layer: 'rng' (flax's) or 'hash' (tiger_jax/dropout.py))
@@ -115,7 +116,7 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
   idx_host = {}
   for length in lengths:
     pool = order[nonpad[order] <= length]
-    idx_host[length] = np.resize(pool, k * 256).reshape(k, 256).astype(np.int32)
+    idx_host[length] = np.resize(pool, k * BATCH_SIZE).reshape(k, BATCH_SIZE).astype(np.int32)
     idx_for[length] = partitioner.replicate(idx_host[length])
   # Every length's loop before the first step, as train() compiles them (side by side).
   def args_for(length):
@@ -147,7 +148,7 @@ def profile_variant(name: str, arrays: dict, lengths, k: int, reps: int, top: in
       state, outs = fn(state, data, idx, n, rng)
     jax.block_until_ready(outs)
     ms = 1000 * (time.perf_counter() - start) / (reps * k)
-    entry = {"ms_per_step": ms, "examples_per_s": 256 / ms * 1000,
+    entry = {"ms_per_step": ms, "examples_per_s": BATCH_SIZE / ms * 1000,
              "compile_s": runner.compile_seconds.get(length), "lower_s": runner.lower_seconds.get(length),
              "loss_last": float(np.asarray(outs["loss"])[-1]),
              "first_dispatch_losses": first_losses.tolist()}
@@ -174,10 +175,10 @@ def bucket_mix(arrays: dict, lengths) -> dict[int, float]:
 
 
 def schedule_mix(arrays: dict, lengths, steps_per_dispatch: int, partial_chunks: bool) -> dict[int, float]:
-  """Share of the trainer's steps at each length in an epoch of its batch schedule (utils.BatchSchedule, batch
-  256): chunks of steps_per_dispatch steps; full chunks move each bucket's leftovers to longer lengths."""
-  schedule = utils.BatchSchedule(utils.nonpad_lengths(arrays[utils.ENCODER_INPUT]), 256, seed=0, buckets=lengths,
-                                 chunk_steps=steps_per_dispatch, max_length=max(lengths),
+  """Share of the trainer's steps at each length in an epoch of its batch schedule (utils.BatchSchedule at
+  BATCH_SIZE): chunks of steps_per_dispatch steps; full chunks move each bucket's leftovers to longer lengths."""
+  schedule = utils.BatchSchedule(utils.nonpad_lengths(arrays[utils.ENCODER_INPUT]), BATCH_SIZE, seed=0,
+                                 buckets=lengths, chunk_steps=steps_per_dispatch, max_length=max(lengths),
                                  partial_chunks=partial_chunks)
   _, per_step = schedule.steps(0, schedule.steps_per_epoch)
   return {int(b): float(np.mean(per_step == b)) for b in sorted(lengths)}

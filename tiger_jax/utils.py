@@ -452,7 +452,7 @@ class BatchSchedule:
     self.steps_per_epoch = sum(c for c, _ in self._plan) * self.chunk_steps
 
   def with_partial_chunks(self, partial_chunks: bool) -> "BatchSchedule":
-    """The same schedule with the other chunking (a resumed run follows its checkpoint's)."""
+    """The same schedule with full (False) or partial (True) chunks: a resumed run follows its checkpoint."""
     return BatchSchedule(self._input_lengths, self.batch_size, self.seed, self.shuffle, self.buckets,
                          self.chunk_steps, self.max_length, partial_chunks=partial_chunks)
 
@@ -463,21 +463,6 @@ class BatchSchedule:
     if self.partial_chunks:  # absent for full chunks, as in checkpoints from before the option
       out["partial_chunks"] = True
     return out
-
-  def _partial_chunks(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
-    """(bucket length, example indices) of each chunk of one epoch: each bucket's examples once, in chunks of
-    chunk_steps batches, its last chunk shorter and its last batch filled from the bucket's start."""
-    chunks = []
-    for length, members in zip(self.buckets, self._members):
-      if not len(members):
-        continue
-      pool = rng.permutation(members) if self.shuffle else members
-      batches = -(-len(pool) // self.batch_size)
-      pool = np.resize(pool, batches * self.batch_size)
-      for first in range(0, batches, self.chunk_steps):
-        chunks.append((length, pool[first * self.batch_size:min(first + self.chunk_steps, batches)
-                                    * self.batch_size]))
-    return chunks
 
   def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """([steps_per_epoch, B] example indices, [steps_per_epoch] encoder lengths) of one epoch."""
@@ -518,6 +503,21 @@ class BatchSchedule:
     """Encoder length (bucket) of the batch at `step`."""
     epoch, offset = divmod(int(step), self.steps_per_epoch)
     return int(self._epoch(epoch)[1][offset])
+
+  def _partial_chunks(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """(bucket length, example indices) of each chunk of one epoch: each bucket's examples once, in chunks of
+    chunk_steps batches, its last chunk shorter and its last batch filled from the bucket's start."""
+    chunks = []
+    for length, members in zip(self.buckets, self._members):
+      if not len(members):
+        continue
+      pool = rng.permutation(members) if self.shuffle else members
+      batches = -(-len(pool) // self.batch_size)
+      pool = np.resize(pool, batches * self.batch_size)
+      for first in range(0, batches, self.chunk_steps):
+        chunks.append((length, pool[first * self.batch_size:min(first + self.chunk_steps, batches)
+                                    * self.batch_size]))
+    return chunks
 
   def steps(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices [count, B] and encoder lengths [count] of steps start .. start+count-1."""

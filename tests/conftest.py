@@ -18,6 +18,20 @@ if "TIGER_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["TIGER_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+@pytest.fixture
+def jax_compilation_cache(tmp_path):
+  """JAX's persistent compilation cache on, in tmp_path, for one test; the process's settings come back after."""
+  import jax  # pylint: disable=g-import-not-at-top
+  previous = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
+  jax.config.update("jax_enable_compilation_cache", True)
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+  try:
+    yield tmp_path
+  finally:
+    jax.config.update("jax_enable_compilation_cache", previous[0])
+    jax.config.update("jax_compilation_cache_dir", previous[1])
+
+
 # The paper's RQ-VAE shrunk to seconds on a CPU, for the end-to-end experiment tests.
 TINY_RQVAE_GIN = """\
 include 'gin/rqvae/paper.gin'

@@ -24,29 +24,23 @@ def test_fresh_dispatch_inputs_train_on_the_same_examples_as_reused_ones():
   assert fresh["loss_last"] == same["loss_last"]  # two more dispatches over the same rows, bit for bit
 
 
-def test_loops_compiled_one_after_another_through_the_traced_program_cache_train_as_side_by_side(tmp_path):
-  import jax  # pylint: disable=g-import-not-at-top
+def test_loops_compiled_one_after_another_through_the_traced_program_cache_train_as_side_by_side(
+    jax_compilation_cache):
   from tiger_jax import program_cache  # pylint: disable=g-import-not-at-top
+  tmp_path = jax_compilation_cache
   arrays = train_speed.build_examples_in_memory(os.path.join(REPO, "data", "beauty"))["train"]
   arrays = {k: v[:2000] for k, v in arrays.items()}
-  previous = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
-  jax.config.update("jax_enable_compilation_cache", True)
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path))
 
   def run(order, traced_program_cache):
     return profile_step.profile_variant("bf16_onehot_rbg_castonce", arrays, [17, 33], k=2, reps=1, top=1,
                                         model_gin=os.path.join(REPO, "tests", "tiny_t5.gin"), hlo_dir=None,
                                         trace_lengths=[], compile_order=order,
                                         traced_program_cache=traced_program_cache)
-  try:
-    side_by_side = run("side_by_side", False)
-    first_alone = run("first_alone", True)
-    stored = sorted(os.listdir(tmp_path / program_cache.SUBDIR))
-    one_by_one = run("one_by_one", True)  # both loops from the stored traced programs
-    assert sorted(os.listdir(tmp_path / program_cache.SUBDIR)) == stored and stored
-  finally:
-    jax.config.update("jax_enable_compilation_cache", previous[0])
-    jax.config.update("jax_compilation_cache_dir", previous[1])
+  side_by_side = run("side_by_side", False)
+  first_alone = run("first_alone", True)
+  stored = sorted(os.listdir(tmp_path / program_cache.SUBDIR))
+  one_by_one = run("one_by_one", True)  # both loops from the stored traced programs
+  assert sorted(os.listdir(tmp_path / program_cache.SUBDIR)) == stored and stored
   assert [r["compile_order"] for r in (side_by_side, first_alone, one_by_one)] == [
       "side_by_side", "first_alone", "one_by_one"]
   for length in (17, 33):

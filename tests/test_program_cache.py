@@ -220,11 +220,9 @@ def test_a_function_returning_anything_but_a_tuple_of_arrays_is_not_stored(tmp_p
   assert not os.path.exists(tmp_path / program_cache.SUBDIR)
 
 
-def test_only_a_call_marked_gin_configured_gets_a_cache_keyed_by_its_config(tmp_path):
+def test_only_a_call_marked_gin_configured_gets_a_cache_keyed_by_its_config(jax_compilation_cache):
   import gin  # pylint: disable=g-import-not-at-top
-  previous = (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir)
-  jax.config.update("jax_enable_compilation_cache", True)
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+  tmp_path = jax_compilation_cache
   try:
     assert program_cache.for_gin_run() is None  # a direct call: its arguments are in no key
     gin.clear_config()
@@ -239,8 +237,6 @@ def test_only_a_call_marked_gin_configured_gets_a_cache_keyed_by_its_config(tmp_
     assert program_cache.for_config("BATCH_SIZE = 8") is None  # no cache without the compilation cache
   finally:
     gin.clear_config()
-    jax.config.update("jax_enable_compilation_cache", previous[0])
-    jax.config.update("jax_compilation_cache_dir", previous[1])
 
 
 # With N fake CPU devices: the stateless search of _search, its arrays on the last device, asked of

@@ -571,8 +571,8 @@ def test_resume_refuses_a_cache_rebuilt_with_other_semantic_ids(cache_dir, tmp_p
   assert provenance.read(str(tmp_path / "fresh"))["cache"]["semantic_ids_hash"] == "b" * 64
 
 
-def _tiny_gin(tmp, cache_dir, steps=32, extra=""):
-  path = os.path.join(tmp, "tiny.gin")
+def _tiny_gin(tmp, cache_dir, steps=32, extra="", name="tiny.gin"):
+  path = os.path.join(tmp, name)
   with open(path, "w") as f:
     f.write(textwrap.dedent(f"""\
       from __gin__ import dynamic_registration
@@ -695,8 +695,12 @@ def cli(tmp_path_factory, cache_dir):
   out = subprocess.run(_cmd(gin_file, model_dir), cwd=REPO, env=_env(compile_cache), capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-4000:]
-  return {"tmp": tmp, "gin_file": gin_file, "env": _env(compile_cache), "model_dir": model_dir,
-          "log": out.stderr, "seconds": time.time() - start}
+  # Every dispatch exactly STEPS_PER_DISPATCH steps long (full chunks), for tests that name the steps where
+  # dispatches start and end; with partial chunks a bucket's short last chunk moves the later boundaries.
+  full_chunks_gin_file = _tiny_gin(tmp, cache_dir, name="tiny_full_chunks.gin",
+                                   extra="train_script.train.bucket_partial_chunks = False\n")
+  return {"tmp": tmp, "gin_file": gin_file, "full_chunks_gin_file": full_chunks_gin_file,
+          "env": _env(compile_cache), "model_dir": model_dir, "log": out.stderr, "seconds": time.time() - start}
 
 
 def test_cli_run_writes_config_metrics_checkpoints(cli):
@@ -944,7 +948,7 @@ def _claims(log):
 
 def test_sigterm_checkpoints_and_exits(cli):
   model_dir = os.path.join(cli["tmp"], "terminated")
-  run = _FaultyRun(cli["gin_file"], model_dir, cli["env"], pause=1.0)
+  run = _FaultyRun(cli["full_chunks_gin_file"], model_dir, cli["env"], pause=1.0)
   try:
     assert run.wait_for_point("step", nth=3) == ["8"]  # the dispatch of steps 8..11 is in flight
     run.proc.send_signal(signal.SIGTERM)
@@ -959,7 +963,7 @@ def test_sigterm_checkpoints_and_exits(cli):
 def test_sigint_checkpoints_without_a_traceback(cli):
   """Ctrl-C: the last finished step is saved, the exit code is a shell's 130, and no KeyboardInterrupt."""
   model_dir = os.path.join(cli["tmp"], "interrupted")
-  run = _FaultyRun(cli["gin_file"], model_dir, cli["env"], pause=1.0)
+  run = _FaultyRun(cli["full_chunks_gin_file"], model_dir, cli["env"], pause=1.0)
   try:
     assert run.wait_for_point("step", nth=4) == ["12"]
     run.proc.send_signal(signal.SIGINT)

@@ -213,10 +213,18 @@ def test_partial_chunks_train_every_example_once_per_epoch_at_its_own_length():
                              partial_chunks=False)
   assert "partial_chunks" not in full.fingerprint() and s.fingerprint()["partial_chunks"] is True
   assert s.steps_per_epoch <= -(-1000 // 8) + 2  # at most one short batch per bucket beyond the minimum
+  step, runs = 0, []
+  while step < 2 * s.steps_per_epoch:  # chunk by chunk: each one length, at most chunk_steps long
+    runs.append(s.steps_left_in_chunk(step))
+    assert 1 <= runs[-1] <= 5 and len(set(s.steps(step, runs[-1])[1].tolist())) == 1
+    step += runs[-1]
+  assert step == 2 * s.steps_per_epoch
+  assert len(runs) == 2 * sum(-(-(-(-n // 8)) // 5) for n in per_bucket.values())
+  assert [full.steps_left_in_chunk(i) for i in range(12)] == [5 - i % 5 for i in range(12)]
   assert (s.steps(0, s.steps_per_epoch)[1] == 81).sum() < (full.steps(0, full.steps_per_epoch)[1] == 81).sum()
 
 
-def test_training_runs_partial_chunks_by_default(cache_dir, tmp_path, caplog):
+def test_training_runs_partial_chunks_by_default_one_dispatch_per_chunk(cache_dir, tmp_path, caplog, monkeypatch):
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
   lengths = utils.nonpad_lengths(utils.get_dataset_arrays(_cfg(cache_dir))[utils.ENCODER_INPUT])
   schedule = utils.BatchSchedule(lengths, 8, seed=0, buckets=[17, 33], chunk_steps=4, max_length=81)
@@ -224,12 +232,32 @@ def test_training_runs_partial_chunks_by_default(cache_dir, tmp_path, caplog):
                              partial_chunks=False)
   assert schedule.steps_per_epoch != full.steps_per_epoch  # the log line below tells them apart
   caplog.set_level("INFO", logger="tiger_jax.train")
+  dispatched, compiling = [], []
+  real_get, real_precompile = train.StepRunner.get, train.StepRunner.precompile
+  def counting_get(self, length, state, data, idx, n, *args, **kwargs):
+    if not compiling:
+      dispatched.append(int(jax.device_get(n)))
+    return real_get(self, length, state, data, idx, n, *args, **kwargs)
+  def marked_precompile(self, *args):
+    compiling.append(True)
+    try:
+      return real_precompile(self, *args)
+    finally:
+      compiling.clear()
+  monkeypatch.setattr(train.StepRunner, "get", counting_get)
+  monkeypatch.setattr(train.StepRunner, "precompile", marked_precompile)
+  total = schedule.steps_per_epoch + 3
   r = train.train(model=model, train_dataset_cfg=_cfg(cache_dir), partitioner=partitioning.PjitPartitioner(),
-                  model_dir=str(tmp_path / "m"), total_steps=schedule.steps_per_epoch + 3, eval_period=0,
+                  model_dir=str(tmp_path / "m"), total_steps=total, eval_period=0,
                   steps_per_dispatch=4, length_buckets=[17, 33],
                   use_tensorboard=False, eval_metric_fns=(), best_metric=None)
-  assert r.step == schedule.steps_per_epoch + 3 and np.isfinite(r.losses).all()
+  assert r.step == total and np.isfinite(r.losses).all()
   assert any(f"{schedule.steps_per_epoch} steps per epoch" in m for m in caplog.messages)
+  chunks, step = [], 0  # one dispatch per chunk (the last one cut at total_steps)
+  while step < total:
+    chunks.append(min(schedule.steps_left_in_chunk(step), total - step))
+    step += chunks[-1]
+  assert dispatched == chunks
 
 
 def test_a_run_checkpointed_with_full_chunks_resumes_with_full_chunks(cache_dir, tmp_path, caplog):

@@ -798,7 +798,9 @@ def train(*,
              lambda length: (state, *dispatch_args(step, 1, length), dropout_base))
     while step < total_steps and not stop.requested() and not stopped_early:
       boundary = min(_next_multiple(step, eval_period), _next_multiple(step, save_period), total_steps)
-      limit = int(min(steps_per_dispatch - step % steps_per_dispatch, boundary - step))
+      dispatch_end = (schedule.steps_left_in_chunk(step) if schedule.partial_chunks
+                      else steps_per_dispatch - step % steps_per_dispatch)
+      limit = int(min(dispatch_end, boundary - step))
       n = schedule.run_length(step, limit)
       length = schedule.length(step)
       data, idx_dev, n_dev = dispatch_args(step, n, length)

@@ -464,20 +464,21 @@ class BatchSchedule:
       out["partial_chunks"] = True
     return out
 
-  def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """([steps_per_epoch, B] example indices, [steps_per_epoch] encoder lengths) of one epoch."""
+  def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """([steps_per_epoch, B] example indices, [steps_per_epoch] encoder lengths, [chunks] the step offset
+    where each chunk ends) of one epoch."""
     if epoch in self._cache:
       return self._cache[epoch]
     rng = np.random.default_rng([self.seed, epoch])
     chunks = self._partial_chunks(rng) if self.partial_chunks else self._full_chunks(rng)
     order = rng.permutation(len(chunks)) if self.shuffle and len(chunks) > 1 else np.arange(len(chunks))
     idx = np.concatenate([chunks[i][1] for i in order]).reshape(-1, self.batch_size).astype(np.int32)
-    lengths = np.concatenate([np.full(len(chunks[i][1]) // self.batch_size, chunks[i][0], np.int32)
-                              for i in order])
+    sizes = [len(chunks[i][1]) // self.batch_size for i in order]
+    lengths = np.concatenate([np.full(n, chunks[i][0], np.int32) for n, i in zip(sizes, order)])
     if len(self._cache) >= 2:
       self._cache.pop(min(self._cache))
-    self._cache[epoch] = (idx, lengths)
-    return idx, lengths
+    self._cache[epoch] = (idx, lengths, np.cumsum(sizes))
+    return self._cache[epoch]
 
   def _full_chunks(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
     """(bucket length, example indices) of each chunk of one epoch, every chunk chunk_steps batches long."""
@@ -499,11 +500,6 @@ class BatchSchedule:
         chunks.append((self.buckets[b], take[c * chunk_examples:(c + 1) * chunk_examples]))
     return chunks
 
-  def length(self, step: int) -> int:
-    """Encoder length (bucket) of the batch at `step`."""
-    epoch, offset = divmod(int(step), self.steps_per_epoch)
-    return int(self._epoch(epoch)[1][offset])
-
   def _partial_chunks(self, rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
     """(bucket length, example indices) of each chunk of one epoch: each bucket's examples once, in chunks of
     chunk_steps batches, its last chunk shorter and its last batch filled from the bucket's start."""
@@ -519,6 +515,18 @@ class BatchSchedule:
                                     * self.batch_size]))
     return chunks
 
+  def length(self, step: int) -> int:
+    """Encoder length (bucket) of the batch at `step`."""
+    epoch, offset = divmod(int(step), self.steps_per_epoch)
+    return int(self._epoch(epoch)[1][offset])
+
+  def steps_left_in_chunk(self, step: int) -> int:
+    """Steps from `step` to the end of its chunk: with partial chunks the trainer dispatches chunk by chunk,
+    since their boundaries fall anywhere (with full chunks they are multiples of chunk_steps)."""
+    epoch, offset = divmod(int(step), self.steps_per_epoch)
+    ends = self._epoch(epoch)[2]
+    return int(ends[np.searchsorted(ends, offset, side="right")] - offset)
+
   def steps(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices [count, B] and encoder lengths [count] of steps start .. start+count-1."""
     idx, lengths = [], []
@@ -526,7 +534,7 @@ class BatchSchedule:
     end = step + int(count)
     while step < end:
       epoch, offset = divmod(step, self.steps_per_epoch)
-      e_idx, e_len = self._epoch(epoch)
+      e_idx, e_len, _ = self._epoch(epoch)
       n = min(end - step, self.steps_per_epoch - offset)
       idx.append(e_idx[offset:offset + n])
       lengths.append(e_len[offset:offset + n])

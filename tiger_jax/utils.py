@@ -431,7 +431,7 @@ class BatchSchedule:
     self.partial_chunks = bool(partial_chunks) and len(self.buckets) > 1
     bucket_of = np.searchsorted(np.asarray(self.buckets), np.minimum(input_lengths, self.max_length))
     self._members = [np.flatnonzero(bucket_of == b).astype(np.int64) for b in range(len(self.buckets))]
-    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # epoch -> _epoch()
     if self.partial_chunks:
       self.steps_per_epoch = sum(-(-len(m) // self.batch_size) for m in self._members)
       return

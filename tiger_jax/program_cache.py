@@ -178,7 +178,7 @@ class ProgramCache:
         return list(out) if returned["tuple"] else out
 
       exported = jax.export.export(jax.jit(flat_fn))(*leaves)
-      return (exported if returned["tuple"] else None), {"outputs": len(exported.out_avals)}
+      return (exported if returned["tuple"] else None), {}
 
     try:
       found = self._load_or_store(key, key_parts, export, lambda path, meta: None)

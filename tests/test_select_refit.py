@@ -231,6 +231,7 @@ def test_refit_reads_the_step_and_candidate_from_the_record(tmp_path, cache_dir)
   gin_file = _gin_file(tmp_path, cache_dir, """\
       select_refit.SelectRefitConfig.candidates = {
           'narrow': ['network.T5Config.mlp_dim = 32'], 'wide': ['network.T5Config.mlp_dim = 48']}
+      LENGTH_BUCKETS = [17, 81]
       """)
   root = str(tmp_path / "run")
   # One process per candidate: each trains its own and stops; the run without the flag selects.
@@ -257,14 +258,24 @@ def test_refit_reads_the_step_and_candidate_from_the_record(tmp_path, cache_dir)
   assert report["validation"]["status"] == "copied"
   assert open(os.path.join(seed2, "validation", "predictions.jsonl")).read() == open(
       os.path.join(root, "validation", "predictions.jsonl")).read()
-  # Edit the record: another candidate, a step count no gin file names and no evaluation used.
+  # Each candidate's run records its batch chunking (partial chunks, the default); a record without it (from
+  # before it was kept) is answered by the candidate's checkpoints, and by nothing where there are none.
+  assert all(run["partial_chunks"] is True for run in record["runs"].values())
+  legacy = json.loads(json.dumps(record))
+  del legacy["runs"][legacy["chosen"]["candidate"]]["partial_chunks"]
+  assert select_refit.candidate_chunking(legacy, root) is True
+  assert select_refit.candidate_chunking(legacy, str(tmp_path / "elsewhere")) is None
+  # Edit the record: another candidate, a step count no gin file names and no evaluation used, and full chunks:
+  # the refit trains on the chunking the record says its candidate was selected with, not the configured one.
   other = "wide" if record["chosen"]["candidate"] == "narrow" else "narrow"
   record["chosen"]["candidate"], record["refit_steps"] = other, 6
+  record["runs"][other]["partial_chunks"] = False
   with open(path, "w") as f:
     json.dump(record, f)
   report = select_refit.run_procedure(_flags(gin_file, root, until="refit"))
   assert report["refit"] == {"status": "ran", "steps": 6, "candidate": other, "start_step": 0}
   assert _latest_step(os.path.join(root, "refit")) == 6
+  assert "partial_chunks" not in checkpoints.latest_meta(os.path.join(root, "refit"))["schedule"]
   params, _ = checkpoints.restore_params(os.path.join(root, "refit"), "latest")
   mlp = params["encoder"]["layers_0"]["mlp"]["wi"]["kernel"]
   assert mlp.shape[-1] == {"narrow": 32, "wide": 48}[other]

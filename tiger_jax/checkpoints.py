@@ -135,6 +135,21 @@ def saved_steps(directory: str) -> list[int]:
                 if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
 
 
+def latest_meta(model_dir: str) -> Optional[dict]:
+  """The metadata saved with MODEL_DIR's latest periodic checkpoint (its step, its batch schedule's
+  fingerprint, ...), read without its arrays; None when MODEL_DIR holds no complete checkpoint."""
+  directory = checkpoint_dir(model_dir)
+  steps = saved_steps(directory)
+  if not steps:
+    return None
+  manager = _manager(directory, None, async_save=False, read_only=True)
+  try:
+    restored = manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  return dict(restored["meta"] or {})
+
+
 def restore_params(path: str, which: Union[str, int] = "best", abstract_params: Any = None,
                    dtype: Optional[str] = None) -> tuple[Any, int]:
   """Params (and their step) for eval/infer: `path` is a MODEL_DIR, or a checkpoints/ or best/ dir.

@@ -14,7 +14,8 @@ leaves its own part of MODEL_DIR:
      validation/         the chosen params decoded on the validation split (metrics.json, predictions.jsonl):
                          what a hybrid's weights are chosen on (tiger_jax.fusion)
   2 refit/               the chosen candidate trained on train + validation for exactly selection.json's
-                         `refit_steps` (read from that file, never from a gin file), no validation metrics
+                         `refit_steps` (read from that file, never from a gin file) with the batch chunking
+                         it was selected with, no validation metrics
   3 test/                the refit's last checkpoint decoded on the test split (metrics.json, predictions.jsonl)
 
 The test split is read in phase 3 only (phases 1 and 2 refuse a config whose splits name it). Rerunning the
@@ -303,6 +304,7 @@ def run_select(flags, root: str, config: SelectRefitConfig, candidates: Mapping[
       result = _train(f"phase 1, candidate {name!r}")
       done = {"step": result.step, "start_step": result.start_step, "horizon": _macro("TRAIN_STEPS"),
               "stopped_early": result.stopped_early, "best": result.best, "bindings": bindings,
+              "partial_chunks": result.partial_chunks,
               "seed": _macro("RANDOM_SEED"), "time": time.time()}
       utils.write_json(done_path, done)
     curve = validation_curve(model_dir, rule.metric, done["step"])
@@ -332,6 +334,22 @@ def run_select(flags, root: str, config: SelectRefitConfig, candidates: Mapping[
   return {"status": "ran", "record": record}
 
 
+def candidate_chunking(record: Mapping[str, Any], root: str) -> Optional[bool]:
+  """Whether the chosen candidate trained with partial chunks (utils.BatchSchedule): the refit trains the
+  selected step count on the schedule it was selected on. From the selection record, else (a record from before
+  it kept the chunking) from the candidate's latest checkpoint; None when neither is there."""
+  name = record["chosen"]["candidate"]
+  run = (record.get("runs") or {}).get(name) or {}
+  if run.get("partial_chunks") is not None:
+    return bool(run["partial_chunks"])
+  source = os.path.dirname(record["selection_from"]) if record.get("selection_from") else root
+  from tiger_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  meta = checkpoints.latest_meta(os.path.join(source, SELECT_DIR, name))
+  if not meta or not meta.get("schedule"):
+    return None
+  return bool(meta["schedule"].get("partial_chunks", False))  # absent: full chunks (utils.BatchSchedule)
+
+
 def run_refit(flags, root: str) -> dict:
   """Phase 2: the chosen candidate on train + validation for exactly selection.json's refit_steps."""
   selection_path = os.path.join(root, SELECTION_FILE)
@@ -347,13 +365,18 @@ def run_refit(flags, root: str) -> dict:
                        f"steps, but {selection_path} now says {name!r} for {steps}; use a fresh MODEL_DIR")
     log.info("phase 2 (refit): finished before (%d steps of %r)", steps, name)
     return {"status": "done before", "steps": steps, "candidate": name}
+  partial_chunks = candidate_chunking(record, root)
+  if partial_chunks is None:
+    log.warning("phase 2 (refit): neither %s nor the checkpoints of candidate %r say which batch chunking it "
+                "was selected with; the refit uses the configured one", selection_path, name)
   _parse(flags, record["candidates"][name], [
       f"MODEL_DIR = {_literal(model_dir)}",
       f"TRAIN_STEPS = {steps}",
       "train/utils.DatasetConfig.split = 'train+validation'",
       "train_script.train.eval_metric_fns = []",
       "train_script.train.best_metric = None",
-      "train_script.train.early_stopping_steps = None"])
+      "train_script.train.early_stopping_steps = None",
+      *([f"train_script.train.bucket_partial_chunks = {partial_chunks}"] if partial_chunks is not None else [])])
   _check_splits("refit", {"train": "train+validation"})
   started = _checkpoint_steps(model_dir)
   if started and max(started) > steps:

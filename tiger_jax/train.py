@@ -376,6 +376,7 @@ class TrainResult:
   ms_per_step_by_length: Optional[dict] = None
   stopped_by_signal: Optional[int] = None  # SIGTERM or SIGINT ended the run early (after a checkpoint)
   stopped_early: bool = False  # best_metric had not improved for early_stopping_steps (after a checkpoint)
+  partial_chunks: Optional[bool] = None  # the batch schedule's chunking (a resumed run keeps its checkpoint's)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -854,7 +855,8 @@ def train(*,
                      losses=np.concatenate(losses) if losses else np.zeros([0], np.float32), evals=evals,
                      best=best, steps_per_second=rate, seconds=elapsed,
                      compile_seconds=dict(runner.compile_seconds), ms_per_step_by_length=per_length,
-                     stopped_by_signal=stopped_by, stopped_early=stopped_early)
+                     stopped_by_signal=stopped_by, stopped_early=stopped_early,
+                     partial_chunks=schedule.partial_chunks)
 
 
 def _cast_state_params(state, dtype: str):

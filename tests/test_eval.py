@@ -198,6 +198,26 @@ def test_training_validation_loads_its_beam_search_from_disk_and_scores_the_same
   assert len(runs["stored"][0]) == 2 and runs["stored"][0] == runs["loaded"][0] == runs["uncached"][0]
 
 
+def test_eval_after_training_compiles_its_beam_search_from_the_trainers_xla_cache(trained):
+  """The trainer's validation decodes with the beam search eval runs: with one compilation cache, eval's compile of
+  every encoder length is a persistent-cache hit, not a second compile of what validation compiled."""
+  cache = os.path.join(trained["tmp"], "xla_train_then_eval")
+  model_dir = os.path.join(trained["tmp"], "model_for_shared_cache")
+  gin_args = [trained["gin_args"][0], f'--gin.MODEL_DIR="{model_dir}"']
+  subprocess.run([sys.executable, "-m", "tiger_jax.train", *gin_args, f"--compilation_cache_dir={cache}"],
+                 cwd=REPO, env=trained["env"], check=True, capture_output=True)
+  out = os.path.join(trained["tmp"], "eval_shared_cache")
+  proc = subprocess.run([sys.executable, "-m", "tiger_jax.eval", *gin_args, "--gin_file=gin/runs/eval.gin",
+                         f'--gin.EVAL_OUTPUT_DIR="{out}"', f"--compilation_cache_dir={cache}"],
+                        cwd=REPO, env=dict(trained["env"], JAX_LOG_COMPILES="1"), capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # compile_function compiles each stored beam search as jit(exported.call): XLA's module 'jit_call'.
+  hits = re.findall(r"Persistent compilation cache hit for 'jit_call'", proc.stderr)
+  misses = re.findall(r"PERSISTENT COMPILATION CACHE MISS for 'jit_call'", proc.stderr)
+  lengths = re.findall(r"compiled the beam search for encoder length (\d+)", proc.stderr)
+  assert lengths and len(hits) == len(lengths) and not misses, proc.stderr[-3000:]
+
+
 def test_metrics_from_predictions_by_hand(tmp_path):
   path = tmp_path / "p.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in [

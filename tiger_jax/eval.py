@@ -60,6 +60,20 @@ class CatalogTables:
     return decoding.SemanticIdTrie.from_codes(codes, layout.codebook_size)
 
 
+def on_its_one_device(params: Any) -> Any:
+  """`params` as plain single-device arrays when all of them live on one device (a one-device training mesh);
+  anything else unchanged. A beam search lowered over them is then the program eval and infer lower over
+  restored params, so the trainer's validation and a later eval share one entry of the persistent compilation
+  cache instead of compiling the same decoder twice."""
+  leaves = jax.tree_util.tree_leaves(params)
+  if not leaves or not all(isinstance(x, jax.Array) and x.is_fully_addressable for x in leaves):
+    return params
+  devices = {device for x in leaves for device in x.sharding.device_set}
+  if len(devices) != 1:
+    return params
+  return jax.device_put(params, jax.sharding.SingleDeviceSharding(devices.pop()))
+
+
 class Retriever:
   """A model + params + catalogue trie -> ranked items per input; jitted once per (batch, length) shape."""
 
@@ -90,6 +104,14 @@ class Retriever:
     self._predict = jax.jit(predict)
     # (encoder length, rows) -> beam search compiled ahead (rng None)
     self._compiled: dict[tuple[int, int], Any] = {}
+
+  @property
+  def params(self):
+    return self._params
+
+  @params.setter
+  def params(self, params):
+    self._params = on_its_one_device(params)
 
   def batch_rows(self, count: int) -> int:
     """Rows of the batch that holds `count` inputs: batch_size, or with shrink_last_batch the next power of two."""

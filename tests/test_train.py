@@ -527,6 +527,33 @@ def _train_briefly(cache_dir, model_dir, steps):
                      checkpoint_cfg=utils.CheckpointConfig(save=utils.SaveCheckpointConfig(async_save=False)))
 
 
+def test_validation_loss_over_length_buckets_is_the_full_length_loss(cache_dir, tmp_path):
+  """Validation batches trimmed to their length bucket (the first batch of each length run side by side, which
+  compiles the lengths at once) give the loss of untrimmed batches, on the first pass and on a later one."""
+  model = _tiny_model()
+  params = model.get_initial_variables(jax.random.PRNGKey(0), {utils.ENCODER_INPUT: (1, 81),
+                                                               utils.DECODER_INPUT: (1, 5),
+                                                               utils.DECODER_TARGET: (1, 5)})["params"]
+
+  def context(buckets):
+    return train.EvalContext(model=model, params=params, step=0, partitioner=partitioning.PjitPartitioner(),
+                             train_eval_dataset_cfg=_cfg(cache_dir, "validation", shuffle=False),
+                             infer_eval_dataset_cfg=None, length_buckets=buckets, model_dir=str(tmp_path),
+                             cache={})
+
+  bucketed = context([17, 33, 49, 81])
+  lengths = {length for _, length in utils.eval_batches(
+      utils.nonpad_lengths(utils.get_dataset_arrays(bucketed.train_eval_dataset_cfg,
+                                                    (utils.ENCODER_INPUT,))[utils.ENCODER_INPUT]), 8,
+      [17, 33, 49, 81], 81)}
+  assert len(lengths) >= 3  # several programs, compiled side by side
+  first, again = train.validation_loss(bucketed), train.validation_loss(bucketed)
+  full = train.validation_loss(context(None))
+  assert first == again and first["validation/examples"] == full["validation/examples"] == 48
+  for key in ("validation/loss", "validation/sequence_nll"):
+    assert first[key] == pytest.approx(full[key], rel=1e-5)
+
+
 def _write_lock(model_dir, pid, command):
   import socket  # pylint: disable=g-import-not-at-top
   os.makedirs(model_dir, exist_ok=True)

@@ -129,14 +129,31 @@ def validation_loss(ctx: EvalContext) -> dict[str, float]:
                                       arrays[utils.ENCODER_INPUT].shape[1]))
     ctx.cache["validation_loss"] = (arrays, score, batches)
   arrays, score, batches = ctx.cache["validation_loss"]
-  results = []
-  for idx, length in batches:
-    if ctx.stop_requested():
-      raise utils.StopRequested(f"validation loss at step {ctx.step}")
+
+  def run(i: int):
+    idx, length = batches[i]
     batch = {k: arrays[k][idx] for k in utils.MODEL_FEATURES}
     batch[utils.ENCODER_INPUT] = batch[utils.ENCODER_INPUT][:, :length]
     batch = pad_rows(batch, cfg.batch_size)
-    results.append((len(idx), score(ctx.params, ctx.partitioner.shard_global_batch(batch))))
+    return len(idx), score(ctx.params, ctx.partitioner.shard_global_batch(batch))
+
+  results: list = [None] * len(batches)
+  firsts = sorted({length: i for i, (_, length) in reversed(list(enumerate(batches)))}.values())
+  if ctx.stop_requested():
+    raise utils.StopRequested(f"validation loss at step {ctx.step}")
+  if "validation_loss_compiled" not in ctx.cache and len(firsts) > 1 and jax.process_count() == 1:
+    # The first batch of every length runs in its own thread, so each length's program compiles side by side
+    # (XLA compiles outside the GIL) instead of one after another. One process only: several processes must
+    # launch their programs in the same order.
+    with concurrent.futures.ThreadPoolExecutor(len(firsts)) as pool:
+      for i, result in zip(firsts, pool.map(run, firsts)):
+        results[i] = result
+  ctx.cache["validation_loss_compiled"] = True
+  for i in range(len(batches)):
+    if results[i] is None:
+      if ctx.stop_requested():
+        raise utils.StopRequested(f"validation loss at step {ctx.step}")
+      results[i] = run(i)
   total_logp, count = 0.0, 0
   for n, scores in results:
     total_logp += float(np.sum(np.asarray(jax.device_get(scores), np.float64)[:n]))

@@ -82,8 +82,7 @@ class TrainCheckpointer:
     step = self.best.latest_step()
     if step is None:
       return None
-    restored = self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored["meta"] or {})
+    return _restore_meta(self.best, step)
 
   def save_best(self, step: int, params: Any, meta: dict) -> None:
     """Replaces the best checkpoint with `params` at `step`."""
@@ -144,9 +143,14 @@ def latest_meta(model_dir: str) -> Optional[dict]:
     return None
   manager = _manager(directory, None, async_save=False, read_only=True)
   try:
-    restored = manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return _restore_meta(manager, steps[-1])
   finally:
     manager.close()
+
+
+def _restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The JSON metadata item of one checkpoint, without its arrays."""
+  restored = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
   return dict(restored["meta"] or {})
 
 

@@ -114,7 +114,8 @@ def validation_loss(ctx: EvalContext) -> dict[str, float]:
   cfg = ctx.train_eval_dataset_cfg
   if cfg is None:
     return {}
-  if "validation_loss" not in ctx.cache:
+  first_pass = "validation_loss" not in ctx.cache
+  if first_pass:
     arrays = utils.get_dataset_arrays(cfg, utils.MODEL_FEATURES)
     if ctx.eval_steps:
       arrays = {k: v[:ctx.eval_steps * cfg.batch_size] for k, v in arrays.items()}
@@ -138,17 +139,17 @@ def validation_loss(ctx: EvalContext) -> dict[str, float]:
     return len(idx), score(ctx.params, ctx.partitioner.shard_global_batch(batch))
 
   results: list = [None] * len(batches)
-  firsts = sorted({length: i for i, (_, length) in reversed(list(enumerate(batches)))}.values())
   if ctx.stop_requested():
     raise utils.StopRequested(f"validation loss at step {ctx.step}")
-  if "validation_loss_compiled" not in ctx.cache and len(firsts) > 1 and jax.process_count() == 1:
+  if first_pass and jax.process_count() == 1:
     # The first batch of every length runs in its own thread, so each length's program compiles side by side
     # (XLA compiles outside the GIL) instead of one after another. One process only: several processes must
     # launch their programs in the same order.
-    with concurrent.futures.ThreadPoolExecutor(len(firsts)) as pool:
-      for i, result in zip(firsts, pool.map(run, firsts)):
-        results[i] = result
-  ctx.cache["validation_loss_compiled"] = True
+    firsts = sorted({length: i for i, (_, length) in reversed(list(enumerate(batches)))}.values())
+    if len(firsts) > 1:
+      with concurrent.futures.ThreadPoolExecutor(len(firsts)) as pool:
+        for i, result in zip(firsts, pool.map(run, firsts)):
+          results[i] = result
   for i in range(len(batches)):
     if results[i] is None:
       if ctx.stop_requested():

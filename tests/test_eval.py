@@ -217,6 +217,24 @@ def test_eval_after_training_compiles_its_beam_search_from_the_trainers_xla_cach
   assert lengths and len(hits) == len(lengths), proc.stderr[-3000:]
 
 
+def test_the_first_validation_runs_on_programs_compiled_beside_the_training_loops(trained):
+  """Validation loss and beam search (the metric functions marked utils.compiles_ahead) compile while the
+  training loops do: from the last of those compiles to the end of the first validation, XLA compiles nothing."""
+  model_dir = os.path.join(trained["tmp"], "model_compiled_ahead")
+  proc = subprocess.run([sys.executable, "-m", "tiger_jax.train", trained["gin_args"][0],
+                         f'--gin.MODEL_DIR="{model_dir}"', "--gin.LENGTH_BUCKETS=[17, 33, 81]"],
+                        cwd=REPO, env=dict(trained["env"], JAX_LOG_COMPILES="1"), capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stderr.splitlines()
+  compiled = [i for i, line in enumerate(lines)
+              if re.search(r"compiled the validation's programs beside|compiled the \d+-step loop", line)]
+  first_eval = next(i for i, line in enumerate(lines) if "eval at step 12 " in line)
+  assert compiled and compiled[-1] < first_eval, proc.stderr[-3000:]
+  during = [line for line in lines[compiled[-1]:first_eval] if "Finished XLA compilation" in line]
+  assert not during, "\n".join(during)
+  assert any("compiled the beam search for encoder length" in line for line in lines[:compiled[-1]])
+
+
 def test_metrics_from_predictions_by_hand(tmp_path):
   path = tmp_path / "p.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in [

@@ -146,6 +146,19 @@ class Retriever:
         for shape, compiled in zip(todo, pool.map(build, todo)):
           self._compiled[shape] = compiled
 
+  def _batches(self, tokens: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+    """(input indices, encoder length, rows) of each batch that retrieve() decodes `tokens` in."""
+    batches = utils.eval_batches(utils.nonpad_lengths(tokens), self.batch_size, self.length_buckets,
+                                 tokens.shape[1])
+    return [(idx, length, self.batch_rows(len(idx))) for idx, length in batches]
+
+  def precompile_for(self, encoder_input_tokens: np.ndarray) -> None:
+    """Compiles every beam search that retrieve() of these inputs (rng None) runs, decoding nothing."""
+    self._precompile_batches(self._batches(np.asarray(encoder_input_tokens, np.int32)))
+
+  def _precompile_batches(self, batches: Sequence[tuple[np.ndarray, int, int]]) -> None:
+    self.precompile([length for _, length, _ in batches], [rows for _, _, rows in batches])
+
   def retrieve(self, encoder_input_tokens: np.ndarray, rng: Optional[jax.Array] = None,
                should_stop: Optional[Callable[[], bool]] = None) -> tuple[np.ndarray, np.ndarray]:
     """(raw items [N, beams] with -1 for invalid IDs, scores [N, beams]), in input order.
@@ -156,12 +169,10 @@ class Retriever:
     n = len(tokens)
     items = np.full((n, self.num_beams), -1, np.int32)
     scores = np.full((n, self.num_beams), -np.inf, np.float32)
-    lengths = utils.nonpad_lengths(tokens)
-    batches = list(utils.eval_batches(lengths, self.batch_size, self.length_buckets, tokens.shape[1]))
-    rows = [self.batch_rows(len(idx)) for idx, _ in batches]
+    batches = self._batches(tokens)
     if rng is None:
-      self.precompile([length for _, length in batches], rows)
-    for b, ((idx, length), n) in enumerate(zip(batches, rows)):
+      self._precompile_batches(batches)
+    for b, (idx, length, n) in enumerate(batches):
       if should_stop is not None and should_stop():
         raise utils.StopRequested(f"retrieval stopped after {b} of the batches")
       batch = np.zeros((n, length), np.int32)
@@ -205,6 +216,7 @@ def write_predictions(path: str, tables: CatalogTables, user_index: np.ndarray, 
   predictions_lib.write(path, rows())
 
 
+@utils.compiles_ahead
 def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch_size: int = 512
                          ) -> dict[str, float]:
   """A train() eval hook: validation Recall/NDCG of the current params, on `infer_eval`'s split."""
@@ -224,6 +236,9 @@ def retrieval_metrics_fn(ctx, num_beams: int = 20, constrain: bool = True, batch
                           program_cache=ctx.program_cache)
     ctx.cache["retriever"] = retriever
   retriever.params = ctx.params
+  if ctx.compile_only:
+    retriever.precompile_for(arrays[utils.ENCODER_INPUT])
+    return {}
   raw, _ = retriever.retrieve(arrays[utils.ENCODER_INPUT], should_stop=ctx.stop_requested)
   found = retrieval_metrics(raw, arrays["target_item"], invalid_ks=())
   return {f"{cfg.split}/{k}": v for k, v in found.items() if isinstance(v, float)}

@@ -79,6 +79,9 @@ class EvalContext:
   stop_requested: Callable[[], bool] = lambda: False
   # The run's traced-program cache (tiger_jax/program_cache.py) when gin configured it, else None.
   program_cache: Optional[Any] = None
+  # Build and compile the programs a validation pass runs, evaluate nothing, return {}: asked only of metric
+  # functions marked utils.compiles_ahead, while the training loops compile.
+  compile_only: bool = False
 
 
 EvalMetricFn = Callable[[EvalContext], Mapping[str, float]]
@@ -109,6 +112,7 @@ def resident_rows(num_examples: int) -> int:
   return 1 << max(0, num_examples - 1).bit_length()
 
 
+@utils.compiles_ahead
 def validation_loss(ctx: EvalContext) -> dict[str, float]:
   """Per-token negative log-likelihood of the targets on the `train_eval` split (via score_batch)."""
   cfg = ctx.train_eval_dataset_cfg
@@ -141,15 +145,18 @@ def validation_loss(ctx: EvalContext) -> dict[str, float]:
   results: list = [None] * len(batches)
   if ctx.stop_requested():
     raise utils.StopRequested(f"validation loss at step {ctx.step}")
-  if first_pass and jax.process_count() == 1:
-    # The first batch of every length runs in its own thread, so each length's program compiles side by side
-    # (XLA compiles outside the GIL) instead of one after another. One process only: several processes must
-    # launch their programs in the same order.
+  if first_pass:
+    # The first batch of every length runs first, each in its own thread, so the lengths' programs compile side
+    # by side (XLA compiles outside the GIL) instead of one after another. Several processes must launch their
+    # programs in the same order, so there they run one after another. compile_only runs just these batches.
     firsts = sorted({length: i for i, (_, length) in reversed(list(enumerate(batches)))}.values())
-    if len(firsts) > 1:
-      with concurrent.futures.ThreadPoolExecutor(len(firsts)) as pool:
+    side_by_side = jax.process_count() == 1 and len(firsts) > 1
+    if side_by_side or ctx.compile_only:
+      with concurrent.futures.ThreadPoolExecutor(len(firsts) if side_by_side else 1) as pool:
         for i, result in zip(firsts, pool.map(run, firsts)):
           results[i] = result
+  if ctx.compile_only:
+    return {}
   for i in range(len(batches)):
     if results[i] is None:
       if ctx.stop_requested():
@@ -659,14 +666,18 @@ def train(*,
   if config_path:
     summaries.text(step, "gin/config", "```\n" + open(config_path).read() + "\n```")
 
+  def eval_context(at_step: int, state_now, compile_only: bool = False) -> EvalContext:
+    return EvalContext(model=model, params=eval_params(state_now), step=at_step, partitioner=partitioner,
+                       train_eval_dataset_cfg=train_eval_dataset_cfg,
+                       infer_eval_dataset_cfg=infer_eval_dataset_cfg, length_buckets=length_buckets,
+                       model_dir=model_dir, cache=eval_ctx_cache, eval_steps=eval_steps,
+                       stop_requested=stop.requested, program_cache=runner.program_cache,
+                       compile_only=compile_only)
+
   def run_eval(at_step: int, state_now) -> bool:
     """Validates at `at_step`; False when a stop signal cut it short (nothing is recorded then)."""
     nonlocal best
-    ctx = EvalContext(model=model, params=eval_params(state_now), step=at_step, partitioner=partitioner,
-                      train_eval_dataset_cfg=train_eval_dataset_cfg,
-                      infer_eval_dataset_cfg=infer_eval_dataset_cfg, length_buckets=length_buckets,
-                      model_dir=model_dir, cache=eval_ctx_cache, eval_steps=eval_steps,
-                      stop_requested=stop.requested, program_cache=runner.program_cache)
+    ctx = eval_context(at_step, state_now)
     start = time.time()
     results: dict[str, float] = {}
     try:
@@ -771,6 +782,30 @@ def train(*,
       marks.append((now, clock["paused"], done))
       stats.update(sum={}, n=0)
 
+  def compile_programs(lengths: Sequence[int]) -> None:
+    """The training loops of `lengths` and, beside them, the validation's programs (the metric functions
+    marked utils.compiles_ahead): one wall of compiling instead of the loops' and then the first
+    validation's."""
+    ahead = [fn for fn in eval_metric_fns or () if getattr(fn, "compiles_ahead", False)]
+
+    def compile_validation() -> None:
+      start = time.time()
+      ctx = eval_context(step, state, compile_only=True)
+      try:
+        for fn in ahead:
+          fn(ctx)
+      except utils.StopRequested:
+        return  # the loop sees the stop signal next
+      log.info("compiled the validation's programs beside the training loops in %.1fs", time.time() - start)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      futures = [pool.submit(runner.precompile, lengths,
+                             lambda length: (state, *dispatch_args(step, 1, length), dropout_base))]
+      if ahead:
+        futures.append(pool.submit(compile_validation))
+      for future in futures:
+        future.result()
+
   def save(at_step: int, state_now) -> None:
     if not checkpoints_lib.all_finite(state_now["params"]):
       raise NonFiniteLossError(f"parameters became non-finite by step {at_step}; not saving. The last good "
@@ -809,12 +844,11 @@ def train(*,
       paused(run_eval, step, state)
     elif run_eval_before_training and step < total_steps and not stopped_early:
       paused(run_eval, step, state)
-    # Compile every encoder length this run will use before the first step, so that progress lines
-    # measure training only.
+    # Compile every encoder length this run will use (and the validation) before the first step, so that
+    # progress lines measure training only.
     if step < total_steps and not stopped_early:
       _, upcoming = schedule.steps(step, min(total_steps - step, schedule.steps_per_epoch))
-      paused(runner.precompile, sorted(set(upcoming.tolist())),
-             lambda length: (state, *dispatch_args(step, 1, length), dropout_base))
+      paused(compile_programs, sorted(set(upcoming.tolist())))
     while step < total_steps and not stop.requested() and not stopped_early:
       boundary = min(_next_multiple(step, eval_period), _next_multiple(step, save_period), total_steps)
       dispatch_end = (schedule.steps_left_in_chunk(step) if schedule.partial_chunks

@@ -552,6 +552,14 @@ class StopRequested(Exception):
   """A long loop (a validation pass) stopped early because the run was asked to stop (SIGTERM, SIGINT)."""
 
 
+def compiles_ahead(metric_fn):
+  """Marks a trainer eval metric function that honours `EvalContext.compile_only`: called so, it builds and
+  compiles its programs and returns {} without evaluating. train() calls such functions beside the training
+  loops' compile, so the first validation does not compile after them."""
+  metric_fn.compiles_ahead = True
+  return metric_fn
+
+
 def eval_batches(lengths: np.ndarray, batch_size: int, buckets: Optional[Sequence[int]], max_length: int):
   """Deterministic eval batches: sorted by bucket so each batch can be trimmed; yields (indices, length).
 

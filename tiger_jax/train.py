@@ -535,7 +535,8 @@ def train(*,
       length); False moves leftovers up to the next longer bucket and repeats examples of the longest one
       to fill its last run (utils.BatchSchedule). A resumed run keeps the choice its checkpoint was made with.
     resident_data: keep the training split on the devices and gather batches there.
-    eval_metric_fns: called every `eval_period` steps with an EvalContext; their merged dict is logged.
+    eval_metric_fns: called every `eval_period` steps with an EvalContext; their merged dict is logged. Those
+      marked utils.compiles_ahead are also called once with `compile_only` while the training loops compile.
     best_metric / best_mode: which eval metric picks the checkpoint kept under MODEL_DIR/best.
     eval_steps: evaluate only the first eval_steps batches of train_eval (t5x's name); None: all of it.
     use_hardware_rng: t5x's option: dropout masks from the faster 'unsafe_rbg' generator instead of

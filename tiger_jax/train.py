@@ -156,6 +156,8 @@ def validation_loss(ctx: EvalContext) -> dict[str, float]:
         for i, result in zip(firsts, pool.map(run, firsts)):
           results[i] = result
   if ctx.compile_only:
+    # Finished before the training loop's first dispatch donates the params these batches read.
+    jax.block_until_ready([result for result in results if result is not None])
     return {}
   for i in range(len(batches)):
     if results[i] is None:

@@ -235,6 +235,19 @@ def test_the_first_validation_runs_on_programs_compiled_beside_the_training_loop
   assert any("compiled the beam search for encoder length" in line for line in lines[:compiled[-1]])
 
 
+def test_a_validation_before_training_is_not_compiled_again_beside_the_loops(trained):
+  """The step-0 validation has compiled the validation's programs already; only the loops compile after it."""
+  model_dir = os.path.join(trained["tmp"], "model_eval_first")
+  proc = subprocess.run([sys.executable, "-m", "tiger_jax.train", trained["gin_args"][0],
+                         f'--gin.MODEL_DIR="{model_dir}"', "--gin.TRAIN_STEPS=12",
+                         "--gin.train_script.train.run_eval_before_training=True"],
+                        cwd=REPO, env=trained["env"], capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "eval at step 0 " in proc.stderr, proc.stderr[-3000:]
+  assert re.search(r"compiled the \d+-step loop", proc.stderr), proc.stderr[-3000:]
+  assert "compiled the validation's programs beside" not in proc.stderr, proc.stderr[-3000:]
+
+
 def test_metrics_from_predictions_by_hand(tmp_path):
   path = tmp_path / "p.jsonl"
   path.write_text("\n".join(json.dumps(r) for r in [

@@ -785,11 +785,15 @@ def train(*,
       marks.append((now, clock["paused"], done))
       stats.update(sum={}, n=0)
 
-  def compile_programs(lengths: Sequence[int]) -> None:
+  def compile_programs(lengths: Sequence[int], validation_ran: bool) -> None:
     """The training loops of `lengths` and, beside them, the validation's programs (the metric functions
-    marked utils.compiles_ahead): one wall of compiling instead of the loops' and then the first
-    validation's."""
-    ahead = [fn for fn in eval_metric_fns or () if getattr(fn, "compiles_ahead", False)]
+    marked utils.compiles_ahead) unless a validation already ran in this process: one wall of compiling
+    instead of the loops' and then the first validation's."""
+    ahead = [] if validation_ran else [fn for fn in eval_metric_fns or () if getattr(fn, "compiles_ahead", False)]
+    loop_args = lambda length: (state, *dispatch_args(step, 1, length), dropout_base)
+    if not ahead:
+      runner.precompile(lengths, loop_args)
+      return
 
     def compile_validation() -> None:
       start = time.time()
@@ -802,10 +806,7 @@ def train(*,
       log.info("compiled the validation's programs beside the training loops in %.1fs", time.time() - start)
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-      futures = [pool.submit(runner.precompile, lengths,
-                             lambda length: (state, *dispatch_args(step, 1, length), dropout_base))]
-      if ahead:
-        futures.append(pool.submit(compile_validation))
+      futures = [pool.submit(runner.precompile, lengths, loop_args), pool.submit(compile_validation)]
       for future in futures:
         future.result()
 
@@ -842,16 +843,19 @@ def train(*,
   loop_start = time.time()
   pending = None
   try:
+    validation_ran = False
     if eval_pending and not stop.requested() and not stopped_early:
       log.info("step %d's validation was cut short when the run stopped; running it now", step)
       paused(run_eval, step, state)
+      validation_ran = True
     elif run_eval_before_training and step < total_steps and not stopped_early:
       paused(run_eval, step, state)
+      validation_ran = True
     # Compile every encoder length this run will use (and the validation) before the first step, so that
     # progress lines measure training only.
     if step < total_steps and not stopped_early:
       _, upcoming = schedule.steps(step, min(total_steps - step, schedule.steps_per_epoch))
-      paused(compile_programs, sorted(set(upcoming.tolist())))
+      paused(compile_programs, sorted(set(upcoming.tolist())), validation_ran)
     while step < total_steps and not stop.requested() and not stopped_early:
       boundary = min(_next_multiple(step, eval_period), _next_multiple(step, save_period), total_steps)
       dispatch_end = (schedule.steps_left_in_chunk(step) if schedule.partial_chunks

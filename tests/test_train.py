@@ -390,6 +390,36 @@ def test_fixed_trip_count_loop_runs_the_same_steps_as_the_run_time_loop(cache_di
   assert not np.array_equal(outs[True, 3][0][:2], np.zeros(2))
 
 
+def test_loops_of_several_lengths_trace_the_step_once_each_plus_once_for_its_output_shapes(cache_dir):
+  """The per-step outputs are scalars at every length, so their shapes are traced once per runner, not once
+  per loop (tracing them costs as much as tracing the step into the loop)."""
+  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
+  partitioner = partitioning.PjitPartitioner()
+  lr_fn = utils.create_learning_rate_scheduler()
+  tx = utils.adafactor(lr_fn)
+  arrays = utils.get_dataset_arrays(_cfg(cache_dir), utils.MODEL_FEATURES)
+  params = model.get_initial_variables(jax.random.PRNGKey(0), {f: (1, a.shape[1]) for f, a in arrays.items()})
+  state0 = {"step": np.zeros((), np.int32), "params": jax.device_get(params["params"]),
+            "opt_state": jax.device_get(tx.init(params["params"]))}
+  data, idx = partitioner.replicate(arrays), partitioner.replicate(np.zeros((2, 8), np.int32))
+  n, rng = partitioner.replicate(np.asarray(2, np.int32)), partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
+  runner = train.StepRunner(model, tx, lr_fn, partitioner, 2, resident=True)
+  traced, step = [], runner.one_step
+
+  def counting_step(state, batch, dropout_base):
+    traced.append(batch[utils.ENCODER_INPUT].shape[1])
+    return step(state, batch, dropout_base)
+
+  runner.one_step = counting_step
+  runner.precompile([17, 33, 49], lambda length: (partitioner.replicate(state0), data, idx, n, rng))
+  assert len(traced) == 4 and sorted(set(traced)) == [17, 33, 49], traced  # 6 when each loop traced its own
+  for length in (17, 49):
+    state = partitioner.replicate(state0)
+    _, out = runner.get(length, state, data, idx, n, rng)(state, data, idx, n, rng)
+    assert np.all(np.isfinite(np.asarray(out["loss"])))
+  assert len(traced) == 4
+
+
 @pytest.mark.parametrize("traced_cache", [False, True])
 def test_the_training_loops_are_compiled_with_the_device_loop_options(cache_dir, tmp_path, monkeypatch, caplog,
                                                                       traced_cache):

@@ -282,6 +282,8 @@ class StepRunner:
       compiler_options = compilation.DEVICE_LOOP_COMPILER_OPTIONS if partitioner.mesh.size == 1 else {}
     self.compiler_options = dict(compiler_options)
     self._compiled: dict[tuple[int, bool], Any] = {}
+    self._step_outputs = None  # shapes of one_step's outputs, the same at every encoder length
+    self._step_outputs_lock = threading.Lock()
     self.compile_seconds: dict[int, float] = {}
     self.lower_seconds: dict[int, float] = {}
 
@@ -303,6 +305,14 @@ class StepRunner:
       out.setdefault(k, jnp.asarray(v, jnp.float32))
     return new_state, out
 
+  def step_outputs(self, state, batch, dropout_base):
+    """The shapes of one_step's outputs (scalars, whatever the encoder length), traced once per runner:
+    tracing the step for them takes as long as tracing it into a loop, so each further loop saves that."""
+    with self._step_outputs_lock:  # loops of several lengths trace side by side (precompile)
+      if self._step_outputs is None:
+        self._step_outputs = jax.eval_shape(self.one_step, state, batch, dropout_base)[1]
+      return self._step_outputs
+
   def _build(self, length: int, full: bool):
     k = self.k
     data_sharding = self.partitioner.data_sharding()
@@ -317,7 +327,7 @@ class StepRunner:
       return jax.lax.with_sharding_constraint(batch, data_sharding)
 
     def multi_step(state, data, idx, n, dropout_base):
-      sample = jax.eval_shape(self.one_step, state, get_batch(data, idx, 0), dropout_base)[1]
+      sample = self.step_outputs(state, get_batch(data, idx, 0), dropout_base)
       outs = jax.tree_util.tree_map(lambda s: jnp.zeros((k,) + s.shape, s.dtype), sample)
 
       def body(i, carry):

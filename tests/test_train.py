@@ -363,16 +363,22 @@ def test_resident_split_is_padded_to_a_power_of_two_without_changing_training(ca
   np.testing.assert_allclose(losses[True], losses[False], rtol=1e-6)
 
 
-def test_fixed_trip_count_loop_runs_the_same_steps_as_the_run_time_loop(cache_dir):
+def _tiny_loop_parts(cache_dir):
+  """(model, partitioner, learning-rate fn, optimizer, the cached split's arrays, initial state on the host)
+  of the tiny network, for tests that build a StepRunner themselves."""
   model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
-  partitioner = partitioning.PjitPartitioner()
   lr_fn = utils.create_learning_rate_scheduler()
   tx = utils.adafactor(lr_fn)
   arrays = utils.get_dataset_arrays(_cfg(cache_dir), utils.MODEL_FEATURES)
-  data = partitioner.replicate(arrays)
   params = model.get_initial_variables(jax.random.PRNGKey(0), {f: (1, a.shape[1]) for f, a in arrays.items()})
   state0 = {"step": np.zeros((), np.int32), "params": jax.device_get(params["params"]),
             "opt_state": jax.device_get(tx.init(params["params"]))}
+  return model, partitioning.PjitPartitioner(), lr_fn, tx, arrays, state0
+
+
+def test_fixed_trip_count_loop_runs_the_same_steps_as_the_run_time_loop(cache_dir):
+  model, partitioner, lr_fn, tx, arrays, state0 = _tiny_loop_parts(cache_dir)
+  data = partitioner.replicate(arrays)
   idx = partitioner.replicate(np.arange(3 * 8, dtype=np.int32).reshape(3, 8))
   rng = partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
   outs = {}
@@ -393,14 +399,7 @@ def test_fixed_trip_count_loop_runs_the_same_steps_as_the_run_time_loop(cache_di
 def test_loops_of_several_lengths_trace_the_step_once_each_plus_once_for_its_output_shapes(cache_dir):
   """The per-step outputs are scalars at every length, so their shapes are traced once per runner, not once
   per loop (tracing them costs as much as tracing the step into the loop)."""
-  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
-  partitioner = partitioning.PjitPartitioner()
-  lr_fn = utils.create_learning_rate_scheduler()
-  tx = utils.adafactor(lr_fn)
-  arrays = utils.get_dataset_arrays(_cfg(cache_dir), utils.MODEL_FEATURES)
-  params = model.get_initial_variables(jax.random.PRNGKey(0), {f: (1, a.shape[1]) for f, a in arrays.items()})
-  state0 = {"step": np.zeros((), np.int32), "params": jax.device_get(params["params"]),
-            "opt_state": jax.device_get(tx.init(params["params"]))}
+  model, partitioner, lr_fn, tx, arrays, state0 = _tiny_loop_parts(cache_dir)
   data, idx = partitioner.replicate(arrays), partitioner.replicate(np.zeros((2, 8), np.int32))
   n, rng = partitioner.replicate(np.asarray(2, np.int32)), partitioner.replicate(np.asarray(jax.random.PRNGKey(1)))
   runner = train.StepRunner(model, tx, lr_fn, partitioner, 2, resident=True)
@@ -423,13 +422,7 @@ def test_loops_of_several_lengths_trace_the_step_once_each_plus_once_for_its_out
 @pytest.mark.parametrize("traced_cache", [False, True])
 def test_the_training_loops_are_compiled_with_the_device_loop_options(cache_dir, tmp_path, monkeypatch, caplog,
                                                                       traced_cache):
-  model = models.EncoderDecoderModel(network.Transformer(network.T5Config(dtype="float32", **TINY)))
-  partitioner = partitioning.PjitPartitioner()
-  lr_fn = utils.create_learning_rate_scheduler()
-  tx = utils.adafactor(lr_fn)
-  arrays = utils.get_dataset_arrays(_cfg(cache_dir), utils.MODEL_FEATURES)
-  params = model.get_initial_variables(jax.random.PRNGKey(0), {f: (1, a.shape[1]) for f, a in arrays.items()})
-  state = {"step": np.zeros((), np.int32), "params": params["params"], "opt_state": tx.init(params["params"])}
+  model, partitioner, lr_fn, tx, arrays, state = _tiny_loop_parts(cache_dir)
   args = (partitioner.replicate(arrays), partitioner.replicate(np.zeros((2, 8), np.int32)),
           partitioner.replicate(np.asarray(2, np.int32)), partitioner.replicate(np.asarray(jax.random.PRNGKey(1))))
   # An option XLA rejects shows that the loop's compile (from a stored module too) is given these options.
